@@ -1,0 +1,41 @@
+"""The ``ralm`` command line. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from ralm.cli import data, demo, evaluate, export, serve, train
+from ralm.errors import RalmError
+
+app = typer.Typer(
+    name="ralm",
+    help="RALM: real-time attention-based look-alike recommendation.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(data.app, name="data")
+app.add_typer(train.app, name="train")
+app.command("export")(export.export)
+app.command("evaluate")(evaluate.evaluate)
+app.command("experiment")(evaluate.experiment)
+app.command("serve")(serve.serve)
+app.command("demo")(demo.demo)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    """Console entry point: user errors are printed without a traceback (exit code 2)."""
+    try:
+        app()
+    except RalmError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None

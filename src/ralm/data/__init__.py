@@ -1,0 +1,1 @@
+"""Data layer: schema, ingestion, readers, splits, encoded dataset artifact, synthetic data."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, baselines, protocols and reports."""

@@ -1,0 +1,1 @@
+"""Online system: seed store, re-clustering job, HTTP service."""

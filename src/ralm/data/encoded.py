@@ -29,7 +29,7 @@ import logging
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -191,7 +191,7 @@ class EncodedDataset:
                 f"{root}: encoded dataset format {meta.get('format_version')} is not "
                 f"supported (expected {FORMAT_VERSION}); re-run `ralm data prepare`"
             )
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
 
         def arr(rel: str) -> np.ndarray:
             p = root / rel

@@ -1,0 +1,98 @@
+"""Vectorised building blocks of encoding: id maps, vocabularies, codes and CSR bags.
+
+Conventions (see :mod:`ralm.data.encoded`): categorical code 0 is OOV/missing and a
+vocabulary array ``vocab`` gives the raw value of code ``c`` as ``vocab[c - 1]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def sorted_unique_ids(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Distinct non-null strings, in natural order (numerically when all are integers)."""
+    uniq = pc.unique(values)
+    uniq = pc.drop_null(uniq)
+    if isinstance(uniq, pa.ChunkedArray):
+        uniq = uniq.combine_chunks()
+    if len(uniq) == 0:
+        return uniq
+    numeric = pc.match_substring_regex(uniq, r"^\d{1,18}$")
+    if pc.all(numeric).as_py():
+        order = np.lexsort((uniq.to_numpy(zero_copy_only=False), uniq.cast(pa.int64()).to_numpy()))
+        return uniq.take(pa.array(order))
+    return uniq.take(pc.sort_indices(uniq))
+
+
+def build_vocab(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Vocabulary of a categorical field: distinct non-empty strings, sorted."""
+    v = pc.drop_null(values)
+    v = pc.filter(v, pc.not_equal(v, ""))
+    return sorted_unique_ids(v)
+
+
+def encode(values: pa.Array | pa.ChunkedArray, vocab: pa.Array) -> np.ndarray:
+    """Codes of ``values`` against ``vocab``: position + 1, and 0 for unknown/missing."""
+    idx = pc.index_in(values, value_set=vocab)
+    return pc.fill_null(pc.add(idx, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def index_of(values: pa.Array | pa.ChunkedArray, ids: pa.Array) -> np.ndarray:
+    """0-based position of each value in ``ids`` (-1 when absent), int64 (n,)."""
+    idx = pc.index_in(values, value_set=ids)
+    return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def csr_from_pairs(
+    rows: np.ndarray, values: np.ndarray, n_rows: int, unique: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSR ``(offsets (n_rows+1,), values (nnz,))`` from (row, value) pairs.
+
+    Pairs keep their given order inside a row (stable sort by row). With ``unique``,
+    repeated (row, value) pairs are kept once and values are sorted inside each row.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    values = np.asarray(values, dtype=np.int64)
+    if unique and rows.size:
+        width = int(values.max()) + 1
+        key = np.unique(rows * width + values)  # sorted by (row, value)
+        rows, values = key // width, key % width
+    else:
+        order = np.argsort(rows, kind="stable")
+        rows, values = rows[order], values[order]
+    counts = np.bincount(rows, minlength=n_rows)
+    offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return offsets, values
+
+
+def list_elements(lists: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Flatten a list array: (parent row int64 (nnz,), values) without null/empty values."""
+    parents = pc.list_parent_indices(lists).to_numpy().astype(np.int64)
+    flat = pc.list_flatten(lists)
+    keep = pc.fill_null(pc.not_equal(flat, ""), False)
+    keep_np = keep.to_numpy(zero_copy_only=False)
+    return parents[keep_np], pc.filter(flat, keep)
+
+
+def minmax_normalise(
+    x: np.ndarray, stat_rows: np.ndarray
+) -> tuple[np.ndarray, float | None, float | None]:
+    """Min-max normalise ``x`` (float64, NaN = missing) with stats over ``stat_rows``.
+
+    Returns ``(normalised float32 in [0, 1], min, max)``. Missing values map to the
+    minimum, i.e. 0. If the stat rows have no value, all rows are used; if there is
+    no value at all, min = max = None and the column is all zeros.
+    """
+    ref = x[stat_rows]
+    ref = ref[~np.isnan(ref)]
+    if ref.size == 0:
+        ref = x[~np.isnan(x)]
+    if ref.size == 0:
+        return np.zeros(x.shape[0], dtype=np.float32), None, None
+    lo, hi = float(ref.min()), float(ref.max())
+    scale = hi - lo if hi > lo else 1.0
+    out = np.clip((np.nan_to_num(x, nan=lo) - lo) / scale, 0.0, 1.0)
+    return out.astype(np.float32), lo, hi

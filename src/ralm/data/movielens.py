@@ -1,0 +1,118 @@
+"""MovieLens feature mapping in the RALM spirit (shared by the ML-100K and ML-1M readers).
+
+User fields (all univalent, from the users table): ``gender``, ``age`` (the ML-1M age
+buckets, also applied to ML-100K's exact ages), ``occupation``, ``zip`` (first two
+characters of the zip code). Multivalent "interest" fields, derived from each user's
+TRAIN-split clicks only: ``genres`` (genres of the movies the user rated) and ``history``
+(the rated movie ids, the paper's "historically read article IDs"; ``item_history=True``).
+Every rating is a click (label 1), whatever its value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ralm.data.ingest import RawData
+from ralm.data.schema import DatasetSchema, schema_from_dict
+from ralm.data.tables import TableSource
+
+# ML-1M README: age groups 1 "Under 18", 18 "18-24", 25 "25-34", 35 "35-44", 45 "45-49",
+# 50 "50-55", 56 "56+". ML-100K's exact ages are bucketed on the same edges.
+AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])
+AGE_LABELS = np.array(["<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"])
+
+# ML-100K u.genre, in the order of u.item's 19 genre flags.
+ML100K_GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+]  # fmt: skip
+
+# ML-1M README occupation codes 0..20.
+ML1M_OCCUPATIONS = [
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
+    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
+    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
+    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
+]  # fmt: skip
+
+ZIP_PREFIX_LEN = 2
+
+
+def age_bucket(ages: pa.Array) -> pa.Array:
+    """Exact ages (numbers or numeric strings) -> ML-1M bucket labels; null stays null."""
+    x = pc.cast(ages, pa.float64()).to_numpy(zero_copy_only=False)
+    labels = AGE_LABELS[np.digitize(np.nan_to_num(x, nan=0.0), AGE_EDGES)]
+    return pa.array(labels, mask=np.isnan(x))
+
+
+def zip_prefix(zips: pa.Array, n: int = ZIP_PREFIX_LEN) -> pa.Array:
+    """First ``n`` characters of the zip code, upper-cased (US: the region of the code)."""
+    return pc.utf8_slice_codeunits(pc.utf8_upper(pc.utf8_trim_whitespace(zips)), 0, n)
+
+
+def movielens_schema(name: str) -> DatasetSchema:
+    """The schema the MovieLens readers map onto (column names are the standard ones)."""
+    return schema_from_dict(
+        {
+            "dataset": {"name": name},
+            "files": {"interactions": "<ratings>", "users": "<users>", "items": "<items>"},
+            "fields": [
+                {"name": "gender", "kind": "univalent"},
+                {"name": "age", "kind": "univalent"},
+                {"name": "occupation", "kind": "univalent"},
+                {"name": "zip", "kind": "univalent"},
+            ],
+            "derived": [
+                {"name": "genres", "source": "item:genres"},
+                {"name": "history", "source": "item_id"},
+            ],
+        },
+        origin=f"<{name} schema>",
+    )
+
+
+def movielens_raw(
+    name: str,
+    ratings: pa.Table,
+    users: pa.Table,
+    items: pa.Table,
+    sources: dict[str, TableSource],
+    age_is_bucket: bool = False,
+) -> RawData:
+    """Map MovieLens tables onto the generic schema.
+
+    Args:
+        name: dataset name.
+        ratings: ``user_id, item_id, timestamp`` (the rating value is ignored: every
+            rating counts as a click).
+        users: ``user_id, gender, age, occupation, zip``.
+        items: ``item_id, genres`` (``list<string>``).
+        sources: table role -> source, for error messages.
+        age_is_bucket: ``age`` already holds ML-1M bucket codes (1, 18, 25, ...).
+    """
+    age = users["age"].combine_chunks()
+    if age_is_bucket:
+        codes = pa.array(["1", "18", "25", "35", "45", "50", "56"])
+        idx = pc.index_in(pc.utf8_trim_whitespace(age), value_set=codes)
+        age = pc.take(pa.array(AGE_LABELS), idx)
+    else:
+        age = age_bucket(age)
+    users = pa.table(
+        {
+            "user_id": users["user_id"],
+            "gender": pc.utf8_upper(pc.utf8_trim_whitespace(users["gender"])),
+            "age": age,
+            "occupation": users["occupation"],
+            "zip": zip_prefix(users["zip"].combine_chunks()),
+        }
+    )
+    return RawData(
+        schema=movielens_schema(name),
+        interactions=ratings.select(["user_id", "item_id", "timestamp"]),
+        users=users,
+        items=items.select(["item_id", "genres"]),
+        sources=sources,
+    )

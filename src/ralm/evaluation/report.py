@@ -1,0 +1,184 @@
+"""Report writer: Markdown tables, PNG plots (matplotlib, Agg) and the JSON of every number."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from ralm.evaluation.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+
+def headline_metrics(ks: list[int]) -> list[str]:
+    """Columns of the main tables: accuracy at every K, AUCs, diversity at the largest K."""
+    k_lo, k_hi = min(ks), max(ks)
+    cols = [f"prec@{k}" for k in sorted(ks)] + [f"recall@{k_hi}", f"ndcg@{k_lo}", "auc", "gauc"]
+    return [*cols, f"coverage@{k_hi}", f"gini@{k_hi}", f"tail@{k_hi}"]
+
+
+def fmt(stat: dict[str, Any]) -> str:
+    """``mean ± std`` with 4 decimals (std omitted for a single run)."""
+    if len(stat.get("values", [])) > 1:
+        return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+    return f"{stat['mean']:.4f}"
+
+
+def markdown_table(rows: dict[str, dict[str, Any]], metrics: list[str], first: str) -> str:
+    """A Markdown table: one row per entry of ``rows`` (label -> summary), one column per metric."""
+    head = f"| {first} | " + " | ".join(metrics) + " |"
+    sep = "| --- | " + " | ".join("---" for _ in metrics) + " |"
+    lines = [head, sep]
+    for label, summary in rows.items():
+        cells = [fmt(summary[m]) if m in summary else "–" for m in metrics]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot_k(entries: list[dict[str, Any]], ks: list[int], path: Path) -> None:
+    xs = [e["k"] for e in entries]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for k in sorted(ks):
+        m = [e["summary"][f"prec@{k}"] for e in entries]
+        ax1.errorbar(
+            xs,
+            [s["mean"] for s in m],
+            yerr=[s["std"] for s in m],
+            marker="o",
+            capsize=3,
+            label=f"prec@{k}",
+        )
+    a = [e["summary"]["auc"] for e in entries]
+    ax2.errorbar(
+        xs,
+        [s["mean"] for s in a],
+        yerr=[s["std"] for s in a],
+        marker="o",
+        capsize=3,
+        color="C3",
+        label="AUC",
+    )
+    for ax, title in ((ax1, "prec@K"), (ax2, "AUC")):
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel("k (seed clusters per item)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("RALM: number of clusters k")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_bars(entries: list[dict[str, Any]], metrics: list[str], title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    width = 0.8 / max(len(entries), 1)
+    for j, e in enumerate(entries):
+        xs = [i + j * width for i in range(len(metrics))]
+        ax.bar(
+            xs,
+            [e["summary"][m]["mean"] for m in metrics],
+            width,
+            yerr=[e["summary"][m]["std"] for m in metrics],
+            capsize=3,
+            label=e["label"],
+        )
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))], metrics)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(root: Path, results: dict[str, Any], cfg: ExperimentConfig) -> Path:
+    """Write ``report.md``, ``results.json`` and the ablation plots into ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "results.json").write_text(json.dumps(results, indent=2))
+    metrics = headline_metrics(cfg.ks)
+    d = results["dataset"]
+    n_seeds = len(results["seeds"])
+    out = [
+        f"# Experiment `{results['experiment']}`",
+        "",
+        f"Dataset **{d['name']}**: {d['n_users']} users, {d['n_items']} items, "
+        f"{d['n_interactions']} interactions; split `{d['split_config']['method']}` "
+        f"(rows per split: {', '.join(f'{k} {v}' for k, v in d['splits'].items())}).",
+        f"Seeds: {results['seeds']} — every cell is mean ± sample std over {n_seeds} run(s).",
+        "prec@K is eq. 12 of the paper (|R_K ∩ S| / min(K, |S|)); candidates are the items "
+        "with seeds minus the user's own clicks in the seed splits; AUC/GAUC over each test "
+        f"click and {cfg.auc_negatives} sampled non-clicked candidates; tail@K = share of "
+        f"recommended slots outside the top {cfg.long_tail_head:.0%} most seeded candidates.",
+        "",
+    ]
+    for proto, block in results["protocols"].items():
+        what = (
+            "TEST clicks, seeds = TRAIN"
+            if proto == "warm"
+            else (
+                "COLD_TEST clicks of cold items, seeds = TRAIN + COLD_SEED, cold items only ranked"
+            )
+        )
+        out += [
+            f"## Protocol: {proto}",
+            "",
+            f"{block['n_test_users']} test users, {block['n_candidates']} candidates ({what}).",
+            "",
+            markdown_table(block["summary"], metrics, "model"),
+            "",
+        ]
+        out += [f"- {note}" for note in block["notes"].values()]
+        out.append("")
+    ab = results.get("ablations") or {}
+    if ab:
+        out += [f"## Ablations (protocol {ab['protocol']}, seeds {ab['seeds']})", ""]
+        titles = {
+            "k": "clusters per item k"
+            + (
+                " (stage 2 retrained per k)"
+                if ab["k_retrain"]
+                else " (seeds re-clustered with k at "
+                "evaluation time; stage 2 trained with the default k)"
+            ),
+            "merge": "stage-1 merge: attention vs concat (tower scored by dot product, and RALM "
+            "trained on top of it)",
+            "attention": "attention terms" + ("" if ab["retrain"] else " (switched at evaluation)"),
+            "alpha_beta": "score weights alpha / beta"
+            + ("" if ab["retrain"] else " (switched at evaluation)"),
+        }
+        for group, title in titles.items():
+            if group not in ab:
+                continue
+            rows = {e["label"]: e["summary"] for e in ab[group]}
+            out += [f"### {title}", "", markdown_table(rows, metrics, group), ""]
+        if "k" in ab:
+            _plot_k(ab["k"], cfg.ks, root / "k_ablation.png")
+            out += ["![k ablation](k_ablation.png)", ""]
+        if "merge" in ab:
+            bar_metrics = [f"prec@{k}" for k in sorted(cfg.ks)] + ["auc"]
+            _plot_bars(
+                ab["merge"], bar_metrics, "attention merge vs concat", root / "merge_ablation.png"
+            )
+            out += ["![merge ablation](merge_ablation.png)", ""]
+    t = results["timings"]
+    out += [
+        "## Timings (seconds)",
+        "",
+        "| step | runs | mean | total |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, vals in t.items():
+        out.append(f"| {key} | {len(vals)} | {sum(vals) / len(vals):.1f} | {sum(vals):.1f} |")
+    out.append("")
+    (root / "report.md").write_text("\n".join(out))
+    log.info("wrote %s", root / "report.md")
+    return root / "report.md"

@@ -1,0 +1,89 @@
+"""Local (target-aware) and global (target-free) attention over an item's seed centroids.
+
+Both are *masked*: an item with fewer than k seeds has padded centroid slots whose mask is
+False, and they never receive attention weight. An item with no seeds at all gets an
+all-zero attention vector (so its attended embedding is the zero vector and its cosine
+terms are 0).
+
+Global attention is content-based pooling (spec section 2):
+``g = softmax(tanh(E_s W_g) v)``, ``E_global = g E_s``. The weights depend only on each
+centroid's content, never on its index, so E_global is invariant to permuting the
+centroids (k-means cluster order is arbitrary). Local attention's math
+``softmax(tanh(E_u W_l E_s^T)) E_s`` lives in :mod:`ralm.lookalike.scorer`, which
+evaluates it without materialising E_local; :class:`LocalAttention` holds W_l.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def log_sizes(sizes: torch.Tensor) -> torch.Tensor:
+    """log of cluster sizes as an attention prior; empty (masked) slots get log 1 = 0."""
+    return torch.log(torch.clamp(sizes.to(torch.float32), min=1.0))
+
+
+def masked_softmax(
+    logits: torch.Tensor, mask: torch.Tensor, log_prior: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Softmax over the last axis restricted to ``mask``; rows with no True entry give 0.
+
+    Args:
+        logits: (..., k) scores.
+        mask: (..., k) bool, True = valid slot (broadcastable to ``logits``).
+        log_prior: optional (..., k) added to the logits (log cluster sizes: a centroid
+            standing for n seeds weighs like n seeds with the same logit).
+    """
+    if log_prior is not None:
+        logits = logits + log_prior
+    mask = mask.expand_as(logits)
+    any_valid = mask.any(dim=-1, keepdim=True)  # (..., 1)
+    safe = mask | ~any_valid  # all-masked rows: softmax over everything, zeroed below
+    w = torch.softmax(logits.masked_fill(~safe, float("-inf")), dim=-1)  # (..., k)
+    return w * any_valid.to(w.dtype)
+
+
+class LocalAttention(nn.Module):
+    """Holds W_l of the local attention ``softmax(tanh(E_u W_l E_s^T)) E_s`` (eq. 9).
+
+    Args:
+        h: transformed embedding dimension.
+    """
+
+    def __init__(self, h: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(h, h))
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(h))
+
+    def query(self, e_u: torch.Tensor) -> torch.Tensor:
+        return e_u @ self.weight  # (B, h) -> (B, h)
+
+
+class GlobalAttention(nn.Module):
+    """Content-based pooling of an item's centroids: ``softmax(tanh(E_s W_g) v) E_s``.
+
+    Args:
+        h: transformed embedding dimension.
+    """
+
+    def __init__(self, h: int) -> None:
+        super().__init__()
+        self.w_g = nn.Linear(h, h, bias=False)
+        self.v = nn.Parameter(torch.empty(h))
+        nn.init.normal_(self.v, std=1.0 / math.sqrt(h))
+
+    def weights(
+        self, centroids: torch.Tensor, mask: torch.Tensor, log_prior: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention weight of every centroid, (..., k); 0 on masked slots."""
+        logits = torch.tanh(self.w_g(centroids)) @ self.v  # (..., k, h) -> (..., k)
+        return masked_softmax(logits, mask, log_prior)
+
+    def forward(
+        self, centroids: torch.Tensor, mask: torch.Tensor, log_prior: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        g = self.weights(centroids, mask, log_prior)  # (..., k)
+        return (g.unsqueeze(-1) * centroids).sum(dim=-2)  # (..., h)

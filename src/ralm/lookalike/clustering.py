@@ -1,0 +1,207 @@
+"""Per-item seed clustering (paper section 4.2.2): k-means over each item's seed embeddings.
+
+Input is CSR: ``seed_emb (S, h)`` holds the transformed embeddings of all seeds, item ``i``
+owning rows ``item_offsets[i]:item_offsets[i+1]``. Output is padded to k slots per item:
+
+* items with more than k seeds run k-means (faiss, one thread, no subsampling:
+  ``min_points_per_centroid=1``, ``max_points_per_centroid`` huge), optionally
+  warm-started from previous centroids (``init``), followed by one exact assignment and
+  mean step, so every centroid is *exactly* the mean of the seeds assigned to it — that is
+  what makes leave-self-out exact and cheap (``c' = (n c - e_u) / (n - 1)``);
+* items with 1..k seeds keep their seeds as centroids (size 1 each), the rest is masked;
+* items with no seeds are fully masked.
+
+Empty clusters (possible with duplicate points) are masked, never left as phantom slots.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+MAX_POINTS_PER_CENTROID = 1 << 30  # faiss subsamples above this: never
+
+
+@dataclass
+class SeedClusters:
+    """Clusters of every item's seeds.
+
+    Attributes:
+        centroids: float32 (I, k, h); masked slots are 0.
+        mask: bool (I, k), True = valid centroid.
+        sizes: int64 (I, k), seeds per centroid (0 on masked slots).
+        assign: int64 (S,), cluster slot of every seed row.
+        inertia: total squared distance of seeds to their centroid.
+        seconds: wall time of the clustering.
+    """
+
+    centroids: np.ndarray
+    mask: np.ndarray
+    sizes: np.ndarray
+    assign: np.ndarray
+    inertia: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def n_items(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[1])
+
+
+def _check_inputs(seed_emb: np.ndarray, item_offsets: np.ndarray, k: int) -> None:
+    if seed_emb.ndim != 2:
+        raise ValueError(f"seed_emb must be (S, h), got shape {seed_emb.shape}")
+    if item_offsets.ndim != 1 or item_offsets.size < 1:
+        raise ValueError("item_offsets must be a 1-d CSR offsets array of length I + 1")
+    if item_offsets[0] != 0 or item_offsets[-1] != seed_emb.shape[0]:
+        raise ValueError(
+            f"item_offsets must start at 0 and end at S={seed_emb.shape[0]}, "
+            f"got {item_offsets[0]}..{item_offsets[-1]}"
+        )
+    if np.any(np.diff(item_offsets) < 0):
+        raise ValueError("item_offsets must be non-decreasing")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+
+
+def exact_means(
+    x: np.ndarray, labels: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean of the points of each label: (n, h), (n,) -> centroids (k, h), sizes (k,), mask."""
+    sizes = np.bincount(labels, minlength=k).astype(np.int64)  # (k,)
+    onehot = np.zeros((k, x.shape[0]), dtype=np.float32)
+    onehot[labels, np.arange(x.shape[0])] = 1.0
+    sums = onehot @ x  # (k, h)
+    mask = sizes > 0
+    cent = np.zeros_like(sums)
+    cent[mask] = sums[mask] / sizes[mask, None]
+    return cent, sizes, mask
+
+
+def _kmeans_one(
+    x: np.ndarray, k: int, niter: int, seed: int, init: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """faiss k-means of one item's seeds (n > k), then exact assign + mean step."""
+    km = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=niter,
+        seed=seed,
+        min_points_per_centroid=1,
+        max_points_per_centroid=MAX_POINTS_PER_CENTROID,
+        verbose=False,
+    )
+    km.train(x, init_centroids=init)
+    _, lab = km.index.search(x, 1)  # (n, 1) nearest centroid
+    labels = lab[:, 0].astype(np.int64)
+    cent, sizes, mask = exact_means(x, labels, k)
+    inertia = float(((x - cent[labels]) ** 2).sum())
+    return cent, sizes, mask, labels, inertia
+
+
+def cluster_seeds(
+    seed_emb: np.ndarray,
+    item_offsets: np.ndarray,
+    k: int,
+    init: np.ndarray | None = None,
+    seed: int = 0,
+    niter: int = 20,
+    warm_niter: int = 5,
+    init_mask: np.ndarray | None = None,
+    progress: bool = False,
+) -> SeedClusters:
+    """k-means of every item's seeds (see module docstring).
+
+    Args:
+        seed_emb: float32 (S, h) transformed seed embeddings, grouped by item.
+        item_offsets: int64 (I + 1,) CSR offsets of each item's rows in ``seed_emb``.
+        k: clusters per item.
+        init: optional (I, k, h) previous centroids to warm-start from.
+        seed: k-means seed (item i uses ``seed + i``).
+        niter: Lloyd iterations of a cold start.
+        warm_niter: Lloyd iterations of a warm start.
+        init_mask: optional (I, k) validity of ``init`` slots; invalid slots are replaced by
+            seeds of the item (k-means needs k distinct starting points).
+        progress: show a tqdm bar.
+    """
+    seed_emb = np.ascontiguousarray(seed_emb, dtype=np.float32)
+    item_offsets = np.asarray(item_offsets, dtype=np.int64)
+    _check_inputs(seed_emb, item_offsets, k)
+    n_items, h = item_offsets.size - 1, seed_emb.shape[1]
+    if init is not None and init.shape != (n_items, k, h):
+        raise ValueError(f"init must have shape {(n_items, k, h)}, got {init.shape}")
+    t0 = time.perf_counter()
+    centroids = np.zeros((n_items, k, h), dtype=np.float32)
+    mask = np.zeros((n_items, k), dtype=bool)
+    sizes = np.zeros((n_items, k), dtype=np.int64)
+    assign = np.zeros(seed_emb.shape[0], dtype=np.int64)
+    counts = np.diff(item_offsets)
+
+    # items with 1..k seeds: the seeds are the centroids (vectorised)
+    item_of = np.repeat(np.arange(n_items), counts)  # (S,) item of every seed row
+    slot_of = np.arange(seed_emb.shape[0]) - item_offsets[item_of]  # (S,) position in item
+    rows = np.flatnonzero(counts[item_of] <= k)
+    centroids[item_of[rows], slot_of[rows]] = seed_emb[rows]
+    mask[item_of[rows], slot_of[rows]] = True
+    sizes[item_of[rows], slot_of[rows]] = 1
+    assign[rows] = slot_of[rows]
+
+    inertia = 0.0
+    big = np.flatnonzero(counts > k)
+    prev_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # many small problems: one thread each is fastest
+    try:
+        for i in tqdm(big, desc="k-means", disable=not progress, leave=False):
+            lo, hi = int(item_offsets[i]), int(item_offsets[i + 1])
+            x = seed_emb[lo:hi]  # (n, h)
+            start = None
+            if init is not None:
+                start = np.array(init[i], dtype=np.float32)  # (k, h)
+                bad = ~init_mask[i] if init_mask is not None else np.zeros(k, dtype=bool)
+                if bad.any():
+                    rng = np.random.default_rng(seed + int(i))
+                    start[bad] = x[rng.choice(x.shape[0], int(bad.sum()), replace=False)]
+            iters = warm_niter if start is not None else niter
+            c, s, m, lab, inn = _kmeans_one(x, k, iters, seed + int(i), start)
+            centroids[i], sizes[i], mask[i] = c, s, m
+            assign[lo:hi] = lab
+            inertia += inn
+    finally:
+        faiss.omp_set_num_threads(prev_threads)
+    seconds = time.perf_counter() - t0
+    log.debug("clustered %d items (%d with k-means) in %.2fs", n_items, big.size, seconds)
+    return SeedClusters(centroids, mask, sizes, assign, inertia=inertia, seconds=seconds)
+
+
+def average_seeds(seed_emb: np.ndarray, item_offsets: np.ndarray) -> SeedClusters:
+    """The "RALM with average" representation: one centroid per item, the mean of its seeds."""
+    seed_emb = np.ascontiguousarray(seed_emb, dtype=np.float32)
+    item_offsets = np.asarray(item_offsets, dtype=np.int64)
+    _check_inputs(seed_emb, item_offsets, 1)
+    t0 = time.perf_counter()
+    counts = np.diff(item_offsets)
+    n_items = counts.size
+    item_of = np.repeat(np.arange(n_items), counts)  # (S,)
+    csum = np.zeros((seed_emb.shape[0] + 1, seed_emb.shape[1]), dtype=np.float64)
+    np.cumsum(seed_emb, axis=0, dtype=np.float64, out=csum[1:])
+    sums = csum[item_offsets[1:]] - csum[item_offsets[:-1]]  # (I, h)
+    mean = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)  # (I, h)
+    inertia = float(((seed_emb - mean[item_of]) ** 2).sum())
+    return SeedClusters(
+        centroids=mean[:, None, :],
+        mask=(counts > 0)[:, None],
+        sizes=counts[:, None].astype(np.int64),
+        assign=np.zeros(seed_emb.shape[0], dtype=np.int64),
+        inertia=inertia,
+        seconds=time.perf_counter() - t0,
+    )

@@ -1,0 +1,106 @@
+"""Typed configuration of stage 2 (look-alike learning), with the paper's defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class LookalikeConfig(BaseModel):
+    """Look-alike model hyper-parameters (paper section 4.2; spec section 2).
+
+    Args:
+        m: dimension of the universal user embedding (stage-1 output).
+        h: dimension after the transforming layer.
+        k: number of seed clusters per item (k-means centroids).
+        alpha: weight of cos(E_u, E_global) in the score.
+        beta: weight of cos(E_u, E_local) in the score.
+        variant: "ralm" (clusters + attention) or "average" (mean of seeds, k = 1).
+        use_local: keep the local-attention term (ablation switch).
+        use_global: keep the global-attention term (ablation switch).
+        init_scale: initial value of the learnable scale inside the sigmoid.
+        kmeans_niter: Lloyd iterations of a cold-start k-means.
+        kmeans_warm_niter: Lloyd iterations when warm-started from previous centroids.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    m: int = Field(
+        default=128, ge=1, description="Universal user embedding dimension (stage-1 output)."
+    )
+    h: int = Field(
+        default=128, ge=1, description="Transformed embedding dimension (FC m->h + ReLU)."
+    )
+    k: int = Field(default=20, ge=1, description="Seed clusters per item (paper: 20).")
+    alpha: float = Field(
+        default=0.3, ge=0.0, description="Weight of cos(E_u, E_global) (paper: 0.3)."
+    )
+    beta: float = Field(
+        default=0.7, ge=0.0, description="Weight of cos(E_u, E_local) (paper: 0.7)."
+    )
+    variant: Literal["ralm", "average"] = Field(
+        default="ralm", description="'ralm' = clusters + attention; 'average' = mean of seeds."
+    )
+    use_local: bool = Field(
+        default=True, description="Use the local (target-aware) attention term."
+    )
+    use_global: bool = Field(
+        default=True, description="Use the global (target-free) attention term."
+    )
+    size_prior: bool = Field(
+        default=True,
+        description="Add log(cluster size) to attention logits (a centroid weighs like its seeds).",
+    )
+    init_scale: float = Field(
+        default=5.0, gt=0.0, description="Initial calibration scale in sigmoid."
+    )
+    kmeans_niter: int = Field(default=20, ge=1, description="Lloyd iterations of a cold k-means.")
+    kmeans_warm_niter: int = Field(
+        default=5, ge=1, description="Lloyd iterations when warm-started."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LookalikeConfig:
+        if not (self.use_local or self.use_global):
+            raise ValueError("at least one of use_local / use_global must be true")
+        return self
+
+    @property
+    def n_clusters(self) -> int:
+        """Clusters actually stored per item: k, or 1 for the 'average' variant."""
+        return 1 if self.variant == "average" else self.k
+
+
+class LookalikeTrainConfig(BaseModel):
+    """Stage-2 training loop settings (paper: Adam, lr 0.001, batch 256).
+
+    Args:
+        epochs: maximum number of epochs (one k-means re-clustering before each).
+        batch_size: examples per optimisation step.
+        lr: Adam learning rate.
+        neg_ratio: sampled non-clicked items per positive.
+        neg_sampling: "uniform" over warm items or "popularity" (proportional to TRAIN clicks).
+        patience: epochs without validation-AUC improvement before stopping (0 = never stop).
+        val_neg_ratio: sampled negatives per VALID click for the validation AUC.
+        max_val_pos: cap on VALID positives used for the AUC (0 = all).
+        seed: seed of every random choice (sampling, init, k-means).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(default=10, ge=1, description="Maximum epochs.")
+    batch_size: int = Field(default=256, ge=1, description="Examples per step (paper: 256).")
+    lr: float = Field(default=1e-3, gt=0.0, description="Adam learning rate (paper: 0.001).")
+    neg_ratio: int = Field(default=4, ge=1, description="Sampled negatives per positive.")
+    neg_sampling: Literal["uniform", "popularity"] = Field(
+        default="uniform", description="Negative item distribution over items with TRAIN seeds."
+    )
+    patience: int = Field(
+        default=3, ge=0, description="Early-stopping patience in epochs (0 = off)."
+    )
+    val_neg_ratio: int = Field(
+        default=4, ge=1, description="Negatives per VALID click for the AUC."
+    )
+    max_val_pos: int = Field(default=20000, ge=0, description="Cap on VALID positives (0 = all).")
+    seed: int = Field(default=0, description="Seed of sampling, initialisation and k-means.")

@@ -1,0 +1,126 @@
+"""The stage-2 look-alike network (paper Fig. 3, right): pure tensors in, tensors out."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ralm.lookalike import scorer
+from ralm.lookalike.attention import GlobalAttention, LocalAttention, log_sizes
+from ralm.lookalike.config import LookalikeConfig
+from ralm.lookalike.transform import TransformingLayer
+
+
+class LookalikeModel(nn.Module):
+    """Transforming layer + local/global attention + calibrated cosine score.
+
+    Seeds are represented per item by k centroids (clustering happens outside the module,
+    see :mod:`ralm.lookalike.clustering`). The "average" variant stores one centroid per
+    item, the mean of its seeds; attention over one slot is the identity, so the same
+    scorer gives ``(alpha + beta) cos(E_u, mean seed)``.
+
+    Args:
+        config: hyper-parameters (dimensions, k, alpha/beta, variant, ablation switches).
+
+    Example::
+
+        model = LookalikeModel(LookalikeConfig(m=32, h=16, k=4))
+        e_u = model.transform(torch.randn(8, 32))                  # (8, 16)
+        c, mask = torch.rand(5, 4, 16), torch.ones(5, 4, dtype=torch.bool)
+        n = torch.full((5, 4), 3)                                    # cluster sizes
+        s = model.score(e_u, c, mask, model.item_global(c, mask, n), sizes=n)  # (8, 5)
+        p = model.pctr(s)
+    """
+
+    def __init__(self, config: LookalikeConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transform_layer = TransformingLayer(config.m, config.h)
+        self.local_attention = LocalAttention(config.h)
+        self.global_attention = GlobalAttention(config.h)
+        self.scale = nn.Parameter(torch.tensor(float(config.init_scale)))
+        self.bias = nn.Parameter(torch.tensor(0.0))
+
+    def transform(self, universal: torch.Tensor) -> torch.Tensor:
+        """Universal embeddings (N, m) -> transformed embeddings (N, h)."""
+        return self.transform_layer(universal)
+
+    def log_prior(self, sizes: torch.Tensor | None) -> torch.Tensor | None:
+        """Attention prior from cluster sizes (I, k), or None when the model does not use it."""
+        if not self.config.size_prior:
+            return None
+        if sizes is None:
+            raise ValueError(
+                "this look-alike model weights attention by cluster size (size_prior=True): "
+                "pass sizes, e.g. SeedIndex.sizes"
+            )
+        return log_sizes(sizes)
+
+    def item_global(
+        self, centroids: torch.Tensor, mask: torch.Tensor, sizes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Global-attention vector of every item: (I, k, h), (I, k), (I, k) -> (I, h)."""
+        return self.global_attention(centroids, mask, self.log_prior(sizes))
+
+    def score(
+        self,
+        e_u: torch.Tensor,
+        centroids: torch.Tensor,
+        mask: torch.Tensor,
+        global_vec: torch.Tensor,
+        gram: torch.Tensor | None = None,
+        sizes: torch.Tensor | None = None,
+        chunk_items: int = 4096,
+    ) -> torch.Tensor:
+        """Raw scores (B, I) in [-1, 1] of users e_u (B, h) against I items.
+
+        ``sizes (I, k)`` (cluster sizes) is required when ``config.size_prior``.
+        """
+        cfg = self.config
+        return scorer.score_matrix(
+            e_u,
+            self.local_attention.weight,
+            centroids,
+            mask,
+            global_vec,
+            alpha=cfg.alpha,
+            beta=cfg.beta,
+            use_local=cfg.use_local,
+            use_global=cfg.use_global,
+            gram=gram,
+            log_prior=self.log_prior(sizes),
+            chunk_items=chunk_items,
+        )
+
+    def score_pairs(
+        self,
+        e_u: torch.Tensor,
+        centroids: torch.Tensor,
+        mask: torch.Tensor,
+        global_vec: torch.Tensor | None = None,
+        sizes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Raw score (B,) of row-aligned pairs; global_vec is computed when None."""
+        cfg = self.config
+        if global_vec is None:
+            global_vec = self.item_global(centroids, mask, sizes)  # (B, h)
+        return scorer.score_pairs(
+            e_u,
+            self.local_attention.weight,
+            centroids,
+            mask,
+            global_vec,
+            alpha=cfg.alpha,
+            beta=cfg.beta,
+            use_local=cfg.use_local,
+            use_global=cfg.use_global,
+            log_prior=self.log_prior(sizes),
+        )
+
+    def logit(self, s: torch.Tensor) -> torch.Tensor:
+        """Calibrated logit ``scale * s + bias`` (monotone in s: ranking unchanged)."""
+        return self.scale * s + self.bias
+
+    def pctr(self, s: torch.Tensor) -> torch.Tensor:
+        """Predicted click probability ``sigmoid(scale * s + bias)``."""
+        return torch.sigmoid(self.logit(s))

@@ -1,0 +1,152 @@
+"""Stage-2 examples: seed sets of items and (user, item, label) training/validation samples.
+
+* Seeds of an item = its distinct clickers (``label > 0``) in the given splits (TRAIN for
+  training and warm evaluation), as CSR sorted by (item, user).
+* Positives = distinct TRAIN clicks; negatives = ``neg_ratio`` items per positive drawn
+  from the items that have at least one seed ("uniform"), or proportionally to their TRAIN
+  click count ("popularity"), rejecting items the user clicked in TRAIN (a few rejection
+  rounds; leftovers are dropped). Items without seeds are never negatives: they could only
+  score 0 and would make the task trivially easy.
+* Validation = distinct VALID clicks vs negatives drawn the same way, rejecting the user's
+  TRAIN and VALID clicks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ralm.data.encoded import EncodedDataset, Split
+
+
+@dataclass
+class SeedSets:
+    """Seed users of every item, CSR sorted by (item, user).
+
+    Attributes:
+        offsets: int64 (I + 1,) row range of each item.
+        users: int64 (S,) seed user of every row.
+        n_users: number of users (for the (item, user) key).
+    """
+
+    offsets: np.ndarray
+    users: np.ndarray
+    n_users: int
+
+    @property
+    def n_items(self) -> int:
+        return int(self.offsets.size - 1)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def find(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Seed row of each (user, item) pair, -1 where the user is not a seed of the item."""
+        item_of = np.repeat(np.arange(self.n_items, dtype=np.int64), self.counts)
+        keys = item_of * self.n_users + self.users  # (S,) sorted
+        q = np.asarray(items, np.int64) * self.n_users + np.asarray(users, np.int64)
+        pos = np.searchsorted(keys, q)
+        pos_c = np.minimum(pos, max(keys.size - 1, 0))
+        hit = (pos < keys.size) & (keys[pos_c] == q) if keys.size else np.zeros(q.size, bool)
+        return np.where(hit, pos_c, -1).astype(np.int64)
+
+
+def _click_keys(ds: EncodedDataset, splits: tuple[Split, ...]) -> np.ndarray:
+    """Sorted unique ``user * n_items + item`` keys of clicks in ``splits``."""
+    it = ds.interactions
+    m = it.mask(*splits) & (np.asarray(it.label) > 0)
+    return np.unique(np.asarray(it.user)[m] * ds.n_items + np.asarray(it.item)[m])
+
+
+def seed_sets(ds: EncodedDataset, splits: tuple[Split, ...] = (Split.TRAIN,)) -> SeedSets:
+    """Distinct clickers of every item in ``splits`` (CSR by item)."""
+    keys = _click_keys(ds, splits)
+    users, items = keys // ds.n_items, keys % ds.n_items
+    order = np.lexsort((users, items))
+    counts = np.bincount(items, minlength=ds.n_items)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return SeedSets(offsets=offsets, users=users[order].astype(np.int64), n_users=ds.n_users)
+
+
+def _sample_negatives(
+    users: np.ndarray,
+    n_items: int,
+    probs: np.ndarray,
+    forbidden: np.ndarray,
+    ratio: int,
+    rng: np.random.Generator,
+    rounds: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``ratio`` items per user from ``probs`` avoiding sorted ``forbidden`` user*n_items+item."""
+    u = np.repeat(users, ratio)
+    items = rng.choice(n_items, size=u.size, p=probs)
+    for _ in range(rounds + 1):
+        keys = u * n_items + items
+        pos = np.minimum(np.searchsorted(forbidden, keys), max(forbidden.size - 1, 0))
+        bad = (forbidden[pos] == keys) if forbidden.size else np.zeros(u.size, bool)
+        if not bad.any():
+            break
+        items[bad] = rng.choice(n_items, size=int(bad.sum()), p=probs)
+    keep = ~bad
+    return u[keep], items[keep]
+
+
+def negative_distribution(ds: EncodedDataset, seeds: SeedSets, how: str) -> np.ndarray:
+    """Sampling probabilities over items: 'uniform' or 'popularity' among items with seeds."""
+    counts = seeds.counts.astype(np.float64)
+    if how == "uniform":
+        w = (counts > 0).astype(np.float64)
+    elif how == "popularity":
+        w = counts
+    else:
+        raise ValueError(f"unknown negative sampling {how!r} (uniform | popularity)")
+    if w.sum() <= 0:
+        raise ValueError(f"dataset {ds.name} has no item with seeds: cannot sample negatives")
+    return w / w.sum()
+
+
+def training_examples(
+    ds: EncodedDataset,
+    seeds: SeedSets,
+    neg_ratio: int,
+    neg_sampling: str,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffled (users, items, labels float32) of TRAIN clicks plus sampled negatives."""
+    pos = _click_keys(ds, (Split.TRAIN,))
+    pu, pi = pos // ds.n_items, pos % ds.n_items
+    probs = negative_distribution(ds, seeds, neg_sampling)
+    nu, ni = _sample_negatives(pu, ds.n_items, probs, pos, neg_ratio, rng)
+    users = np.concatenate([pu, nu])
+    items = np.concatenate([pi, ni])
+    labels = np.concatenate([np.ones(pu.size, np.float32), np.zeros(nu.size, np.float32)])
+    perm = rng.permutation(users.size)
+    return users[perm], items[perm], labels[perm]
+
+
+def validation_examples(
+    ds: EncodedDataset,
+    seeds: SeedSets,
+    neg_ratio: int,
+    neg_sampling: str,
+    rng: np.random.Generator,
+    max_pos: int = 0,
+    split: Split = Split.VALID,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(users, items, labels) of ``split`` clicks on items with seeds, plus negatives."""
+    pos = _click_keys(ds, (split,))
+    pu, pi = pos // ds.n_items, pos % ds.n_items
+    has_seeds = seeds.counts[pi] > 0
+    pu, pi = pu[has_seeds], pi[has_seeds]
+    if max_pos and pu.size > max_pos:
+        pick = np.sort(rng.choice(pu.size, max_pos, replace=False))
+        pu, pi = pu[pick], pi[pick]
+    forbidden = _click_keys(ds, (Split.TRAIN, split))
+    probs = negative_distribution(ds, seeds, neg_sampling)
+    nu, ni = _sample_negatives(pu, ds.n_items, probs, forbidden, neg_ratio, rng)
+    users = np.concatenate([pu, nu])
+    items = np.concatenate([pi, ni])
+    labels = np.concatenate([np.ones(pu.size, np.float32), np.zeros(nu.size, np.float32)])
+    return users, items, labels

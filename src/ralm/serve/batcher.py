@@ -1,0 +1,113 @@
+"""Micro-batching: concurrent requests are scored together in one matrix multiply.
+
+A single worker thread takes the first waiting request, then keeps collecting until either
+``max_batch`` requests are in hand or ``window_ms`` has passed since the first one, and runs
+the batch function once. Callers get a :class:`concurrent.futures.Future` (awaitable from
+asyncio through :func:`asyncio.wrap_future`). An exception of the batch function is set on
+every future of that batch; the worker keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+_STOP = object()
+
+
+class MicroBatcher(Generic[Req, Res]):
+    """Groups requests into batches for ``fn``.
+
+    Args:
+        fn: batch function, ``fn(requests) -> results`` (one result per request, same order).
+        max_batch: largest batch.
+        window_ms: how long a batch stays open after its first request (0 = take only what
+            is already queued).
+        on_batch: optional callback ``(batch_size, seconds)`` after every batch (metrics).
+        name: worker thread name.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Sequence[Req]], Sequence[Res]],
+        max_batch: int = 64,
+        window_ms: float = 2.0,
+        on_batch: Callable[[int, float], None] | None = None,
+        name: str = "ralm-batcher",
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self._fn = fn
+        self.max_batch = max_batch
+        self.window_s = window_ms / 1000.0
+        self._on_batch = on_batch
+        self._q: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, request: Req) -> Future[Res]:
+        """Queue one request; the future resolves when its batch has run."""
+        if self._closed:
+            raise RuntimeError("batcher is closed")
+        fut: Future[Res] = Future()
+        self._q.put((request, fut))
+        return fut
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker after the requests already queued."""
+        if self._closed:
+            return
+        self._closed = True
+        self._q.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._q.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            deadline = time.perf_counter() + self.window_s
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                try:
+                    item = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[object]) -> None:
+        pairs = [p for p in batch if isinstance(p, tuple)]
+        live = [(r, f) for r, f in pairs if f.set_running_or_notify_cancel()]
+        if not live:
+            return
+        t0 = time.perf_counter()
+        try:
+            results = self._fn([r for r, _ in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"batch function returned {len(results)} for {len(live)}")
+        except BaseException as e:  # every caller of the batch gets the error
+            log.exception("micro-batch of %d failed", len(live))
+            for _, f in live:
+                f.set_exception(e)
+            return
+        for (_, f), res in zip(live, results, strict=True):
+            f.set_result(res)
+        if self._on_batch is not None:
+            self._on_batch(len(live), time.perf_counter() - t0)

@@ -1,0 +1,59 @@
+"""Configuration of the online service (paper Fig. 2), with the paper's defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServeConfig(BaseModel):
+    """Every knob of ``ralm serve``; CLI flags override the defaults.
+
+    Args:
+        state_dir: folder for the SQLite seed store and the published index versions.
+        max_seeds_per_item: N, the most recent clickers kept per item (paper: 3 million).
+        recluster_every_s: T, seconds between re-clustering cycles (paper: 5 minutes).
+        min_seeds: items with fewer embeddable seeds are not recommended (paper's system
+            used about 100).
+        fast_path: make items with a handful of seeds servable within seconds, using their
+            most recent seeds as centroids (no k-means) until the next full cycle.
+        fast_path_min_seeds: seeds needed before the fast path serves an item.
+        fast_path_every_s: how often the fast path runs.
+        k: clusters per item; None takes the stage-2 model's (paper: 20).
+        batch_window_ms: micro-batching window: a batch closes this long after its first request.
+        max_batch: micro-batch size cap.
+        max_n: the largest ``n`` a client may ask for.
+        max_clicks_per_request: cap on events in one ``POST /clicks``.
+        max_exclude: cap on the ``exclude`` list of one request.
+        max_body_bytes: requests with a larger body are refused (413) before parsing.
+        token: bearer token required by write endpoints (clicks, admin); None = open.
+        synchronous: SQLite ``synchronous`` pragma. FULL fsyncs the WAL on every commit
+            (survives power loss); NORMAL survives ``kill -9`` of the server (the WAL is in
+            the OS page cache when the commit returns) but not a power cut.
+        keep_index_versions: how many published index versions are kept on disk.
+        torch_threads: intra-op threads for scoring (None = torch default).
+        seed: seed of the k-means runs.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    state_dir: Path = Field(Path("serve-state"), description="SQLite store + published indexes.")
+    max_seeds_per_item: int = Field(3_000_000, ge=1, description="N most recent clickers kept.")
+    recluster_every_s: float = Field(300.0, gt=0, description="T: seconds between re-clusters.")
+    min_seeds: int = Field(10, ge=1, description="Fewer embeddable seeds: not recommended.")
+    fast_path: bool = Field(True, description="Serve items with few seeds within seconds.")
+    fast_path_min_seeds: int = Field(3, ge=1, description="Seeds needed by the fast path.")
+    fast_path_every_s: float = Field(2.0, gt=0, description="Fast-path period in seconds.")
+    k: int | None = Field(None, ge=1, description="Clusters per item; None = the model's k.")
+    batch_window_ms: float = Field(2.0, ge=0, description="Micro-batch window (ms).")
+    max_batch: int = Field(64, ge=1, description="Micro-batch size cap.")
+    max_n: int = Field(1000, ge=1, description="Largest n a client may request.")
+    max_clicks_per_request: int = Field(10_000, ge=1, description="Events per POST /clicks.")
+    max_exclude: int = Field(10_000, ge=0, description="Items in one exclude list.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Request body cap.")
+    token: str | None = Field(None, description="Bearer token for write endpoints.")
+    synchronous: str = Field("FULL", pattern="^(FULL|NORMAL|EXTRA)$", description="SQLite sync.")
+    keep_index_versions: int = Field(2, ge=1, description="Published versions kept on disk.")
+    torch_threads: int | None = Field(None, ge=1, description="Scoring threads.")
+    seed: int = Field(0, description="k-means seed.")

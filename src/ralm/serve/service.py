@@ -1,0 +1,360 @@
+"""The online service (paper Fig. 2) without HTTP: recommend, ingest clicks, re-cluster.
+
+Per request the user's universal embedding is looked up (known id) or computed from raw
+features (new user), then queued to the micro-batcher; a batch is transformed to E_u
+(B, h) once and scored against every item of ONE index snapshot with stage 2's scorer
+(global vectors and Gram matrices precomputed per item), non-servable and excluded items
+are masked, and the top n are returned with their pCTR and the snapshot's version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ralm.errors import RalmError
+from ralm.serve.batcher import MicroBatcher
+from ralm.serve.config import ServeConfig
+from ralm.serve.index_holder import IndexHolder, IndexSnapshot
+from ralm.serve.metrics import ServiceMetrics
+from ralm.serve.recluster import Reclusterer
+from ralm.serve.runtime import ServingModel
+from ralm.serve.snapshot_io import load_snapshot, prune_versions, save_snapshot
+from ralm.serve.store import Click, SeedStore
+
+log = logging.getLogger(__name__)
+
+
+class UnknownUserError(RalmError):
+    """A request names a user the service cannot embed (unknown id, no features)."""
+
+
+class UnknownItemError(RalmError):
+    """A request names an item the service has never seen."""
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended item."""
+
+    item_id: str
+    pctr: float
+    score: float
+
+
+@dataclass
+class RecommendResult:
+    """Answer to one recommend request: items best first, and the index version used."""
+
+    version: int
+    items: list[Recommendation]
+    user: str  # "known" | "features" | "stored-features"
+
+
+@dataclass(frozen=True)
+class _ScoreRequest:
+    universal: np.ndarray  # float32 (m,)
+    n: int
+    exclude: frozenset[str] = field(default_factory=frozenset)
+
+
+class RalmService:
+    """Seed store + index holder + micro-batcher + re-clustering job.
+
+    Args:
+        model: the stage-1/2 runtime to serve.
+        config: service settings.
+        store: an open seed store (default: ``state_dir/seeds.sqlite3``).
+        metrics: metrics sink (default: a new one).
+    """
+
+    def __init__(
+        self,
+        model: ServingModel,
+        config: ServeConfig,
+        store: SeedStore | None = None,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.metrics = metrics or ServiceMetrics()
+        self.started_at = time.time()
+        state = Path(config.state_dir)
+        self.index_dir = state / "index"
+        self.store = store or SeedStore(
+            state / "seeds.sqlite3", config.max_seeds_per_item, config.synchronous
+        )
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        self.holder = IndexHolder(self._restore())
+        self._set_index_gauges(self.holder.current())
+        self.reclusterer = Reclusterer(
+            self.store, self.holder, model, config, self.metrics, on_publish=self._on_publish
+        )
+        self.batcher: MicroBatcher[_ScoreRequest, RecommendResult] = MicroBatcher(
+            self._score_batch, config.max_batch, config.batch_window_ms, on_batch=self._on_batch
+        )
+
+    # ---- start-up and persistence --------------------------------------------------------
+    def _restore(self) -> IndexSnapshot:
+        """Last published index if any, else training's seed index, else empty."""
+        m = self.model
+        if self.store.n_items() == 0 and m.bootstrap_clicks is not None:
+            t0 = time.perf_counter()
+            n = self.store.bulk_import(m.bootstrap_clicks())
+            secs = time.perf_counter() - t0
+            log.info("bootstrapped the seed store with %d seeds in %.1fs", n, secs)
+        base = int(self.store.get_meta("max_version", 0))
+        snap: IndexSnapshot | None = None
+        saved = self.store.get_meta("index")
+        if saved is not None and Path(saved["path"]).is_dir():
+            snap = load_snapshot(saved["path"])
+            log.info("restored index version %d from %s", snap.version, saved["path"])
+        elif m.initial_index is not None:
+            snap = self._from_initial()
+            # items whose stored seeds are exactly those training clustered need no cycle
+            self.store.mark_clustered(
+                {
+                    it.item_id: it.changed_seq
+                    for it in self.store.items(changed_only=True)
+                    if it.item_id in snap.row_of
+                    and it.n_seeds == int(snap.n_seeds[snap.row_of[it.item_id]])
+                }
+            )
+        if snap is None:
+            return IndexSnapshot.empty(m.k, m.h, version=base)
+        if snap.k != m.k or snap.h != m.h:
+            raise RalmError(f"stored index has k={snap.k}, h={snap.h}; model has k={m.k}, h={m.h}")
+        if snap.version <= base:
+            snap = dataclasses.replace(snap, version=base + 1)
+        return snap
+
+    def _from_initial(self) -> IndexSnapshot:
+        ini = self.model.initial_index
+        assert ini is not None
+        cen, mask = torch.from_numpy(ini.centroids), torch.from_numpy(ini.mask)
+        sizes = torch.from_numpy(np.asarray(ini.sizes, np.int64))  # (I, k)
+        has = mask.any(dim=1)
+        if ini.global_vec is not None:
+            glb = torch.from_numpy(np.asarray(ini.global_vec, np.float32))  # (I, h)
+        else:
+            glb = torch.zeros(cen.shape[0], self.model.h)  # (I, h)
+            with torch.no_grad():
+                if bool(has.any()):
+                    g = self.model.scorer.item_global(cen[has], mask[has], sizes[has])
+                    glb[has] = g.float()
+        n = np.asarray(ini.n_seeds, np.int64)
+        ok = n >= self.config.min_seeds
+        if self.config.fast_path:
+            ok |= n >= self.config.fast_path_min_seeds
+        return IndexSnapshot.from_arrays(
+            1, [str(i) for i in ini.item_ids], cen, mask, glb, ini.sizes, n, ok & has.numpy(), 0.0
+        )
+
+    def _on_publish(self, snap: IndexSnapshot, kind: str) -> None:
+        self.store.set_meta("max_version", snap.version)
+        self._set_index_gauges(snap)
+        if kind == "full":
+            path = save_snapshot(snap, self.index_dir)
+            self.store.set_meta("index", {"version": snap.version, "path": str(path)})
+            prune_versions(self.index_dir, self.config.keep_index_versions)
+
+    def _set_index_gauges(self, snap: IndexSnapshot) -> None:
+        self.metrics.index_version.set(snap.version)
+        self.metrics.index_items.set(snap.n_items)
+        self.metrics.index_servable.set(snap.n_servable)
+
+    def _on_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.batch_latency.observe(seconds)
+
+    def start(self) -> None:
+        """Cluster whatever is pending (first start) and start the background job."""
+        if self.holder.current().n_items == 0 and self.store.n_items() > 0:
+            self.reclusterer.run_full()
+        self.reclusterer.start()
+
+    def close(self) -> None:
+        """Stop the background job and the batcher, close the store."""
+        self.reclusterer.stop()
+        self.batcher.close()
+        self.store.close()
+
+    # ---- recommend -----------------------------------------------------------------------
+    def universal(
+        self, user_id: str | None, features: Mapping[str, Any] | None
+    ) -> tuple[np.ndarray, str]:
+        """The user's universal embedding (m,) and how it was obtained."""
+        emb = self.model.embedder
+        if user_id is not None:
+            vec, found = emb.lookup([user_id])
+            if bool(found[0]):
+                return vec[0], "known"
+        if features is not None:
+            vec = emb.embed_features([features])[0]
+            if user_id is not None:  # remember them: their clicks become embeddable seeds
+                self.store.put_user_features(user_id, features)
+            return vec, "features"
+        if user_id is not None:
+            stored = self.store.user_features([user_id]).get(user_id)
+            if stored is not None:
+                return emb.embed_features([stored])[0], "stored-features"
+            raise UnknownUserError(
+                f"user_id: user {user_id!r} is unknown to the model and no features were given"
+            )
+        raise UnknownUserError("give a user_id, features, or both")
+
+    def _request(
+        self,
+        user_id: str | None,
+        features: Mapping[str, Any] | None,
+        n: int,
+        exclude: Sequence[str],
+        exclude_clicked: bool,
+    ) -> tuple[_ScoreRequest, str]:
+        if not 1 <= n <= self.config.max_n:
+            raise RalmError(f"n: must be in [1, {self.config.max_n}], got {n}")
+        vec, how = self.universal(user_id, features)
+        ex = set(exclude)
+        if exclude_clicked and user_id is not None:
+            ex.update(self.store.items_of_user(user_id))
+        return _ScoreRequest(np.asarray(vec, np.float32), n, frozenset(ex)), how
+
+    def recommend(
+        self,
+        user_id: str | None = None,
+        features: Mapping[str, Any] | None = None,
+        n: int = 10,
+        exclude: Sequence[str] = (),
+        exclude_clicked: bool = False,
+        timeout: float = 30.0,
+    ) -> RecommendResult:
+        """Top-n servable items for a user (blocking; micro-batched with concurrent calls)."""
+        req, how = self._request(user_id, features, n, exclude, exclude_clicked)
+        res = self.batcher.submit(req).result(timeout)
+        return dataclasses.replace(res, user=how)
+
+    async def arecommend(
+        self,
+        user_id: str | None = None,
+        features: Mapping[str, Any] | None = None,
+        n: int = 10,
+        exclude: Sequence[str] = (),
+        exclude_clicked: bool = False,
+    ) -> RecommendResult:
+        """Async :meth:`recommend`: embedding runs in a worker thread, scoring is awaited."""
+        loop = asyncio.get_running_loop()
+        req, how = await loop.run_in_executor(
+            None, self._request, user_id, features, n, exclude, exclude_clicked
+        )
+        res = await asyncio.wrap_future(self.batcher.submit(req))
+        return dataclasses.replace(res, user=how)
+
+    def _score_batch(self, reqs: Sequence[_ScoreRequest]) -> list[RecommendResult]:
+        snap = self.holder.current()  # the whole batch is scored on ONE version
+        if snap.n_servable == 0:
+            return [RecommendResult(snap.version, [], "") for _ in reqs]
+        scorer = self.model.scorer
+        with torch.no_grad():
+            u = torch.from_numpy(np.stack([r.universal for r in reqs]))  # (B, m)
+            e_u = scorer.transform(u)  # (B, h)
+            parts = [
+                scorer.score(e_u, c.centroids, c.mask, c.global_vec, gram=c.gram, sizes=c.sizes)
+                for c in snap.chunks
+            ]
+            s = torch.cat(parts, dim=1)  # (B, I)
+            s = s.masked_fill(~snap.servable[None, :], -math.inf)
+            for b, r in enumerate(reqs):
+                rows = [snap.row_of[i] for i in r.exclude if i in snap.row_of]
+                if rows:
+                    s[b, torch.as_tensor(rows)] = -math.inf
+            top = min(max(r.n for r in reqs), snap.n_items)
+            top_s, top_i = torch.topk(s, top, dim=1)  # (B, top)
+            top_p = scorer.pctr(top_s)  # (B, top)
+        out = []
+        for b, r in enumerate(reqs):
+            keep = torch.isfinite(top_s[b, : r.n])
+            items = [
+                Recommendation(snap.item_ids[int(i)], float(p), float(sc))
+                for i, p, sc in zip(
+                    top_i[b, : r.n][keep], top_p[b, : r.n][keep], top_s[b, : r.n][keep], strict=True
+                )
+            ]
+            out.append(RecommendResult(snap.version, items, ""))
+        return out
+
+    # ---- clicks and items ----------------------------------------------------------------
+    def add_clicks(
+        self,
+        clicks: Sequence[Click],
+        features: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> int:
+        """Store clicks durably (returns new seeds); ``features`` for users first seen online.
+
+        Features are validated (embedded once) before anything is written.
+        """
+        if features:
+            ids = list(features)
+            _, found = self.model.embedder.lookup(ids)
+            new = [i for i, f in zip(ids, found, strict=True) if not f]
+            if new:
+                self.model.embedder.embed_features([features[i] for i in new])  # validates
+                for i in new:
+                    self.store.put_user_features(i, features[i])
+        added = self.store.add_clicks(clicks)
+        self.metrics.seeds_ingested.inc(len(clicks))
+        self.metrics.new_seeds.inc(added)
+        return added
+
+    def item_info(self, item_id: str) -> dict[str, Any]:
+        """Seed count, cluster sizes, servability and last re-cluster time of an item."""
+        st = self.store.item(item_id)
+        snap = self.holder.current()
+        r = snap.row_of.get(item_id)
+        if st is None and r is None:
+            raise UnknownItemError(f"item_id: item {item_id!r} has never been seen")
+        info: dict[str, Any] = {
+            "item_id": item_id,
+            "n_seeds": st.n_seeds if st is not None else int(snap.n_seeds[r]),  # type: ignore[index]
+            "last_click": st.last_click if st is not None else None,
+            "pending_recluster": bool(st is not None and st.changed_seq > st.clustered_seq),
+            "index_version": snap.version,
+            "in_index": r is not None,
+            "servable": False,
+            "clustered_seeds": 0,
+            "cluster_sizes": [],
+            "last_recluster": None,
+        }
+        if r is not None:
+            sizes = snap.sizes[r]
+            info.update(
+                servable=bool(snap.servable[r]),
+                clustered_seeds=int(snap.n_seeds[r]),
+                cluster_sizes=[int(x) for x in sizes[sizes > 0]],
+                last_recluster=float(snap.clustered_at[r]) or None,
+            )
+        return info
+
+    def health(self) -> dict[str, Any]:
+        """Liveness and index summary."""
+        snap = self.holder.current()
+        last = self.reclusterer.last_full
+        return {
+            "status": "ok" if self.reclusterer.last_error is None else "degraded",
+            "index_version": snap.version,
+            "items": snap.n_items,
+            "servable_items": snap.n_servable,
+            "last_full_recluster_s": None if last is None else round(last.seconds, 4),
+            "recluster_error": self.reclusterer.last_error,
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }

@@ -1,0 +1,228 @@
+"""Stage-1 checkpoints: safe to load, clear errors when corrupted or mismatched.
+
+A run folder (``runs/<name>/user/``) holds::
+
+    model.safetensors   best weights (tower.* and item_embedding.weight)
+    config.json         format version, UserModelConfig, field infos, item count and an
+                        item-id digest, best validation metrics, per-epoch history
+    last.safetensors    weights after the last finished epoch         (resume only)
+    train_state.pt      optimizer state, epoch, early-stopping state  (resume only,
+                        loaded with ``torch.load(weights_only=True)``)
+
+Nothing is unpickled: weights are safetensors, metadata is JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+
+from ralm.data.encoded import EncodedDataset, FieldInfo
+from ralm.errors import CheckpointError
+from ralm.user.config import UserModelConfig
+from ralm.user.tower import UserItemModel, UserTower
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+KIND = "ralm.user"
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+LAST_FILE = "last.safetensors"
+STATE_FILE = "train_state.pt"
+
+
+def item_digest(item_ids: np.ndarray) -> str:
+    """A short digest of the item-id map (detects a checkpoint used on other data)."""
+    h = hashlib.sha1()
+    for s in np.asarray(item_ids).astype(str):
+        h.update(s.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class UserModel:
+    """A trained stage-1 model, ready for inference.
+
+    Attributes:
+        tower: the user tower, in eval mode.
+        item_embedding: float32 (n_items, d) item-ID embeddings.
+        config: the model/training configuration.
+        fields: field infos the tower was built for.
+        item_digest: digest of the training dataset's item-id map.
+        metrics: best validation metrics (``recall``, ``val_loss``, ``epoch``, ...).
+        history: per-epoch training/validation records.
+    """
+
+    tower: UserTower
+    item_embedding: torch.Tensor
+    config: UserModelConfig
+    fields: list[FieldInfo]
+    item_digest: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_embedding.shape[0])
+
+    @property
+    def field_names(self) -> list[str]:
+        return self.tower.field_names
+
+    def check_dataset(self, ds: EncodedDataset) -> None:
+        """Raise :class:`CheckpointError` unless ``ds`` has this model's fields and items."""
+        check_compatible(self.fields, self.n_items, self.item_digest, ds)
+
+
+def check_compatible(
+    fields: list[FieldInfo], n_items: int, digest: str, ds: EncodedDataset, where: str = "model"
+) -> None:
+    """Raise :class:`CheckpointError` when the dataset's fields/items differ from a model's."""
+    if n_items != ds.n_items:
+        raise CheckpointError(f"{where} has {n_items} items, dataset {ds.name!r} {ds.n_items}")
+    want = [(f.name, f.kind, f.vocab_size) for f in fields]
+    have = [(f.name, f.kind, f.vocab_size) for f in ds.fields]
+    if want != have:
+        raise CheckpointError(
+            f"{where} was trained on fields {want} but dataset {ds.name!r} has {have}"
+        )
+    if digest and digest != item_digest(ds.item_ids):
+        raise CheckpointError(f"{where} was trained on a different item-id map than {ds.name!r}")
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_weights(net: UserItemModel, path: Path) -> None:
+    """Write the state dict of ``net`` to a safetensors file (atomically)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    _atomic_write(path, lambda p: save_file(state, str(p)))
+
+
+def save_config(
+    out_dir: Path,
+    config: UserModelConfig,
+    ds: EncodedDataset,
+    metrics: dict[str, float],
+    history: list[dict[str, float]],
+) -> None:
+    """Write ``config.json`` (config, field infos, item count/digest, metrics, history)."""
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": KIND,
+        "dataset": ds.name,
+        "config": config.model_dump(),
+        "fields": [f.to_json() for f in ds.fields],
+        "n_items": ds.n_items,
+        "item_digest": item_digest(ds.item_ids),
+        "metrics": metrics,
+        "history": history,
+    }
+    _atomic_write(out_dir / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Parse and validate ``config.json`` of a checkpoint folder."""
+    root = Path(path)
+    cfg_path = root / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{root} is not a user-model checkpoint (no {CONFIG_FILE})")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_path} is corrupted: {e}") from e
+    if not isinstance(meta, dict) or meta.get("kind") != KIND:
+        raise CheckpointError(f"{cfg_path} is not a stage-1 user-model config")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{cfg_path}: format {meta.get('format_version')} unsupported (want {FORMAT_VERSION})"
+        )
+    try:
+        meta["config"] = UserModelConfig(**meta["config"])
+        meta["fields"] = [FieldInfo(**f) for f in meta["fields"]]
+        meta["n_items"] = int(meta["n_items"])
+    except (KeyError, TypeError, ValueError, ValidationError) as e:
+        raise CheckpointError(f"{cfg_path} has an invalid entry: {e}") from e
+    return meta
+
+
+def load_weights(net: UserItemModel, path: Path) -> None:
+    """Load a safetensors state dict into ``net``; any mismatch is a CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"missing weights file {path}")
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path} is corrupted or not a safetensors file: {e}") from e
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing or extra:
+        raise CheckpointError(f"{path} does not match the config: missing {missing}, extra {extra}")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise CheckpointError(
+                f"{path}: tensor {k} has shape {tuple(v.shape)}, config expects "
+                f"{tuple(own[k].shape)}"
+            )
+    net.load_state_dict(state)
+
+
+def load_user_model(path: str | Path, ds: EncodedDataset | None = None) -> UserModel:
+    """Load the best model of a stage-1 run folder.
+
+    Args:
+        path: the run folder (holding ``config.json`` and ``model.safetensors``).
+        ds: optional dataset to check compatibility against (fields, item ids).
+
+    Raises:
+        CheckpointError: missing, corrupted or mismatched files.
+    """
+    root = Path(path)
+    meta = read_config(root)
+    net = UserItemModel(meta["fields"], meta["n_items"], meta["config"])
+    load_weights(net, root / MODEL_FILE)
+    net.eval()
+    model = UserModel(
+        tower=net.tower,
+        item_embedding=net.item_embedding.weight.detach().clone(),
+        config=meta["config"],
+        fields=meta["fields"],
+        item_digest=str(meta.get("item_digest", "")),
+        metrics=dict(meta.get("metrics", {})),
+        history=list(meta.get("history", [])),
+    )
+    if ds is not None:
+        model.check_dataset(ds)
+    log.info("loaded user model from %s (%d items, dim %d)", root, model.n_items, model.config.dim)
+    return model
+
+
+def save_train_state(path: Path, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Optimizer state + loop state (plain types) for resume; readable with weights_only."""
+    blob = {"optimizer": optimizer.state_dict(), "loop": json.dumps(state)}
+    _atomic_write(path, lambda p: torch.save(blob, p))
+
+
+def load_train_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(optimizer_state, loop_state)`` saved by :func:`save_train_state`."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return blob["optimizer"], json.loads(blob["loop"])
+    except Exception as e:  # corrupted pickle, wrong keys, bad JSON
+        raise CheckpointError(f"{path} is corrupted or not a stage-1 train state: {e}") from e

@@ -1,0 +1,90 @@
+"""Typed configuration of the stage-1 user model and its training (paper defaults)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class UserModelConfig(BaseModel):
+    """Hyper-parameters of the user tower, the item table and stage-1 training.
+
+    Defaults follow the paper (embedding dim 128, Adam, lr 0.001, batch 256, 10 negatives
+    per positive, at most 50 positives per user) where it states them, and common sampled
+    softmax practice where it is silent.
+
+    Args:
+        dim: embedding dimension ``m`` of every field and of the universal user embedding.
+        attention_units: hidden units ``a`` of the attention merge (W1 is ``m x a``).
+        merge: ``attention`` (paper) or ``concat`` (ablation, paper Fig. 5).
+        mlp_hidden: hidden layer sizes of the MLP after the merge (output is ``dim``).
+        n_negatives: sampled negatives per positive (paper: 10).
+        max_pos_per_user: positives kept per user per epoch, re-drawn each epoch (paper: 50).
+        remove_accidental_hits: mask negatives equal to the positive.
+        logq_correction: subtract log Q(item) from sampled logits (Bengio & Senecal); on by
+            default, the paper is silent.
+        batch_size: training rows (one positive + negatives each) per step.
+        lr: Adam learning rate.
+        weight_decay: Adam L2 weight decay.
+        epochs: maximum number of epochs.
+        patience: epochs without validation improvement before stopping (0 = never stop).
+        monitor: validation metric for early stopping and the best checkpoint.
+        eval_k: cut-off K of the validation recall@K.
+        val_max_users: at most this many VALID users evaluated per epoch (seeded subset).
+        seed: seed of every random draw (init, example selection, negatives).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = Field(
+        default=128, ge=1, description="Embedding dim m of fields and user output (paper)."
+    )
+    attention_units: int = Field(
+        default=64, ge=1, description="Attention hidden units a (W1: m x a)."
+    )
+    merge: Literal["attention", "concat"] = Field(
+        default="attention", description="Field merge: attention layer (paper) or concatenation."
+    )
+    mlp_hidden: list[int] = Field(
+        default_factory=lambda: [256], description="MLP hidden sizes after the merge."
+    )
+    n_negatives: int = Field(default=10, ge=1, description="Negatives per positive (paper: 10).")
+    max_pos_per_user: int = Field(
+        default=50, ge=1, description="Positives per user per epoch (paper)."
+    )
+    remove_accidental_hits: bool = Field(
+        default=True, description="Mask negatives equal to the positive."
+    )
+    logq_correction: bool = Field(
+        default=True,
+        description="Subtract log Q(item) from sampled logits (without it the model learns "
+        "p(item|user)/Q(item), which ranks popular items too low over the full catalogue).",
+    )
+    batch_size: int = Field(
+        default=256, ge=1, description="Rows per optimisation step (paper: 256)."
+    )
+    lr: float = Field(default=1e-3, gt=0, description="Adam learning rate (paper: 0.001).")
+    weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay.")
+    epochs: int = Field(default=20, ge=1, description="Maximum epochs.")
+    patience: int = Field(
+        default=3, ge=0, description="Early-stopping patience in epochs (0 = off)."
+    )
+    monitor: Literal["recall", "loss"] = Field(
+        default="recall",
+        description="Validation metric for early stopping: recall@K or sampled loss.",
+    )
+    eval_k: int = Field(default=50, ge=1, description="K of validation recall@K.")
+    val_max_users: int = Field(default=5000, ge=1, description="Max VALID users scored per epoch.")
+    seed: int = Field(
+        default=0, description="Seed of init, example selection and negative sampling."
+    )
+
+    def architecture(self) -> dict[str, object]:
+        """The fields that determine parameter shapes (must match to load or resume)."""
+        return {
+            "dim": self.dim,
+            "attention_units": self.attention_units,
+            "merge": self.merge,
+            "mlp_hidden": list(self.mlp_hidden),
+        }

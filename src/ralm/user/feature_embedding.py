@@ -1,0 +1,82 @@
+"""Feature embedding (paper Fig. 3, bottom): one vector of dim ``m`` per user field.
+
+- univalent categorical field -> ``nn.Embedding`` lookup;
+- multivalent categorical field -> ``nn.EmbeddingBag(mode="mean")`` over its values
+  (order-invariant by construction; an EMPTY bag gives the zero vector, never NaN);
+- all continuous fields -> concatenated, one linear layer to ``m``, counted as one field.
+
+Code 0 is the OOV / missing value and has its own learned row (it is not padding).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ralm.data.batching import UserBatch
+from ralm.data.encoded import FieldInfo
+from ralm.errors import ConfigError
+
+CONTINUOUS_FIELD = "continuous"
+
+
+class FeatureEmbedding(nn.Module):
+    """Embeds every user field into a stack ``H`` of shape ``(B, n_fields, dim)``.
+
+    Args:
+        fields: the encoded dataset's field infos (order defines the field order of ``H``:
+            categorical fields in their declared order, then one ``continuous`` field if
+            the schema has continuous features).
+        dim: embedding dimension ``m``.
+
+    Example::
+
+        emb = FeatureEmbedding(ds.fields, dim=128)
+        h = emb(gather_users(ds, np.arange(4)))  # (4, n_fields, 128)
+    """
+
+    def __init__(self, fields: list[FieldInfo], dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.categorical = [f for f in fields if f.kind in ("univalent", "multivalent")]
+        self.n_continuous = sum(1 for f in fields if f.kind == "continuous")
+        for f in fields:
+            if f.kind not in ("univalent", "multivalent", "continuous"):
+                raise ConfigError(f"field {f.name!r}: unknown kind {f.kind!r}")
+            if f.kind != "continuous" and f.vocab_size < 1:
+                raise ConfigError(f"field {f.name!r}: vocab_size must be >= 1 (code 0 = OOV)")
+        tables: list[nn.Module] = []
+        for f in self.categorical:
+            if f.kind == "univalent":
+                tables.append(nn.Embedding(f.vocab_size, dim))
+            else:
+                tables.append(nn.EmbeddingBag(f.vocab_size, dim, mode="mean"))
+        self.tables = nn.ModuleList(tables)
+        for t in self.tables:
+            nn.init.normal_(t.weight, std=dim**-0.5)  # type: ignore[arg-type]
+        self.continuous_fc = nn.Linear(self.n_continuous, dim) if self.n_continuous else None
+        if not self.categorical and self.continuous_fc is None:
+            raise ConfigError("the dataset declares no user feature field")
+
+    @property
+    def field_names(self) -> list[str]:
+        """Names of the rows of ``H`` (the continuous block is one field, ``continuous``)."""
+        names = [f.name for f in self.categorical]
+        return [*names, CONTINUOUS_FIELD] if self.continuous_fc is not None else names
+
+    @property
+    def n_fields(self) -> int:
+        return len(self.field_names)
+
+    def forward(self, batch: UserBatch) -> torch.Tensor:
+        """Returns ``H`` of shape ``(B, n_fields, dim)``."""
+        vecs: list[torch.Tensor] = []
+        for f, table in zip(self.categorical, self.tables, strict=True):
+            if f.kind == "univalent":
+                vecs.append(table(batch.univalent[f.name]))  # (B, d)
+            else:
+                values, offsets = batch.multivalent[f.name]
+                vecs.append(table(values, offsets))  # (B, d), empty bag -> zeros
+        if self.continuous_fc is not None:
+            vecs.append(self.continuous_fc(batch.continuous))  # (B, d)
+        return torch.stack(vecs, dim=1)  # (B, n_fields, d)

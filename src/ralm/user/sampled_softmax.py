@@ -1,0 +1,96 @@
+"""Sampled softmax loss: 1 positive + K sampled negatives per row (paper Sec. 4.1).
+
+For row b, the logits are ``[u_b . v_pos_b, u_b . v_neg_b1, ..., u_b . v_neg_bK]`` and the
+loss is the cross-entropy with the positive at column 0.
+
+- Accidental hits: a sampled negative equal to the row's positive gets logit -inf, so
+  the positive is never pushed against itself (``remove_accidental_hits=True``).
+- log-Q correction (optional): every logit of an item drawn with probability Q gets
+  ``- log Q(item)`` (pass ``pos_log_q``/``neg_log_q``), which makes the sampled softmax an
+  unbiased-in-the-limit estimate of the full softmax (Bengio & Senecal 2008; Jean et al.
+  2015). With all items sampled and no correction, the loss equals the full softmax
+  cross-entropy exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ralm.errors import ConfigError
+
+
+def sampled_logits(
+    user_vec: torch.Tensor,
+    items: torch.Tensor | nn.Embedding,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+) -> torch.Tensor:
+    """Raw logits (B, 1 + K), positive first.
+
+    Args:
+        user_vec: (B, d) user embeddings.
+        items: an item table (``nn.Embedding`` or Tensor (n_items, d)) indexed by
+            ``pos``/``neg``, or pre-gathered candidate vectors (B, 1 + K, d) with the
+            positive in column 0.
+        pos: int64 (B,) positive item index per row.
+        neg: int64 (B, K) negatives per row, or (K,) negatives shared by all rows.
+    """
+    if isinstance(items, nn.Embedding):
+        items = items.weight
+    if items.dim() == 3:  # pre-gathered (B, 1+K, d)
+        return torch.einsum("bd,bkd->bk", user_vec, items)  # (B, 1+K)
+    if items.dim() != 2:
+        raise ConfigError(f"items must be (n_items, d) or (B, 1+K, d), got {tuple(items.shape)}")
+    pos_logit = (user_vec * items[pos]).sum(-1, keepdim=True)  # (B, 1)
+    if neg.dim() == 1:
+        neg_logit = user_vec @ items[neg].T  # (B, K) shared negatives
+    else:
+        neg_logit = torch.einsum("bd,bkd->bk", user_vec, items[neg])  # (B, K)
+    return torch.cat([pos_logit, neg_logit], dim=1)  # (B, 1+K)
+
+
+def sampled_softmax_loss(
+    user_vec: torch.Tensor,
+    items: torch.Tensor | nn.Embedding,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    *,
+    remove_accidental_hits: bool = True,
+    pos_log_q: torch.Tensor | None = None,
+    neg_log_q: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Sampled softmax cross-entropy of the positive among itself and K negatives.
+
+    Args:
+        user_vec: (B, d) user embeddings.
+        items: item table (n_items, d) / ``nn.Embedding``, or gathered vectors (B, 1+K, d).
+        pos: int64 (B,) positive items.
+        neg: int64 (B, K) or shared (K,) negative items.
+        remove_accidental_hits: mask negatives equal to the row's positive.
+        pos_log_q: optional (B,) log sampling probability of the positives (log-Q).
+        neg_log_q: optional (B, K) or (K,) log sampling probability of the negatives.
+        reduction: ``mean`` | ``sum`` | ``none`` (per-row loss (B,)).
+
+    Returns:
+        The loss (scalar, or (B,) with ``reduction="none"``).
+    """
+    logits = sampled_logits(user_vec, items, pos, neg)  # (B, 1+K)
+    b, k1 = logits.shape
+    neg_b = neg if neg.dim() == 2 else neg.unsqueeze(0).expand(b, -1)  # (B, K)
+    if neg_b.shape != (b, k1 - 1):
+        raise ConfigError(f"neg has shape {tuple(neg.shape)}, logits {tuple(logits.shape)}")
+    if (pos_log_q is None) != (neg_log_q is None):
+        raise ConfigError("log-Q correction needs both pos_log_q and neg_log_q")
+    if pos_log_q is not None and neg_log_q is not None:
+        nq = neg_log_q if neg_log_q.dim() == 2 else neg_log_q.unsqueeze(0).expand(b, -1)
+        log_q = torch.cat([pos_log_q.reshape(b, 1), nq], dim=1).to(logits.dtype)  # (B, 1+K)
+        logits = logits - log_q
+    if remove_accidental_hits:
+        hit = neg_b == pos.reshape(b, 1)  # (B, K)
+        mask = torch.cat([torch.zeros_like(hit[:, :1]), hit], dim=1)  # (B, 1+K)
+        logits = logits.masked_fill(mask, float("-inf"))
+    target = torch.zeros(b, dtype=torch.long, device=logits.device)  # positive at column 0
+    return F.cross_entropy(logits, target, reduction=reduction)

@@ -1,0 +1,101 @@
+"""ML-100K fetch: extraction + checksums on a fake wheel (network-free), idempotency."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from test_readers import write_ml100k
+
+from ralm.data import fetch
+from ralm.errors import DataError
+
+FILES = {"ml-100k.inter": b"user_id:token\n1\n", "ml-100k.user": b"user_id:token\n1\n"}
+
+
+def _fake_wheel(path: Path, files: dict[str, bytes] = FILES) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("recbole/__init__.py", "")
+        for name, data in files.items():
+            zf.writestr(fetch.WHEEL_PREFIX + name, data)
+    return path
+
+
+def _sums(files: dict[str, bytes]) -> dict[str, str]:
+    return {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
+
+
+def test_extract_verifies_checksums(tmp_path: Path) -> None:
+    whl = _fake_wheel(tmp_path / "recbole-1.2.1-py3-none-any.whl")
+    dest = fetch.extract_ml100k_from_wheel(whl, tmp_path / "cache" / "ml", _sums(FILES))
+    assert (dest / "ml-100k.inter").read_bytes() == FILES["ml-100k.inter"]
+    assert fetch._verified(dest) is not None
+    (dest / "ml-100k.user").write_bytes(b"tampered")
+    assert fetch._verified(dest) is None  # a corrupted cache is detected
+
+
+def test_checksum_mismatch_leaves_nothing(tmp_path: Path) -> None:
+    whl = _fake_wheel(tmp_path / "r.whl", {n: b"fake" for n in fetch.ML100K_SHA256})
+    dest = tmp_path / "cache" / "ml"
+    with pytest.raises(DataError, match=r"ml-100k.inter has sha256 .* expected 4edb74e2"):
+        fetch.extract_ml100k_from_wheel(whl, dest)  # the real constants do not match
+    assert not dest.exists()
+    assert list((tmp_path / "cache").iterdir()) == []  # temp folder cleaned up
+
+
+def test_missing_member_and_bad_zip(tmp_path: Path) -> None:
+    whl = _fake_wheel(tmp_path / "r.whl", {"ml-100k.inter": b"x"})
+    with pytest.raises(DataError, match=r"lacks \['ml-100k.user'\]"):
+        fetch.extract_ml100k_from_wheel(whl, tmp_path / "d", _sums(FILES))
+    (tmp_path / "bad.whl").write_text("not a zip")
+    with pytest.raises(DataError, match="not a readable wheel"):
+        fetch.extract_ml100k_from_wheel(tmp_path / "bad.whl", tmp_path / "d")
+
+
+def test_fetch_is_idempotent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fetch, "ML100K_SHA256", _sums(FILES))
+    calls: list[Path] = []
+
+    def fake_download(tmp: Path) -> Path:
+        calls.append(tmp)
+        return _fake_wheel(tmp / "recbole-1.2.1-py3-none-any.whl")
+
+    monkeypatch.setattr(fetch, "download_recbole_wheel", fake_download)
+    monkeypatch.setenv("RALM_CACHE_DIR", str(tmp_path / "env-cache"))
+    folder, fmt = fetch.fetch_movielens_100k()
+    assert fmt == "recbole" and folder == tmp_path / "env-cache" / "movielens-100k"
+    assert fetch.fetch_movielens_100k() == (folder, "recbole")
+    assert len(calls) == 1  # second call: verified cache, no download
+    fetch.fetch_movielens_100k(force=True)
+    assert len(calls) == 2
+
+
+def test_from_dir_copies_a_grouplens_folder(tmp_path: Path) -> None:
+    src = write_ml100k(tmp_path / "ml-100k")
+    folder, fmt = fetch.fetch_movielens_100k(tmp_path / "cache", from_dir=src)
+    assert fmt == "grouplens" and (folder / "u.data").is_file()
+    assert fetch.cached_movielens_100k(tmp_path / "cache") == (folder, "grouplens")
+    (src / "u.user").write_text("1|24|M\n")  # malformed: named in the error
+    with pytest.raises(DataError, match=r"u.user, line 1: expected 5 columns"):
+        fetch.fetch_movielens_100k(tmp_path / "cache2", from_dir=src)
+
+
+def _index_reachable() -> bool:
+    cmd = [sys.executable, "-m", "pip", "index", "versions", "recbole", "--timeout", "5"]
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+    except (subprocess.SubprocessError, OSError):
+        return False
+
+
+@pytest.mark.slow
+def test_real_download_matches_the_checksums(tmp_path: Path) -> None:
+    if not _index_reachable():
+        pytest.skip("the package index is not reachable")
+    folder, fmt = fetch.fetch_movielens_100k(tmp_path)
+    assert fmt == "recbole"
+    assert {p.name for p in folder.iterdir()} >= set(fetch.ML100K_SHA256)

@@ -1,0 +1,131 @@
+"""Stage-2 training: leave-self-out, iterative re-clustering, learning, determinism, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ralm.data.encoded import EncodedDataset, Split
+from ralm.errors import CheckpointError, ConfigError
+from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
+from ralm.lookalike.model import LookalikeModel
+from ralm.lookalike.samples import seed_sets, training_examples
+from ralm.lookalike.seed_index import build_seed_index, cluster_for_model, transform_seeds
+from ralm.lookalike.train import leave_self_out, train_lookalike
+
+M = 12  # width of the `universal` fixture in conftest.py
+
+FAST = LookalikeTrainConfig(epochs=2, batch_size=256, patience=0)
+
+
+def test_leave_self_out_removes_exactly_the_target(toy: EncodedDataset, universal) -> None:
+    model = LookalikeModel(LookalikeConfig(m=M, h=8, k=3))
+    seeds = seed_sets(toy)
+    emb = transform_seeds(model, universal, seeds.users)
+    cl = cluster_for_model(model, emb, seeds.offsets)
+    rng = np.random.default_rng(0)
+    users, items, labels = training_examples(toy, seeds, 2, "uniform", rng)
+    cent, mask = leave_self_out(cl, emb, seeds, users, items)
+    checked = {"seed": 0, "single": 0, "other": 0}
+    for b in range(0, users.size, 7):
+        u, i = users[b], items[b]
+        lo, hi = seeds.offsets[i], seeds.offsets[i + 1]
+        members = seeds.users[lo:hi]
+        if u in members:
+            r = lo + int(np.flatnonzero(members == u)[0])
+            j = cl.assign[r]
+            same = np.arange(lo, hi)[(cl.assign[lo:hi] == j) & (np.arange(lo, hi) != r)]
+            if same.size == 0:
+                assert not mask[b, j] and np.all(cent[b, j] == 0)
+                checked["single"] += 1
+            else:
+                np.testing.assert_allclose(cent[b, j], emb[same].mean(0), atol=1e-4)
+                checked["seed"] += 1
+            others = np.arange(cl.k) != j
+            np.testing.assert_array_equal(cent[b, others], cl.centroids[i, others])
+        else:
+            np.testing.assert_array_equal(cent[b], cl.centroids[i])
+            np.testing.assert_array_equal(mask[b], cl.mask[i])
+            checked["other"] += 1
+    assert checked["seed"] > 10 and checked["other"] > 10
+    # every positive is a TRAIN click, so its user is always a seed of its item
+    assert np.all(seeds.find(users[labels > 0], items[labels > 0]) >= 0)
+
+
+def test_recluster_after_weight_update_changes_centroids(toy: EncodedDataset, universal) -> None:
+    torch.manual_seed(0)
+    model = LookalikeModel(LookalikeConfig(m=M, h=8, k=3))
+    seeds = seed_sets(toy)
+    csr = (seeds.offsets, seeds.users)
+    first = build_seed_index(model, universal, csr)
+    same = build_seed_index(model, universal, csr, init=first)
+    np.testing.assert_allclose(same.centroids, first.centroids, atol=1e-4)
+    assert same.version == first.version + 1
+    with torch.no_grad():
+        model.transform_layer.fc.weight.add_(0.5 * torch.randn_like(model.transform_layer.fc.weight))
+    moved = build_seed_index(model, universal, csr, init=first)
+    assert np.abs(moved.centroids - first.centroids).max() > 1e-2
+
+
+def test_loop_reclusters_every_epoch_and_learns(toy: EncodedDataset, universal, lookup) -> None:
+    cfg = LookalikeConfig(m=M, h=8, k=3)
+    res = train_lookalike(toy, cfg, universal, lookup, train_cfg=FAST.model_copy(update={"epochs": 3}))
+    assert res.recluster_calls == 3 + 1  # initial clustering + one after every epoch
+    assert [r["epoch"] for r in res.history] == [0, 1, 2]
+    assert all(r["kmeans_s"] >= 0 and np.isfinite(r["inertia"]) for r in res.history)
+    # planted groups: the look-alike score separates VALID clicks from random items
+    assert res.best_val_auc > 0.7
+    assert res.seed_index.n_items == toy.n_items and res.seed_index.k == 3
+
+
+def test_positives_are_embedded_without_their_target(toy: EncodedDataset, universal) -> None:
+    calls: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def target(users: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+        calls.append((users.copy(), exclude.copy()))
+        return universal[users]
+
+    train_lookalike(toy, LookalikeConfig(m=M, h=8, k=3), universal, target, train_cfg=FAST)
+    it = toy.interactions
+    clicked = set(zip(it.user.tolist(), it.item.tolist(), strict=True))
+    train = it.split == int(Split.TRAIN)
+    train_clicks = set(zip(it.user[train].tolist(), it.item[train].tolist(), strict=True))
+    n_excluded = 0
+    for users, exclude in calls:
+        for u, e in zip(users.tolist(), exclude.tolist(), strict=True):
+            if e >= 0:
+                assert (u, e) in clicked
+                n_excluded += 1
+    assert n_excluded >= len(train_clicks)  # every TRAIN positive excluded its item
+
+
+def test_deterministic_and_resumable(toy: EncodedDataset, universal, lookup, tmp_path: Path) -> None:
+    cfg = LookalikeConfig(m=M, h=8, k=3)
+    a = train_lookalike(toy, cfg, universal, lookup, tmp_path / "a", FAST)
+    b = train_lookalike(toy, cfg, universal, lookup, tmp_path / "b", FAST)
+    one = FAST.model_copy(update={"epochs": 1})
+    train_lookalike(toy, cfg, universal, lookup, tmp_path / "c", one)
+    c = train_lookalike(toy, cfg, universal, lookup, tmp_path / "c", FAST, resume=True)
+    for k, v in a.model.state_dict().items():
+        torch.testing.assert_close(b.model.state_dict()[k], v, atol=0, rtol=0)
+        torch.testing.assert_close(c.model.state_dict()[k], v, atol=1e-6, rtol=1e-6)
+    assert [r["val_auc"] for r in c.history] == pytest.approx([r["val_auc"] for r in a.history])
+    for name in ("config.json", "model.safetensors", "seed_index/meta.json", "history.json"):
+        assert (tmp_path / "a" / name).is_file()
+
+
+def test_resume_errors(toy: EncodedDataset, universal, lookup, tmp_path: Path) -> None:
+    cfg = LookalikeConfig(m=M, h=8, k=3)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train_lookalike(toy, cfg, universal, lookup, tmp_path, FAST, resume=True)
+    train_lookalike(toy, cfg, universal, lookup, tmp_path, FAST.model_copy(update={"epochs": 1}))
+    with pytest.raises(CheckpointError, match="another model config"):
+        train_lookalike(toy, cfg.model_copy(update={"k": 4}), universal, lookup, tmp_path, FAST, True)
+    (tmp_path / "train_state" / "state.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        train_lookalike(toy, cfg, universal, lookup, tmp_path, FAST, resume=True)
+    with pytest.raises(ConfigError, match="n_users"):
+        train_lookalike(toy, cfg, universal[:5], lookup)

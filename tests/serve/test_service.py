@@ -1,0 +1,146 @@
+"""The service in-process: scoring against the stage-2 scorer, batching, exclusions,
+seed thresholds, the fast path and restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ralm.serve.service import RalmService, UnknownUserError
+from ralm.serve.store import Click
+
+from .conftest import background_clicks, make_service
+from .planted import group_users
+
+
+def test_ranking_equals_the_stage2_scorer_on_the_whole_table(service: RalmService) -> None:
+    snap = service.holder.current()
+    assert snap.n_items == 15 and snap.n_servable == 15
+    res = service.recommend(features={"group": "g1"}, n=15)
+    m = service.model
+    with torch.no_grad():
+        u = torch.from_numpy(m.embedder.embed_features([{"group": "g1"}]))  # (1, m)
+        cen, mask, glb = snap.table()
+        sizes = torch.from_numpy(snap.sizes)  # (I, k)
+        s = m.scorer.score(m.scorer.transform(u), cen, mask, glb, sizes=sizes)[0]  # (I,)
+        p = m.scorer.pctr(s)
+    order = torch.argsort(s, descending=True)
+    assert [it.item_id for it in res.items] == [snap.item_ids[int(i)] for i in order]
+    np.testing.assert_allclose([it.pctr for it in res.items], p[order].numpy(), rtol=1e-5)
+    assert all(it.item_id.startswith("item-g1-") for it in res.items[:5])
+    assert res.version == snap.version and res.user == "features"
+
+
+def test_batched_results_equal_single_results(service: RalmService) -> None:
+    users = [f"u{i}" for i in range(24)]
+    single = {u: service.recommend(user_id=u, n=7).items for u in users}
+    out: dict[str, list] = {}
+    sizes_before = service.metrics.batch_size.count()
+
+    def go(u: str) -> None:
+        out[u] = service.recommend(user_id=u, n=7).items
+
+    threads = [threading.Thread(target=go, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for u in users:  # same scores; ids may only swap between float-level ties
+        np.testing.assert_allclose(
+            [r.score for r in out[u]], [r.score for r in single[u]], atol=1e-5
+        )
+        ref = {r.item_id: r.score for r in single[u]}
+        for r in out[u]:
+            assert r.item_id in ref or r.score <= single[u][-1].score + 1e-5
+            assert abs(ref.get(r.item_id, r.score) - r.score) <= 1e-5
+    assert service.metrics.batch_size.count() - sizes_before <= len(users)
+
+
+def test_exclusions(service: RalmService) -> None:
+    top = service.recommend(user_id="u0", n=3).items
+    again = service.recommend(user_id="u0", n=3, exclude=[top[0].item_id, "no-such-item"]).items
+    assert top[0].item_id not in [r.item_id for r in again]
+    clicked = set(service.store.items_of_user("u0"))
+    assert clicked
+    res = service.recommend(user_id="u0", n=15, exclude_clicked=True).items
+    assert clicked.isdisjoint(r.item_id for r in res)
+    assert len(res) == 15 - len(clicked)  # never padded with excluded items
+
+
+def test_unknown_user_and_stored_features(service: RalmService) -> None:
+    with pytest.raises(UnknownUserError, match="user_id"):
+        service.recommend(user_id="stranger", n=3)
+    first = service.recommend(user_id="stranger", features={"group": "g2"}, n=3)
+    assert first.user == "features"
+    again = service.recommend(user_id="stranger", n=3)  # features were remembered
+    assert again.user == "stored-features"
+    assert [r.item_id for r in again.items] == [r.item_id for r in first.items]
+
+
+def test_min_seeds_without_fast_path(tmp_path: Path) -> None:
+    svc = make_service(tmp_path, fast_path=False, min_seeds=5)
+    svc.add_clicks(background_clicks())
+    svc.add_clicks([Click(u, "thin", time.time()) for u in group_users(0, 4)])
+    svc.start()
+    try:
+        info = svc.item_info("thin")
+        assert info["in_index"] and not info["servable"] and info["clustered_seeds"] == 4
+        assert "thin" not in [r.item_id for r in svc.recommend(user_id="u0", n=16).items]
+        svc.add_clicks([Click(group_users(0, 5)[4], "thin", time.time())])  # a 5th seed
+        svc.reclusterer.run_full()
+        assert svc.item_info("thin")["servable"]
+    finally:
+        svc.close()
+
+
+def test_new_item_fast_path_reaches_lookalikes_only(service: RalmService) -> None:
+    v0 = service.holder.version
+    service.add_clicks([Click(u, "fresh", time.time()) for u in group_users(2, 3)])
+    assert service.reclusterer.run_fast().n_items == 1
+    assert service.holder.version == v0 + 1
+    info = service.item_info("fresh")
+    assert info["servable"] and info["pending_recluster"]  # the full cycle still owes it
+    like = [r.item_id for r in service.recommend(features={"group": "g2"}, n=6).items]
+    other = [r.item_id for r in service.recommend(features={"group": "g0"}, n=6).items]
+    assert "fresh" in like and "fresh" not in other
+    assert service.reclusterer.run_full().n_items == 1
+    assert not service.item_info("fresh")["pending_recluster"]
+
+
+def test_online_users_become_seeds(service: RalmService) -> None:
+    feats = {f"web-{i}": {"group": "g1"} for i in range(4)}
+    clicks = [Click(uid, "web-item", time.time()) for uid in feats]
+    clicks.append(Click("ghost", "web-item", time.time()))  # no features: not embeddable
+    service.add_clicks(clicks, feats)
+    service.reclusterer.run_full()
+    info = service.item_info("web-item")
+    assert info["n_seeds"] == 5 and info["clustered_seeds"] == 4 and info["servable"]
+
+
+def test_restart_restores_index_and_versions_keep_increasing(tmp_path: Path) -> None:
+    svc = make_service(tmp_path)
+    svc.add_clicks(background_clicks())
+    svc.start()
+    svc.add_clicks([Click(u, "fresh", time.time()) for u in group_users(1, 6)])
+    svc.reclusterer.run_fast()
+    v, ids = svc.holder.version, svc.holder.current().item_ids
+    cen = svc.holder.current().table()[0]
+    svc.close()
+
+    again = make_service(tmp_path)
+    snap = again.holder.current()
+    try:
+        assert snap.version > v  # never goes back, even past unsaved fast-path versions
+        # the last *full* version is restored; the fast-path item is still pending
+        assert snap.item_ids == ids[:15]
+        assert torch.equal(snap.table()[0], cen[:15])
+        again.start()
+        again.reclusterer.run_fast()
+        assert again.item_info("fresh")["servable"] and again.holder.version > snap.version
+    finally:
+        again.close()

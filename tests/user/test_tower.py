@@ -1,0 +1,92 @@
+"""Feature embedding, attention merge and user tower behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ralm.data.batching import UserBatch, gather_users
+from ralm.data.encoded import EncodedDataset, FieldInfo
+from ralm.errors import ConfigError
+from ralm.user.attention_merge import AttentionMerge
+from ralm.user.tower import UserTower
+
+from .helpers import tiny_config
+
+
+def _batch(history: list[list[int]], hint: list[int], age: list[float]) -> UserBatch:
+    lengths = [len(h) for h in history]
+    values = torch.tensor([v for h in history for v in h], dtype=torch.long)
+    offsets = torch.tensor(np.r_[0, np.cumsum(lengths)[:-1]], dtype=torch.long)
+    return UserBatch(
+        univalent={"group_hint": torch.tensor(hint)},
+        multivalent={"history": (values, offsets)},
+        continuous=torch.tensor(age, dtype=torch.float32)[:, None],
+    )
+
+
+def test_shapes_and_attention_sums_to_one(toy: EncodedDataset) -> None:
+    torch.manual_seed(0)
+    tower = UserTower(toy.fields, tiny_config())
+    batch = gather_users(toy, np.arange(20))
+    assert tower(batch).shape == (20, 16)
+    alpha = tower.field_attention(batch)
+    assert alpha.shape == (20, 3) and tower.field_names == ["group_hint", "history", "continuous"]
+    torch.testing.assert_close(alpha.sum(1), torch.ones(20))
+    assert (alpha > 0).all()
+
+
+def test_attention_merge_matches_equations() -> None:
+    torch.manual_seed(1)
+    merge = AttentionMerge(dim=4, units=3)
+    h = torch.randn(2, 5, 4)  # (B, n, m)
+    w1, w2 = merge.w1.weight.T, merge.w2  # (m, a), (a,)
+    ref_alpha = torch.stack([torch.softmax(torch.tanh(h[b] @ w1) @ w2, 0) for b in range(2)])
+    ref_m = torch.stack([ref_alpha[b] @ h[b] for b in range(2)])
+    torch.testing.assert_close(merge.weights(h), ref_alpha)
+    torch.testing.assert_close(merge(h), ref_m)
+
+
+def test_embedding_invariant_to_order_inside_bag(toy: EncodedDataset) -> None:
+    torch.manual_seed(0)
+    tower = UserTower(toy.fields, tiny_config())
+    a = tower(_batch([[3, 9, 17, 4], [5]], [1, 0], [0.2, 0.9]))
+    b = tower(_batch([[17, 4, 3, 9], [5]], [1, 0], [0.2, 0.9]))
+    torch.testing.assert_close(a, b)
+
+
+def test_empty_bag_gives_defined_vector(toy: EncodedDataset) -> None:
+    torch.manual_seed(0)
+    tower = UserTower(toy.fields, tiny_config())
+    batch = _batch([[], [2, 3], []], [0, 1, 2], [0.0, 0.5, 1.0])
+    h = tower.embedding(batch)
+    assert torch.isfinite(h).all()
+    torch.testing.assert_close(h[0, 1], torch.zeros(16))  # empty multivalent field -> zeros
+    out = tower(batch)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in tower.parameters() if p.grad is not None)
+
+
+def test_oov_code_is_a_learned_row(toy: EncodedDataset) -> None:
+    torch.manual_seed(0)
+    tower = UserTower(toy.fields, tiny_config())
+    tower(_batch([[1]], [0], [0.5])).sum().backward()
+    grad = tower.embedding.tables[0].weight.grad  # group_hint table
+    assert grad is not None and grad[0].abs().sum() > 0  # OOV row 0 is trained, not padding
+
+
+def test_concat_merge_and_its_attention_error(toy: EncodedDataset) -> None:
+    tower = UserTower(toy.fields, tiny_config(merge="concat"))
+    batch = gather_users(toy, np.arange(5))
+    assert tower(batch).shape == (5, 16)
+    with pytest.raises(ConfigError, match="concat"):
+        tower.field_attention(batch)
+
+
+def test_no_fields_or_bad_kind_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="no user feature"):
+        UserTower([], tiny_config())
+    with pytest.raises(ConfigError, match="kind"):
+        UserTower([FieldInfo("x", "weird")], tiny_config())

@@ -1,0 +1,78 @@
+"""Training: overfitting a tiny set, determinism, resume, early stopping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ralm.data.batching import gather_users
+from ralm.data.encoded import EncodedDataset, Split
+from ralm.data.toy import make_toy_dataset
+from ralm.user.checkpoint import UserModel
+from ralm.user.examples import positive_pairs
+from ralm.user.train import train_user_model
+
+from .helpers import tiny_config
+
+
+def _state(model: UserModel) -> dict[str, torch.Tensor]:
+    return {**model.tower.state_dict(), "items": model.item_embedding}
+
+
+def test_tiny_model_overfits_tiny_dataset() -> None:
+    ds = make_toy_dataset(n_users=40, n_items=30, clicks_per_user=6, n_cold_items=0, seed=3)
+    ds.interactions.split[:] = Split.TRAIN  # no VALID rows: the last epoch is returned
+    cfg = tiny_config(
+        dim=32, mlp_hidden=[64], epochs=100, patience=0, lr=3e-2, n_negatives=29, batch_size=64
+    )
+    model = train_user_model(ds, cfg)
+    losses = [h["train_loss"] for h in model.history]
+    assert len(losses) == 100 and losses[-1] < 0.25 * losses[0]
+    # the trained model puts each training click in the user's top 5 (history bag minus target)
+    users, items = positive_pairs(ds)
+    with torch.no_grad():
+        u = model.tower(gather_users(ds, users, exclude_items=items))  # (n, d)
+        scores = u @ model.item_embedding.T  # (n, I)
+    rank = (scores > scores[torch.arange(len(items)), torch.from_numpy(items)][:, None]).sum(1)
+    assert (rank < 5).float().mean() > 0.95
+
+
+def test_beats_popularity_on_planted_groups() -> None:
+    ds = make_toy_dataset(n_users=1500, n_items=150, seed=1)
+    model = train_user_model(ds, tiny_config(epochs=6, patience=0))
+    assert model.metrics["recall"] > model.metrics["popularity_recall"] + 0.05
+
+
+def test_same_seed_same_weights_other_seed_differs(toy: EncodedDataset) -> None:
+    a = _state(train_user_model(toy, tiny_config(epochs=2, seed=4)))
+    b = _state(train_user_model(toy, tiny_config(epochs=2, seed=4)))
+    c = _state(train_user_model(toy, tiny_config(epochs=2, seed=5)))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_continues_exactly(toy: EncodedDataset, tmp_path: Path) -> None:
+    cfg = tiny_config(epochs=3, patience=0, monitor="loss")
+    straight = train_user_model(toy, cfg, tmp_path / "a")
+    train_user_model(toy, tiny_config(epochs=1, patience=0, monitor="loss"), tmp_path / "b")
+    resumed = train_user_model(toy, cfg, tmp_path / "b", resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in resumed.history], [h["train_loss"] for h in straight.history]
+    )
+    sa, sb = _state(straight), _state(resumed)
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k])
+
+
+def test_early_stopping_keeps_best_epoch(toy: EncodedDataset) -> None:
+    # a huge learning rate makes validation degrade quickly; patience 1 must stop early
+    model = train_user_model(toy, tiny_config(epochs=30, patience=1, lr=0.5))
+    hist = model.history
+    assert len(hist) < 30
+    best = max(h["recall"] for h in hist)
+    assert model.metrics["recall"] == best
+    assert hist[-1]["epoch"] - model.metrics["epoch"] == 1

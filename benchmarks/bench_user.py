@@ -35,6 +35,7 @@ def run_one(path: str, steps: int, warmup: int, batch_size: int, dim: int, threa
     from ralm.data.encoded import EncodedDataset
     from ralm.user.config import UserModelConfig
     from ralm.user.examples import epoch_examples, positive_pairs
+    from ralm.user.optim import StageOneOptimizer
     from ralm.user.sampler import LogUniformSampler
     from ralm.user.tower import UserItemModel
     from ralm.user.train import train_step
@@ -50,7 +51,7 @@ def run_one(path: str, steps: int, warmup: int, batch_size: int, dim: int, threa
     prep_s = time.perf_counter() - t0
     torch.manual_seed(0)
     net = UserItemModel(ds.fields, ds.n_items, cfg)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    opt = StageOneOptimizer(net, cfg)
     n_rows = eu.size
 
     def rows(step: int) -> tuple[np.ndarray, np.ndarray]:

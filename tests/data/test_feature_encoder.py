@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def _assert_same(a, b) -> None:
 
 def test_raw_features_of_known_users_reproduce_their_codes(tiny) -> None:
     enc = FeatureEncoder.from_dataset(tiny)
-    records = [
+    records: list[dict[str, Any]] = [
         {"gender": "F", "tags": ["a", "b"], "age": 20, "genres": ["x", "y", "z"],
          "history": ["i1", "i2", "i3"]},
         {"gender": "M", "tags": ["c", "a"], "genres": ["x", "y"], "history": ["i1"]},  # no age

@@ -15,7 +15,7 @@ from ralm.cli import app
 from ralm.data.describe import describe
 from ralm.data.encoded import EncodedDataset, Split
 from ralm.data.prepare import prepare
-from ralm.data.splits import SplitConfig
+from ralm.data.splits import SplitConfig, SplitMethod
 from ralm.errors import ConfigError
 
 
@@ -45,7 +45,7 @@ def ml_dir(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("method", ["per_user", "global_time", "random_per_user"])
-def test_history_holds_only_train_clicks(ml_dir: Path, method: str) -> None:
+def test_history_holds_only_train_clicks(ml_dir: Path, method: SplitMethod) -> None:
     cfg = SplitConfig(method=method, cold_item_frac=0.2, cold_min_clicks=5, seed=1)
     ds = prepare(f"ml100k:{ml_dir}", None, cfg)
     it = ds.interactions
@@ -103,8 +103,8 @@ def test_cli_prepare_and_describe_generic_toml(tmp_path: Path) -> None:
     toml = write_tiny(tmp_path / "src")
     out = tmp_path / "enc"
     runner = CliRunner()
-    res = runner.invoke(app, ["data", "prepare", str(toml), "--out", str(out), "--split",
-                              "global_time", "--valid-frac", "0", "--cold-item-frac", "0"])  # fmt: skip
+    args = ["data", "prepare", str(toml), "--out", str(out), "--split", "global_time"]
+    res = runner.invoke(app, [*args, "--valid-frac", "0", "--cold-item-frac", "0"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["data", "describe", str(out)])
     assert res.exit_code == 0, res.output

@@ -36,7 +36,10 @@ def write_ml1m(d: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::97\n")
     (d / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
-    movies = "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n661::Zoé: a b (1996)::Animation|Children's|Musical\n"
+    movies = (
+        "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
+        "661::Zoé: a b (1996)::Animation|Children's|Musical\n"
+    )
     (d / "movies.dat").write_bytes(movies.encode("latin-1"))
     return d
 
@@ -88,7 +91,7 @@ def test_ml1m_malformed_line_is_named(tmp_path: Path) -> None:
 def test_ml100k_missing_file(tmp_path: Path) -> None:
     d = write_ml100k(tmp_path / "ml-100k")
     (d / "u.item").unlink()
-    with pytest.raises(DataError, match="u.item does not exist"):
+    with pytest.raises(DataError, match=r"u\.item does not exist"):
         read_ml100k(d)
 
 

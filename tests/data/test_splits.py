@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from ralm.data.encoded import Split
-from ralm.data.splits import SplitConfig, assign_splits, rank_within_groups
+from ralm.data.splits import SplitConfig, SplitMethod, assign_splits, rank_within_groups
 
 
 def _events(seed: int = 0, n_users: int = 60, n_items: int = 40, n: int = 2000):
@@ -33,7 +33,7 @@ def test_rank_within_groups_matches_python() -> None:
 
 
 @pytest.mark.parametrize("method", ["per_user", "random_per_user"])
-def test_per_user_counts_and_train_kept(method: str) -> None:
+def test_per_user_counts_and_train_kept(method: SplitMethod) -> None:
     cfg = SplitConfig(method=method, valid_frac=0.2, test_frac=0.1, cold_item_frac=0.0)
     user, _, ts, _, split, _ = _split(cfg)
     for u in np.unique(user):
@@ -77,9 +77,9 @@ def test_given_split_uses_the_test_file() -> None:
 
 
 @pytest.mark.parametrize("method", ["per_user", "global_time", "random_per_user"])
-def test_cold_items_are_held_out_entirely(method: str) -> None:
+def test_cold_items_are_held_out_entirely(method: SplitMethod) -> None:
     cfg = SplitConfig(method=method, cold_item_frac=0.3, cold_min_clicks=5, seed=3)
-    _, item, ts, label, split, extra = _split(cfg)
+    _, item, _, label, split, extra = _split(cfg)
     cold_mask = np.isin(split, [Split.COLD_SEED, Split.COLD_TEST])
     cold = np.unique(item[cold_mask])
     clicks = np.bincount(item[label > 0], minlength=40)

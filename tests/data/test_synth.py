@@ -20,7 +20,6 @@ from ralm.data.synth import (
     write_encoded,
     write_parquet,
 )
-from ralm.data.synth_sampling import draw_rows, heavy_tailed_counts, segment_keys, unique_clicks
 from ralm.errors import ConfigError
 
 
@@ -160,35 +159,6 @@ def test_new_items_appear_late(tiny: SynthData) -> None:
     assert np.median(first[~new]) < cfg.start_ts + 0.2 * cfg.period_s
 
 
-# ---- sampling primitives --------------------------------------------------------------
-def test_draw_rows_matches_row_distributions() -> None:
-    probs = np.array([[0.7, 0.0, 0.3], [0.1, 0.2, 0.7]])
-    rng = np.random.default_rng(0)
-    rows = np.repeat([0, 1], 50_000)
-    cat = draw_rows(segment_keys(probs), rows, 3, rng)
-    for r in (0, 1):
-        freq = np.bincount(cat[rows == r], minlength=3) / 50_000
-        np.testing.assert_allclose(freq, probs[r], atol=0.01)
-    assert not np.any(cat[rows == 0] == 1)  # zero-probability category never drawn
-
-
-def test_heavy_tailed_counts_respect_cap_and_total() -> None:
-    cfg = SynthConfig(n_users=1_000, n_items=400, n_clicks=50_000, clicks_sigma=3.0)
-    counts = heavy_tailed_counts(cfg, np.random.default_rng(0))
-    assert counts.sum() == 50_000 and counts.min() >= 1 and counts.max() <= cfg.click_cap
-
-
-def test_unique_clicks_finishes_when_the_model_repeats_itself() -> None:
-    counts = np.array([5, 1, 8])
-
-    def always_item_zero(users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return np.zeros(users.shape[0], dtype=np.int64)
-
-    user, item = unique_clicks(counts, 10, always_item_zero, np.random.default_rng(0))
-    np.testing.assert_array_equal(np.bincount(user), counts)
-    assert np.unique(user * 10 + item).size == counts.sum()
-
-
 # ---- writers --------------------------------------------------------------------------
 def test_to_encoded_natural_cold_items_and_splits(tiny: SynthData) -> None:
     ds = to_encoded(tiny)
@@ -284,3 +254,13 @@ def test_cli_writes_both_formats(tmp_path: Path) -> None:
     assert (tmp_path / "p" / "dataset.toml").is_file()
     res = runner.invoke(app, ["data", "synth", "--preset", "tiny", "--out", "x", "--clicks", "9"])
     assert isinstance(res.exception, ConfigError)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    for fmt in ("parquet", "encoded"):
+        args = ["data", "synth", "--preset", "tiny", "--out", str(tmp_path / "other")]
+        res = runner.invoke(app, [*args, "--format", fmt])
+        assert isinstance(res.exception, ConfigError), fmt
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
+    # re-running into an existing output folder replaces it
+    res = runner.invoke(app, ["data", "synth", "--preset", "tiny", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output

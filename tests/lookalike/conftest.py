@@ -6,11 +6,15 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+import torch
 
 from ralm.data.encoded import EncodedDataset
 from ralm.data.toy import make_toy_dataset
 
 M = 12
+
+# tiny tensors: one intra-op thread avoids spin-waiting on a shared 2-core machine
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

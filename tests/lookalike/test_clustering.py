@@ -11,7 +11,9 @@ from ralm.lookalike.clustering import average_seeds, cluster_seeds
 def _blobs(counts: list[int], h: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     centers = rng.normal(0, 10, (4, h))
-    x = np.concatenate([centers[rng.integers(0, 4, n)] + rng.normal(0, 0.1, (n, h)) for n in counts])
+    x = np.concatenate(
+        [centers[rng.integers(0, 4, n)] + rng.normal(0, 0.1, (n, h)) for n in counts]
+    )
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return x.astype(np.float32), offsets
 

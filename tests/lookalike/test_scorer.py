@@ -17,7 +17,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return 0.0 if na == 0 or nb == 0 else float(a @ b) / (na * nb)
 
 
-def naive_scores(model: LookalikeModel, e_u, cent, mask, glob) -> np.ndarray:
+def naive_scores(model: LookalikeModel, e_u, cent, mask, glob, sizes) -> np.ndarray:
     """Paper formulas, one (user, item) at a time, only the valid centroids."""
     cfg = model.config
     w_l = model.local_attention.weight
@@ -28,7 +28,10 @@ def naive_scores(model: LookalikeModel, e_u, cent, mask, glob) -> np.ndarray:
             if c.shape[0] == 0:
                 local = torch.zeros(cent.shape[2])
             else:
-                a = torch.softmax(torch.tanh(e_u[b] @ w_l @ c.T), dim=0)  # (n_valid,)
+                logits = torch.tanh(e_u[b] @ w_l @ c.T)  # (n_valid,)
+                if cfg.size_prior:  # a centroid of n seeds weighs like n seeds
+                    logits = logits + torch.log(sizes[i][mask[i]].double()).float()
+                a = torch.softmax(logits, dim=0)  # (n_valid,)
                 local = a @ c  # (h,) materialised E_local
             s = 0.0
             if cfg.use_global:
@@ -47,20 +50,28 @@ def _inputs(seed: int = 0, n_b: int = 5, n_i: int = 9, k: int = 6, h: int = 8):
     mask = torch.arange(k)[None, :] < n_valid[:, None]  # (I, k)
     cent = cent * mask[..., None]
     cent[2, 4] = 7.0  # garbage in a masked slot must not matter
-    return e_u, cent, mask
+    sizes = torch.randint(1, 50, (n_i, k), generator=g) * mask
+    return e_u, cent, mask, sizes
 
 
 @pytest.mark.parametrize(
-    "switches", [dict(), dict(use_global=False), dict(use_local=False), dict(alpha=0.5, beta=0.2)]
+    "switches",
+    [
+        dict(),
+        dict(size_prior=False),
+        dict(use_global=False),
+        dict(use_local=False),
+        dict(alpha=0.5, beta=0.2),
+    ],
 )
 def test_batched_matches_naive_loop(switches: dict) -> None:
     torch.manual_seed(0)
     model = LookalikeModel(LookalikeConfig(m=8, h=8, k=6, **switches))
-    e_u, cent, mask = _inputs()
+    e_u, cent, mask, sizes = _inputs()
     with torch.no_grad():
-        glob = model.item_global(cent, mask)
-        fast = model.score(e_u, cent, mask, glob, chunk_items=4).numpy()
-        ref = naive_scores(model, e_u, cent, mask, glob)
+        glob = model.item_global(cent, mask, sizes)
+        fast = model.score(e_u, cent, mask, glob, sizes=sizes, chunk_items=4).numpy()
+        ref = naive_scores(model, e_u, cent, mask, glob, sizes)
     np.testing.assert_allclose(fast, ref, atol=1e-5)
     assert fast.shape == (5, 9)
     assert np.all(np.abs(fast) <= 1.0 + 1e-6)
@@ -70,12 +81,12 @@ def test_batched_matches_naive_loop(switches: dict) -> None:
 def test_pairs_equal_matrix_diagonal_and_precomputed_gram() -> None:
     torch.manual_seed(1)
     model = LookalikeModel(LookalikeConfig(m=8, h=8, k=6))
-    e_u, cent, mask = _inputs(n_b=9)
+    e_u, cent, mask, n = _inputs(n_b=9)
     with torch.no_grad():
-        glob = model.item_global(cent, mask)
-        full = model.score(e_u, cent, mask, glob)
-        with_gram = model.score(e_u, cent, mask, glob, gram=gram_matrix(cent), chunk_items=1)
-        pairs = model.score_pairs(e_u, cent, mask)  # row b = user b x item b
+        glob = model.item_global(cent, mask, n)
+        full = model.score(e_u, cent, mask, glob, sizes=n)
+        with_gram = model.score(e_u, cent, mask, glob, gram_matrix(cent), n, chunk_items=1)
+        pairs = model.score_pairs(e_u, cent, mask, sizes=n)  # row b = user b x item b
     np.testing.assert_allclose(with_gram.numpy(), full.numpy(), atol=1e-6)
     np.testing.assert_allclose(pairs.numpy(), torch.diagonal(full).numpy(), atol=1e-6)
 
@@ -92,8 +103,28 @@ def test_masked_softmax_all_masked_rows_are_zero_with_finite_grads() -> None:
 
 def test_score_gradients_are_finite_with_empty_items() -> None:
     model = LookalikeModel(LookalikeConfig(m=8, h=8, k=6))
-    e_u, cent, mask = _inputs(n_b=9)
-    s = model.score_pairs(model.transform(torch.randn(9, 8)), cent, mask)
+    _, cent, mask, sizes = _inputs(n_b=9)
+    s = model.score_pairs(model.transform(torch.randn(9, 8)), cent, mask, sizes=sizes)
     model.logit(s).sum().backward()
     for p in model.parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all()
+
+
+def test_size_prior_requires_sizes() -> None:
+    model = LookalikeModel(LookalikeConfig(m=8, h=8, k=6))
+    _, cent, mask, _ = _inputs()
+    with pytest.raises(ValueError, match="pass sizes"):
+        model.item_global(cent, mask)
+
+
+def test_size_prior_with_unit_sizes_is_the_paper_formula() -> None:
+    torch.manual_seed(2)
+    with_prior = LookalikeModel(LookalikeConfig(m=8, h=8, k=6))
+    plain = LookalikeModel(LookalikeConfig(m=8, h=8, k=6, size_prior=False))
+    plain.load_state_dict(with_prior.state_dict())
+    e_u, cent, mask, _ = _inputs()
+    ones = mask.long()
+    with torch.no_grad():
+        a = with_prior.score(e_u, cent, mask, with_prior.item_global(cent, mask, ones), sizes=ones)
+        b = plain.score(e_u, cent, mask, plain.item_global(cent, mask))
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)

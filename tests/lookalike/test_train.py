@@ -28,7 +28,7 @@ def test_leave_self_out_removes_exactly_the_target(toy: EncodedDataset, universa
     cl = cluster_for_model(model, emb, seeds.offsets)
     rng = np.random.default_rng(0)
     users, items, labels = training_examples(toy, seeds, 2, "uniform", rng)
-    cent, mask = leave_self_out(cl, emb, seeds, users, items)
+    cent, mask, sizes = leave_self_out(cl, emb, seeds, users, items)
     checked = {"seed": 0, "single": 0, "other": 0}
     for b in range(0, users.size, 7):
         u, i = users[b], items[b]
@@ -38,6 +38,7 @@ def test_leave_self_out_removes_exactly_the_target(toy: EncodedDataset, universa
             r = lo + int(np.flatnonzero(members == u)[0])
             j = cl.assign[r]
             same = np.arange(lo, hi)[(cl.assign[lo:hi] == j) & (np.arange(lo, hi) != r)]
+            assert sizes[b, j] == same.size
             if same.size == 0:
                 assert not mask[b, j] and np.all(cent[b, j] == 0)
                 checked["single"] += 1
@@ -46,9 +47,11 @@ def test_leave_self_out_removes_exactly_the_target(toy: EncodedDataset, universa
                 checked["seed"] += 1
             others = np.arange(cl.k) != j
             np.testing.assert_array_equal(cent[b, others], cl.centroids[i, others])
+            np.testing.assert_array_equal(sizes[b, others], cl.sizes[i, others])
         else:
             np.testing.assert_array_equal(cent[b], cl.centroids[i])
             np.testing.assert_array_equal(mask[b], cl.mask[i])
+            np.testing.assert_array_equal(sizes[b], cl.sizes[i])
             checked["other"] += 1
     assert checked["seed"] > 10 and checked["other"] > 10
     # every positive is a TRAIN click, so its user is always a seed of its item
@@ -65,14 +68,18 @@ def test_recluster_after_weight_update_changes_centroids(toy: EncodedDataset, un
     np.testing.assert_allclose(same.centroids, first.centroids, atol=1e-4)
     assert same.version == first.version + 1
     with torch.no_grad():
-        model.transform_layer.fc.weight.add_(0.5 * torch.randn_like(model.transform_layer.fc.weight))
+        model.transform_layer.fc.weight.add_(
+            0.5 * torch.randn_like(model.transform_layer.fc.weight)
+        )
     moved = build_seed_index(model, universal, csr, init=first)
     assert np.abs(moved.centroids - first.centroids).max() > 1e-2
 
 
 def test_loop_reclusters_every_epoch_and_learns(toy: EncodedDataset, universal, lookup) -> None:
     cfg = LookalikeConfig(m=M, h=8, k=3)
-    res = train_lookalike(toy, cfg, universal, lookup, train_cfg=FAST.model_copy(update={"epochs": 3}))
+    res = train_lookalike(
+        toy, cfg, universal, lookup, train_cfg=FAST.model_copy(update={"epochs": 3})
+    )
     assert res.recluster_calls == 3 + 1  # initial clustering + one after every epoch
     assert [r["epoch"] for r in res.history] == [0, 1, 2]
     assert all(r["kmeans_s"] >= 0 and np.isfinite(r["inertia"]) for r in res.history)
@@ -102,7 +109,9 @@ def test_positives_are_embedded_without_their_target(toy: EncodedDataset, univer
     assert n_excluded >= len(train_clicks)  # every TRAIN positive excluded its item
 
 
-def test_deterministic_and_resumable(toy: EncodedDataset, universal, lookup, tmp_path: Path) -> None:
+def test_deterministic_and_resumable(
+    toy: EncodedDataset, universal, lookup, tmp_path: Path
+) -> None:
     cfg = LookalikeConfig(m=M, h=8, k=3)
     a = train_lookalike(toy, cfg, universal, lookup, tmp_path / "a", FAST)
     b = train_lookalike(toy, cfg, universal, lookup, tmp_path / "b", FAST)
@@ -123,7 +132,9 @@ def test_resume_errors(toy: EncodedDataset, universal, lookup, tmp_path: Path) -
         train_lookalike(toy, cfg, universal, lookup, tmp_path, FAST, resume=True)
     train_lookalike(toy, cfg, universal, lookup, tmp_path, FAST.model_copy(update={"epochs": 1}))
     with pytest.raises(CheckpointError, match="another model config"):
-        train_lookalike(toy, cfg.model_copy(update={"k": 4}), universal, lookup, tmp_path, FAST, True)
+        train_lookalike(
+            toy, cfg.model_copy(update={"k": 4}), universal, lookup, tmp_path, FAST, True
+        )
     (tmp_path / "train_state" / "state.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupted"):
         train_lookalike(toy, cfg, universal, lookup, tmp_path, FAST, resume=True)

@@ -39,3 +39,44 @@ def service(tmp_path: Path) -> Iterator[RalmService]:
     svc.start()
     yield svc
     svc.close()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[int]]:
+    """A small real run on the toy dataset: (run dir, data dir, latent group of each user).
+
+    Stage 1 and stage 2 are trained with their Python APIs for a few epochs (seconds).
+    """
+    import numpy as np
+    import torch
+
+    from ralm.data.toy import make_toy_dataset
+    from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
+    from ralm.lookalike.train import train_lookalike
+    from ralm.user.config import UserModelConfig
+    from ralm.user.embed import embed_users
+    from ralm.user.train import train_user_model
+
+    root = tmp_path_factory.mktemp("trained")
+    ds = make_toy_dataset(seed=0)
+    ds.save(root / "data")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ucfg = UserModelConfig(
+            dim=16, attention_units=8, mlp_hidden=[16], epochs=3, batch_size=128, patience=0
+        )
+        um = train_user_model(ds, ucfg, root / "run" / "user")
+        uni = embed_users(um, ds)
+        train_lookalike(
+            ds,
+            LookalikeConfig(m=16, h=16, k=4),
+            uni,
+            lambda u, ex: embed_users(um, ds, u, ex),
+            root / "run" / "lookalike",
+            LookalikeTrainConfig(epochs=2, patience=0),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    groups = [int(g) for g in np.asarray(ds.extra["toy"]["group"])]
+    return root / "run", root / "data", groups

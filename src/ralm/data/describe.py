@@ -40,13 +40,14 @@ def describe(ds: EncodedDataset) -> dict[str, Any]:
     it = ds.interactions
     split = np.asarray(it.split)
     counts = np.bincount(split, minlength=len(Split))
-    users_per_split = {
-        s.name.lower(): int(np.unique(np.asarray(it.user)[split == int(s)]).size) for s in Split
-    }
-    items_per_split = {
-        s.name.lower(): int(np.unique(np.asarray(it.item)[split == int(s)]).size) for s in Split
-    }
-    cold = np.unique(np.asarray(it.item)[split >= int(Split.COLD_SEED)])
+    user, item = np.asarray(it.user), np.asarray(it.item)
+
+    def distinct(x: np.ndarray, m: np.ndarray, n: int) -> int:
+        return int(np.count_nonzero(np.bincount(x[m], minlength=n)))
+
+    users_per_split = {s.name.lower(): distinct(user, split == s, ds.n_users) for s in Split}
+    items_per_split = {s.name.lower(): distinct(item, split == s, ds.n_items) for s in Split}
+    n_cold = distinct(item, split >= int(Split.COLD_SEED), ds.n_items)
     ts = np.asarray(it.ts)
     n = len(it)
     return {
@@ -61,7 +62,7 @@ def describe(ds: EncodedDataset) -> dict[str, Any]:
         "splits": {s.name.lower(): int(counts[s]) for s in Split},
         "users_per_split": users_per_split,
         "items_per_split": items_per_split,
-        "n_cold_items": int(cold.size),
+        "n_cold_items": n_cold,
         "split_config": {
             k: v for k, v in ds.extra.get("split", {}).items() if k not in ("counts",)
         },

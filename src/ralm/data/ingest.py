@@ -29,8 +29,9 @@ from ralm.data.features import (
     encode,
     index_of,
     list_elements,
+    map_ids,
     minmax_normalise,
-    sorted_unique_ids,
+    unique_int,
 )
 from ralm.data.schema import DatasetSchema, DerivedSpec
 from ralm.data.splits import SplitConfig, assign_splits
@@ -40,6 +41,7 @@ from ralm.data.tables import (
     read_table,
     require_columns,
     to_float,
+    to_ids,
     to_string,
     to_string_lists,
     to_timestamp,
@@ -95,10 +97,8 @@ class _Events:
 def _events(table: pa.Table, schema: DatasetSchema, src: TableSource, role: str) -> _Events:
     c = schema.columns
     require_columns(table, [c.user_id, c.item_id, c.timestamp], src, role)
-    user = to_string(table[c.user_id], src, c.user_id)
-    item = to_string(table[c.item_id], src, c.item_id)
-    check_not_null(user, src, c.user_id)
-    check_not_null(item, src, c.item_id)
+    user = to_ids(table[c.user_id], src, c.user_id)
+    item = to_ids(table[c.item_id], src, c.item_id)
     ts = to_timestamp(table[c.timestamp], src, c.timestamp).to_numpy()
     if c.label in table.column_names:
         lab = to_float(table[c.label], src, c.label)
@@ -107,6 +107,12 @@ def _events(table: pa.Table, schema: DatasetSchema, src: TableSource, role: str)
     else:
         label = np.ones(table.num_rows, dtype=np.int8)
     return _Events(user, item, ts.astype(np.int64), label)
+
+
+def _concat_ids(a: pa.Array, b: pa.Array) -> pa.Array:
+    if a.type != b.type:  # e.g. int ids in one file, strings in the other
+        a, b = a.cast(pa.string()), b.cast(pa.string())
+    return pa.concat_arrays([a, b])
 
 
 def _check_unique(ids: pa.Array, src: TableSource, column: str) -> None:
@@ -139,8 +145,8 @@ def ingest(raw: RawData, split: SplitConfig | None = None) -> EncodedDataset:
         te = _events(raw.test_interactions, schema, raw.source("test_interactions"), "test")
         given = np.r_[np.zeros(ev.ts.size, bool), np.ones(te.ts.size, bool)]
         ev = _Events(
-            pa.concat_arrays([ev.user, te.user]),
-            pa.concat_arrays([ev.item, te.item]),
+            _concat_ids(ev.user, te.user),
+            _concat_ids(ev.item, te.item),
             np.r_[ev.ts, te.ts],
             np.r_[ev.label, te.label],
         )
@@ -151,17 +157,14 @@ def ingest(raw: RawData, split: SplitConfig | None = None) -> EncodedDataset:
     if raw.users is not None:
         users_tab = raw.users
         require_columns(users_tab, [schema.columns.user_id], users_src, "users")
-        users_uid = to_string(users_tab[schema.columns.user_id], users_src, schema.columns.user_id)
-        check_not_null(users_uid, users_src, schema.columns.user_id)
+        users_uid = to_ids(users_tab[schema.columns.user_id], users_src, schema.columns.user_id)
         _check_unique(users_uid, users_src, schema.columns.user_id)
         require_columns(users_tab, [f.source_column for f in schema.fields], users_src, "users")
 
-    all_users = ev.user if users_uid is None else pa.concat_arrays([ev.user, users_uid])
-    user_ids = sorted_unique_ids(all_users)
-    item_ids = sorted_unique_ids(ev.item)
+    user_ids, user_parts = map_ids([ev.user] if users_uid is None else [ev.user, users_uid])
+    item_ids, (item,) = map_ids([ev.item])
     n_users, n_items = len(user_ids), len(item_ids)
-    user = index_of(ev.user, user_ids)
-    item = index_of(ev.item, item_ids)
+    user = user_parts[0]
 
     order = np.argsort(ev.ts, kind="stable")
     user, item, ts, label = user[order], item[order], ev.ts[order], ev.label[order]
@@ -180,7 +183,7 @@ def ingest(raw: RawData, split: SplitConfig | None = None) -> EncodedDataset:
     extra: dict[str, Any] = {"split": split_extra, "schema": schema.model_dump(mode="json")}
 
     if users_tab is not None and users_uid is not None:
-        row_user = index_of(users_uid, user_ids)  # (n_rows,) user index of each table row
+        row_user = user_parts[1]  # (n_rows,) user index of each table row
         train_rows = np.flatnonzero(train_users[row_user])
         has_row = np.zeros(n_users, dtype=bool)
         has_row[row_user] = True
@@ -268,8 +271,7 @@ def _derived(
         raise DataError(f"derived field {d.name!r} needs an items table (column {col!r})")
     id_col = raw.schema.columns.item_id
     require_columns(raw.items, [id_col, col], src, "items")
-    ids = to_string(raw.items[id_col], src, id_col)
-    check_not_null(ids, src, id_col)
+    ids = to_ids(raw.items[id_col], src, id_col).cast(pa.string())
     _check_unique(ids, src, id_col)
     row_item = index_of(ids, item_ids)  # (n_rows,) item index, -1 = never interacted
     parent, flat = list_elements(to_string_lists(raw.items[col], src, col, d.separator))
@@ -279,7 +281,7 @@ def _derived(
     trained = np.bincount(ci, minlength=n_items) > 0
     vocab = build_vocab(flat.filter(pa.array(trained[elem_item])))
     item_off, item_val = csr_from_pairs(elem_item, encode(flat, vocab), n_items, unique=True)
-    pair = np.unique(cu * n_items + ci)  # distinct (user, item) clicks
+    pair = unique_int(cu * n_items + ci)  # distinct (user, item) clicks
     pu, pi = pair // n_items, pair % n_items
     values, lengths = gather_csr(item_off, item_val, pi)
     csr = csr_from_pairs(np.repeat(pu, lengths), values, n_users, unique=True)

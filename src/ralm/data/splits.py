@@ -74,7 +74,8 @@ class SplitConfig(BaseModel):
 def rank_within_groups(groups: np.ndarray, key: np.ndarray | None = None) -> np.ndarray:
     """0-based rank of each row inside its group, by ``key`` (default: row order)."""
     n = groups.shape[0]
-    order = np.lexsort((np.arange(n), groups) if key is None else (np.arange(n), key, groups))
+    # both sorts are stable: ties keep row order
+    order = np.argsort(groups, kind="stable") if key is None else np.lexsort((key, groups))
     g = groups[order]
     start = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1] if n else np.zeros(0, np.int64)
     first = np.repeat(start, np.diff(np.r_[start, n]))

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from ralm.data.encoded import EncodedDataset, FieldInfo, Interactions, Split
-from ralm.data.features import csr_from_pairs, minmax_normalise
+from ralm.data.features import minmax_normalise
 from ralm.data.splits import SplitConfig, assign_splits
+from ralm.data.synth_sampling import sorted_unique
 from ralm.data.synth_types import AGE_BUCKET_NAMES, GENDER_NAMES, SynthData
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def split_synth(
     counts = np.bincount(out, minlength=len(Split))
     extra.update(
         cold="new_items",
-        n_cold_items=int(np.unique(it).shape[0]),
+        n_cold_items=int(sorted_unique(it).shape[0]),
         counts={s.name.lower(): int(counts[s]) for s in Split},
     )
     return out, extra
@@ -90,6 +91,21 @@ def _encode(
     code_of = np.zeros(names.shape[0] + 1, dtype=np.int64)  # last slot: missing -> 0
     code_of[kept] = np.arange(1, kept.shape[0] + 1)
     return code_of[np.where(idx >= 0, idx, names.shape[0])], names[kept]
+
+
+def csr_distinct(
+    rows: np.ndarray, values: np.ndarray, n_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of the distinct (row, value) pairs, values sorted inside each row.
+
+    Same result as ``csr_from_pairs(..., unique=True)`` of :mod:`ralm.data.features`,
+    with a sort-based dedupe (see :func:`ralm.data.synth_sampling.sorted_unique`).
+    """
+    width = int(values.max()) + 1 if values.size else 1
+    key = sorted_unique(rows.astype(np.int64) * width + values)  # (nnz,) by (row, value)
+    offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(key // width, minlength=n_rows), out=offsets[1:])
+    return offsets, key % width
 
 
 def _str_ids(n: int) -> np.ndarray:
@@ -130,21 +146,21 @@ def to_encoded(
     tag_off, tag_val = data.tags
     tag_user = np.repeat(users, np.diff(tag_off))  # (nnz,)
     tag_codes, vocabs["tags"] = _encode(tag_val, tag_user, data.tag_names, train_users)
-    multivalent["tags"] = csr_from_pairs(tag_user, tag_codes, n_users, unique=True)
+    multivalent["tags"] = csr_distinct(tag_user, tag_codes, n_users)
     fields.append(FieldInfo("tags", "multivalent", vocab_size=len(vocabs["tags"]) + 1))
 
     age, lo, hi = minmax_normalise(data.age.astype(np.float64), np.flatnonzero(train_users))
     fields.append(FieldInfo("age", "continuous", min=lo, max=hi))
 
     item_ids = _str_ids(n_items)
-    multivalent["history"] = csr_from_pairs(cu, ci + 1, n_users, unique=True)
+    multivalent["history"] = csr_distinct(cu, ci + 1, n_users)
     vocabs["history"] = item_ids
     fields.append(FieldInfo("history", "multivalent", vocab_size=n_items + 1, item_history=True))
 
     owner = np.zeros(ci.shape[0], dtype=np.int64)  # every TRAIN click counts for the vocab
     all_train = np.ones(1, dtype=bool)
     cat, vocabs["categories"] = _encode(data.item_topic[ci], owner, data.topic_names, all_train)
-    multivalent["categories"] = csr_from_pairs(cu, cat, n_users, unique=True)
+    multivalent["categories"] = csr_distinct(cu, cat, n_users)
     fields.append(FieldInfo("categories", "multivalent", vocab_size=len(vocabs["categories"]) + 1))
 
     log.info("encoded %s: %s", data.config.name, split_extra.get("counts"))
@@ -185,8 +201,15 @@ def write_truth(data: SynthData, root: Path) -> Path:
 def write_encoded(
     data: SynthData, out: str | Path, split: SplitConfig | None = None, natural_cold: bool = True
 ) -> Path:
-    """Encode ``data`` and save it as an encoded dataset folder (plus ``truth/``)."""
-    root = Path(out)
-    to_encoded(data, split, natural_cold).save(root)
+    """Encode ``data`` and save it as an encoded dataset folder (plus ``truth/``).
+
+    The folder is replaced atomically when it holds an older encoded dataset.
+
+    Raises:
+        ConfigError: ``out`` exists, is not empty and is not an encoded dataset.
+    """
+    from ralm.data.prepare import write_dataset  # the data layer's atomic writer
+
+    root = write_dataset(to_encoded(data, split, natural_cold), out)
     write_truth(data, root)
     return root

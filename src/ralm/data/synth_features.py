@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ralm.data.synth_sampling import sorted_unique
 from ralm.data.synth_types import GENDER_NAMES, SynthConfig
 
 
@@ -67,7 +68,7 @@ def user_features(
     k = cfg.tags_per_topic
     tag = topic * k + rng.integers(0, k, m)  # (nnz,) tag code
     vocab = cfg.n_topics * k
-    uniq = np.unique(tag_user * vocab + tag)  # dedupe (user, tag), sorted by user
+    uniq = sorted_unique(tag_user * vocab + tag)  # dedupe (user, tag), sorted by user
     counts = np.bincount(uniq // vocab, minlength=n)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return gender, city, age, (offsets, (uniq % vocab).astype(np.int64))

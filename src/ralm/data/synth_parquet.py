@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ralm.data.synth_encode import write_truth
 from ralm.data.synth_types import AGE_BUCKET_NAMES, GENDER_NAMES, SynthData
+from ralm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,17 @@ def dataset_toml(data: SynthData) -> str:
 
 
 def write_parquet(data: SynthData, out: str | Path) -> Path:
-    """Write ``data`` to ``out`` in the generic format; returns the ``dataset.toml`` path."""
+    """Write ``data`` to ``out`` in the generic format; returns the ``dataset.toml`` path.
+
+    Raises:
+        ConfigError: ``out`` exists, is not empty and holds no ``dataset.toml`` (so an
+            unrelated folder is never overwritten).
+    """
     root = Path(out)
+    if root.exists() and (
+        not root.is_dir() or (any(root.iterdir()) and not (root / "dataset.toml").is_file())
+    ):
+        raise ConfigError(f"--out {root} exists and is not a dataset folder; refusing to overwrite")
     root.mkdir(parents=True, exist_ok=True)
     steps = (
         ("users.parquet", users_table),

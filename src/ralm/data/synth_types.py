@@ -79,7 +79,10 @@ class SynthConfig(BaseModel):
         0.1, ge=0, lt=1, description="Share of items that first appear late (natural cold items)."
     )
     new_item_start: float = Field(
-        0.8, ge=0, lt=1, description="New items are born uniformly in [start, 0.95] x period."
+        0.8,
+        ge=0,
+        lt=1,
+        description="New items are born uniformly in [new_item_start, 0.95] x period.",
     )
 
     # ---- user features ----------------------------------------------------------------------
@@ -95,7 +98,10 @@ class SynthConfig(BaseModel):
         0.75, ge=0, le=1, description="Probability a tag comes from the user's topics (vs noise)."
     )
     missing_rate: float = Field(
-        0.02, ge=0, lt=1, description="Share of users missing age, city and tags (tests OOV)."
+        0.02,
+        ge=0,
+        lt=1,
+        description="Share of users missing each of age, city, tags (independently).",
     )
 
     @property

@@ -205,6 +205,20 @@ def to_string(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) ->
     raise DataError(f"{src.at(None, column)}: expected categorical values, got type {t}")
 
 
+def to_ids(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) -> pa.Array:
+    """Id column: int64 when integer typed (fast path), else strings; no nulls allowed."""
+    arr = _combine(col)
+    t = arr.type
+    if pa.types.is_integer(t):
+        out = arr.cast(pa.int64())
+    else:
+        out = to_string(arr, src, column)
+        if pa.types.is_floating(t) and pa.types.is_string(out.type):
+            raise DataError(f"{src.at(None, column)}: ids must be integers or strings, not floats")
+    check_not_null(out, src, column)
+    return out
+
+
 def to_float(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) -> pa.Array:
     """Numeric column as float64 (nulls kept)."""
     arr = _combine(col)

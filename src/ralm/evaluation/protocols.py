@@ -2,6 +2,8 @@
 
 - ``warm``: test on the TEST split; seeds = TRAIN clicks; candidates = every item with a
   TRAIN click (i.e. with seeds) minus the user's own TRAIN clicks.
+- ``valid``: like ``warm`` but tested on the VALID split, for choosing hyper-parameters
+  without looking at TEST.
 - ``cold``: items whose clicks were all held out of training. Seeds = TRAIN + COLD_SEED
   (the cold items' seeding window); candidates = the cold items (those with COLD_SEED
   clicks) minus the user's own COLD_SEED clicks; tested on COLD_TEST.
@@ -24,7 +26,7 @@ from ralm.data.encoded import EncodedDataset, Interactions, Split
 from ralm.errors import DataError
 from ralm.evaluation.negatives import contains, pair_keys, sample_negatives
 
-Protocol = Literal["warm", "cold"]
+Protocol = Literal["warm", "cold", "valid"]
 HELD_OUT = (Split.TEST, Split.COLD_TEST)
 
 
@@ -108,9 +110,9 @@ def build_task(
     it = ds.interactions
     pos = np.asarray(it.label) > 0
     user, item, split = np.asarray(it.user), np.asarray(it.item), np.asarray(it.split)
-    if protocol == "warm":
+    if protocol in ("warm", "valid"):
         seed_splits: tuple[Split, ...] = (Split.TRAIN,)
-        test_split = Split.TEST
+        test_split = Split.TEST if protocol == "warm" else Split.VALID
         own_splits: tuple[Split, ...] = (Split.TRAIN,)
         seed_pop = ds.item_popularity(seed_splits)
         candidates = np.flatnonzero(seed_pop > 0)
@@ -120,7 +122,7 @@ def build_task(
         seed_pop = ds.item_popularity(seed_splits)
         candidates = np.flatnonzero(ds.item_popularity((Split.COLD_SEED,)) > 0)
     else:
-        raise ValueError(f"unknown protocol {protocol!r} (expected 'warm' or 'cold')")
+        raise ValueError(f"unknown protocol {protocol!r} (expected 'warm', 'cold' or 'valid')")
     if candidates.size == 0:
         raise DataError(
             f"dataset {ds.name}: no candidate items for the {protocol} protocol "

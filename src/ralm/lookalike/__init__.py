@@ -1,1 +1,35 @@
-"""Stage 2: look-alike learning (transforming layer, seed clustering, attention, scorer)."""
+"""Stage 2: look-alike learning (transforming layer, seed clustering, attention, scorer).
+
+Public API (see docs/LOOKALIKE.md)::
+
+    LookalikeConfig, LookalikeTrainConfig      configs (paper defaults)
+    LookalikeModel                             transform / item_global / score / score_pairs
+    cluster_seeds, SeedClusters                per-item faiss k-means of seed embeddings
+    SeedIndex, build_seed_index                serving artifact and the (re-)clustering job
+    train_lookalike                            iterative k-means + gradient training
+    load_lookalike_model                       a trained run folder -> (model, config)
+"""
+
+from ralm.lookalike.checkpoint import load_lookalike_model
+from ralm.lookalike.clustering import SeedClusters, average_seeds, cluster_seeds
+from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
+from ralm.lookalike.model import LookalikeModel
+from ralm.lookalike.samples import SeedSets, seed_sets
+from ralm.lookalike.seed_index import SeedIndex, build_seed_index
+from ralm.lookalike.train import LookalikeTrainResult, train_lookalike
+
+__all__ = [
+    "LookalikeConfig",
+    "LookalikeModel",
+    "LookalikeTrainConfig",
+    "LookalikeTrainResult",
+    "SeedClusters",
+    "SeedIndex",
+    "SeedSets",
+    "average_seeds",
+    "build_seed_index",
+    "cluster_seeds",
+    "load_lookalike_model",
+    "seed_sets",
+    "train_lookalike",
+]

@@ -4,9 +4,10 @@ Every client mistake is a 4xx whose message names the field (422 validation, 401
 404 unknown user/item, 413 body too large); unexpected errors are logged and answered
 500 without stopping the server. Write endpoints (``/clicks``, ``/admin/*``) require
 ``Authorization: Bearer <token>`` when the service has a token.
-"""
 
-from __future__ import annotations
+(No ``from __future__ import annotations`` here: FastAPI must see the request-model
+classes built at run time by :func:`bounded_models` as real types, not strings.)
+"""
 
 import hmac
 import logging

@@ -38,22 +38,36 @@ class ServeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    state_dir: Path = Field(Path("serve-state"), description="SQLite store + published indexes.")
-    max_seeds_per_item: int = Field(3_000_000, ge=1, description="N most recent clickers kept.")
-    recluster_every_s: float = Field(300.0, gt=0, description="T: seconds between re-clusters.")
-    min_seeds: int = Field(10, ge=1, description="Fewer embeddable seeds: not recommended.")
-    fast_path: bool = Field(True, description="Serve items with few seeds within seconds.")
-    fast_path_min_seeds: int = Field(3, ge=1, description="Seeds needed by the fast path.")
-    fast_path_every_s: float = Field(2.0, gt=0, description="Fast-path period in seconds.")
-    k: int | None = Field(None, ge=1, description="Clusters per item; None = the model's k.")
-    batch_window_ms: float = Field(2.0, ge=0, description="Micro-batch window (ms).")
-    max_batch: int = Field(64, ge=1, description="Micro-batch size cap.")
-    max_n: int = Field(1000, ge=1, description="Largest n a client may request.")
-    max_clicks_per_request: int = Field(10_000, ge=1, description="Events per POST /clicks.")
-    max_exclude: int = Field(10_000, ge=0, description="Items in one exclude list.")
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Request body cap.")
-    token: str | None = Field(None, description="Bearer token for write endpoints.")
-    synchronous: str = Field("FULL", pattern="^(FULL|NORMAL|EXTRA)$", description="SQLite sync.")
-    keep_index_versions: int = Field(2, ge=1, description="Published versions kept on disk.")
-    torch_threads: int | None = Field(None, ge=1, description="Scoring threads.")
-    seed: int = Field(0, description="k-means seed.")
+    state_dir: Path = Field(
+        default=Path("serve-state"), description="SQLite store + published indexes."
+    )
+    max_seeds_per_item: int = Field(
+        default=3_000_000, ge=1, description="N most recent clickers kept."
+    )
+    recluster_every_s: float = Field(
+        default=300.0, gt=0, description="T: seconds between re-clusters."
+    )
+    min_seeds: int = Field(default=10, ge=1, description="Fewer embeddable seeds: not recommended.")
+    fast_path: bool = Field(default=True, description="Serve items with few seeds within seconds.")
+    fast_path_min_seeds: int = Field(default=3, ge=1, description="Seeds needed by the fast path.")
+    fast_path_every_s: float = Field(default=2.0, gt=0, description="Fast-path period in seconds.")
+    k: int | None = Field(
+        default=None, ge=1, description="Clusters per item; None = the model's k."
+    )
+    batch_window_ms: float = Field(default=2.0, ge=0, description="Micro-batch window (ms).")
+    max_batch: int = Field(default=64, ge=1, description="Micro-batch size cap.")
+    max_n: int = Field(default=1000, ge=1, description="Largest n a client may request.")
+    max_clicks_per_request: int = Field(
+        default=10_000, ge=1, description="Events per POST /clicks."
+    )
+    max_exclude: int = Field(default=10_000, ge=0, description="Items in one exclude list.")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Request body cap.")
+    token: str | None = Field(default=None, description="Bearer token for write endpoints.")
+    synchronous: str = Field(
+        default="FULL", pattern="^(FULL|NORMAL|EXTRA)$", description="SQLite sync."
+    )
+    keep_index_versions: int = Field(
+        default=2, ge=1, description="Published versions kept on disk."
+    )
+    torch_threads: int | None = Field(default=None, ge=1, description="Scoring threads.")
+    seed: int = Field(default=0, description="k-means seed.")

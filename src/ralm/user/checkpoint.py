@@ -213,7 +213,7 @@ def load_user_model(path: str | Path, ds: EncodedDataset | None = None) -> UserM
     return model
 
 
-def save_train_state(path: Path, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def save_train_state(path: Path, optimizer: Any, state: dict[str, Any]) -> None:
     """Optimizer state + loop state (plain types) for resume; readable with weights_only."""
     blob = {"optimizer": optimizer.state_dict(), "loop": json.dumps(state)}
     _atomic_write(path, lambda p: torch.save(blob, p))

@@ -24,6 +24,8 @@ class UserModelConfig(BaseModel):
         remove_accidental_hits: mask negatives equal to the positive.
         logq_correction: subtract log Q(item) from sampled logits (Bengio & Senecal); on by
             default, the paper is silent.
+        sparse_grad: sparse gradients + lazy Adam (``SparseAdam``) for embedding tables,
+            dense Adam for the rest; weight decay applies to the dense parameters only.
         batch_size: training rows (one positive + negatives each) per step.
         lr: Adam learning rate.
         weight_decay: Adam L2 weight decay.
@@ -60,6 +62,11 @@ class UserModelConfig(BaseModel):
         default=True,
         description="Subtract log Q(item) from sampled logits (without it the model learns "
         "p(item|user)/Q(item), which ranks popular items too low over the full catalogue).",
+    )
+    sparse_grad: bool = Field(
+        default=True,
+        description="Sparse gradients for embedding tables, updated by lazy Adam (SparseAdam): "
+        "only rows used in a step move. Dense Adam over a 43k-row table costs ~10x the step.",
     )
     batch_size: int = Field(
         default=256, ge=1, description="Rows per optimisation step (paper: 256)."

@@ -28,6 +28,7 @@ class FeatureEmbedding(nn.Module):
             categorical fields in their declared order, then one ``continuous`` field if
             the schema has continuous features).
         dim: embedding dimension ``m``.
+        sparse: produce sparse gradients for the tables (for ``torch.optim.SparseAdam``).
 
     Example::
 
@@ -35,7 +36,7 @@ class FeatureEmbedding(nn.Module):
         h = emb(gather_users(ds, np.arange(4)))  # (4, n_fields, 128)
     """
 
-    def __init__(self, fields: list[FieldInfo], dim: int) -> None:
+    def __init__(self, fields: list[FieldInfo], dim: int, sparse: bool = False) -> None:
         super().__init__()
         self.dim = dim
         self.categorical = [f for f in fields if f.kind in ("univalent", "multivalent")]
@@ -48,9 +49,9 @@ class FeatureEmbedding(nn.Module):
         tables: list[nn.Module] = []
         for f in self.categorical:
             if f.kind == "univalent":
-                tables.append(nn.Embedding(f.vocab_size, dim))
+                tables.append(nn.Embedding(f.vocab_size, dim, sparse=sparse))
             else:
-                tables.append(nn.EmbeddingBag(f.vocab_size, dim, mode="mean"))
+                tables.append(nn.EmbeddingBag(f.vocab_size, dim, mode="mean", sparse=sparse))
         self.tables = nn.ModuleList(tables)
         for t in self.tables:
             nn.init.normal_(t.weight, std=dim**-0.5)  # type: ignore[arg-type]

@@ -14,6 +14,8 @@ loss is the cross-entropy with the positive at column 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,17 +39,22 @@ def sampled_logits(
         pos: int64 (B,) positive item index per row.
         neg: int64 (B, K) negatives per row, or (K,) negatives shared by all rows.
     """
-    if isinstance(items, nn.Embedding):
-        items = items.weight
-    if items.dim() == 3:  # pre-gathered (B, 1+K, d)
-        return torch.einsum("bd,bkd->bk", user_vec, items)  # (B, 1+K)
-    if items.dim() != 2:
-        raise ConfigError(f"items must be (n_items, d) or (B, 1+K, d), got {tuple(items.shape)}")
-    pos_logit = (user_vec * items[pos]).sum(-1, keepdim=True)  # (B, 1)
-    if neg.dim() == 1:
-        neg_logit = user_vec @ items[neg].T  # (B, K) shared negatives
+    if isinstance(items, nn.Embedding):  # module call: sparse gradients when sparse=True
+        lookup: Callable[[torch.Tensor], torch.Tensor] = items
     else:
-        neg_logit = torch.einsum("bd,bkd->bk", user_vec, items[neg])  # (B, K)
+        if items.dim() == 3:  # pre-gathered (B, 1+K, d)
+            return torch.einsum("bd,bkd->bk", user_vec, items)  # (B, 1+K)
+        if items.dim() != 2:
+            raise ConfigError(
+                f"items must be (n_items, d) or (B, 1+K, d), got {tuple(items.shape)}"
+            )
+        table = items
+        lookup = table.__getitem__
+    pos_logit = (user_vec * lookup(pos)).sum(-1, keepdim=True)  # (B, 1)
+    if neg.dim() == 1:
+        neg_logit = user_vec @ lookup(neg).T  # (B, K) shared negatives
+    else:
+        neg_logit = torch.einsum("bd,bkd->bk", user_vec, lookup(neg))  # (B, K)
     return torch.cat([pos_logit, neg_logit], dim=1)  # (B, 1+K)
 
 

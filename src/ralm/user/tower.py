@@ -42,7 +42,7 @@ class UserTower(nn.Module):
     def __init__(self, fields: list[FieldInfo], config: UserModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = FeatureEmbedding(fields, config.dim)
+        self.embedding = FeatureEmbedding(fields, config.dim, sparse=config.sparse_grad)
         self.merge: AttentionMerge | ConcatMerge
         if config.merge == "attention":
             self.merge = AttentionMerge(config.dim, config.attention_units)
@@ -84,7 +84,7 @@ class UserItemModel(nn.Module):
         if n_items < 1:
             raise ConfigError("the dataset has no items")
         self.tower = UserTower(fields, config)
-        self.item_embedding = nn.Embedding(n_items, config.dim)  # (n_items, d)
+        self.item_embedding = nn.Embedding(n_items, config.dim, sparse=config.sparse_grad)  # (I, d)
         nn.init.normal_(self.item_embedding.weight, std=config.dim**-0.5)
 
     def forward(self, batch: UserBatch) -> torch.Tensor:

@@ -24,6 +24,7 @@ from ralm.errors import CheckpointError, DataError
 from ralm.user import checkpoint as ckpt
 from ralm.user.config import UserModelConfig
 from ralm.user.examples import epoch_examples, positive_pairs
+from ralm.user.optim import StageOneOptimizer
 from ralm.user.sampled_softmax import sampled_softmax_loss
 from ralm.user.sampler import LogUniformSampler
 from ralm.user.tower import UserItemModel
@@ -39,7 +40,7 @@ def progress_disabled() -> bool:
 
 def train_step(
     net: UserItemModel,
-    optimizer: torch.optim.Optimizer,
+    optimizer: StageOneOptimizer,
     ds: EncodedDataset,
     users: np.ndarray,
     pos: np.ndarray,
@@ -61,7 +62,7 @@ def train_step(
         pos_log_q=pos_q,
         neg_log_q=neg_q,
     )
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()
     loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     return float(loss.detach())
@@ -102,7 +103,7 @@ def train_user_model(
     if users.size == 0:
         raise DataError(f"dataset {ds.name!r} has no positive (label > 0) TRAIN interactions")
     net = UserItemModel(ds.fields, ds.n_items, cfg)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = StageOneOptimizer(net, cfg)
     sampler = LogUniformSampler(ds.n_items, ds.item_popularity_rank())
     vs = build_validation(ds, sampler, cfg.n_negatives, cfg.val_max_users, cfg.seed)
     pop = popularity_recall(ds, vs, cfg.eval_k) if vs is not None else float("nan")
@@ -186,7 +187,7 @@ def train_user_model(
 def _save_epoch(
     root: Path,
     net: UserItemModel,
-    optimizer: torch.optim.Optimizer,
+    optimizer: StageOneOptimizer,
     cfg: UserModelConfig,
     ds: EncodedDataset,
     loop: dict[str, Any],
@@ -202,7 +203,7 @@ def _save_epoch(
 def _resume(
     root: Path,
     net: UserItemModel,
-    optimizer: torch.optim.Optimizer,
+    optimizer: StageOneOptimizer,
     cfg: UserModelConfig,
     ds: EncodedDataset,
 ) -> dict[str, Any]:

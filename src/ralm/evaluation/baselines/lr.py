@@ -7,8 +7,9 @@ values, averaged multivalent bags including the item-history field, raw continuo
 every (item, feature column) cross has its own weight. The cross index ``i * D + c`` is
 used as is when it fits ``n_hash`` (exact, the ML-100K case) and folded modulo ``n_hash``
 (the hashing trick) otherwise. Trained with binary cross-entropy on TRAIN clicks vs
-uniformly sampled non-clicked items; the target item is removed from the user's history
-for positive examples. Items without TRAIN clicks have no trained weights and get the
+uniformly sampled non-clicked items with sparse Adagrad (only the weights a batch touches
+are updated, the classic large-scale LR recipe); the target item is removed from the user's
+history for positive examples. Items without TRAIN clicks have no trained weights and get the
 :class:`ItemFallback` score.
 """
 
@@ -33,10 +34,10 @@ log = logging.getLogger(__name__)
 class LRConfig(BaseModel):
     """Hyper-parameters of the LR baseline."""
 
-    epochs: int = Field(default=3, ge=1, description="Passes over the TRAIN clicks.")
+    epochs: int = Field(default=2, ge=1, description="Passes over the TRAIN clicks.")
     neg_ratio: int = Field(default=4, ge=1, description="Sampled non-clicked items per click.")
-    batch_size: int = Field(default=1024, ge=1, description="Examples per step.")
-    lr: float = Field(default=0.05, gt=0, description="SparseAdam learning rate.")
+    batch_size: int = Field(default=2048, ge=1, description="Examples per step.")
+    lr: float = Field(default=0.2, gt=0, description="Adagrad learning rate.")
     l2: float = Field(default=1e-5, ge=0, description="L2 penalty on the weights used by a batch.")
     n_hash: int = Field(default=1 << 22, ge=1024, description="Size of the crossed-weight table.")
     fallback: FallbackKind = Field(
@@ -58,25 +59,33 @@ class LogisticRegression(Recommender):
         self.config = config or LRConfig()
         self.space: FeatureSpace | None = None
         self.fallback: ItemFallback | None = None
-        self.w = torch.nn.Embedding(1, 1)
-        self.b = torch.nn.Embedding(1, 1)
+        self.w = torch.zeros(0)  # (n_hash,) crossed weights
+        self.b = torch.zeros(0)  # (n_items,) item biases
 
     def _cross(self, items: torch.Tensor, cols: torch.Tensor, d: int) -> torch.Tensor:
         return (items * d + cols) % self.config.n_hash
 
-    def _logits(
+    def _batch(
         self, users: np.ndarray, items: np.ndarray, exclude: np.ndarray | None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows (nnz,), crossed weight index (nnz,), values (nnz,), items (B,)) of a batch."""
         assert self.space is not None
         x = self.space.matrix(users, exclude).tocoo()  # (B, D) sparse
         rows = torch.from_numpy(x.row.astype(np.int64))  # (nnz,)
         cols = torch.from_numpy(x.col.astype(np.int64))
         vals = torch.from_numpy(x.data.astype(np.float32))
         it = torch.from_numpy(np.asarray(items, dtype=np.int64))  # (B,)
-        idx = self._cross(it[rows], cols, self.space.n_columns)  # (nnz,)
-        w = self.w(idx).squeeze(-1)  # (nnz,)
-        out = self.b(it).squeeze(-1).clone()  # (B,)
-        return out.index_add(0, rows, w * vals)
+        return rows, self._cross(it[rows], cols, self.space.n_columns), vals, it
+
+    @staticmethod
+    def _adagrad(
+        param: torch.Tensor, acc: torch.Tensor, idx: torch.Tensor, grad: torch.Tensor, lr: float
+    ) -> None:
+        """Sparse Adagrad step on ``param[idx]`` (duplicate indices summed first)."""
+        uniq, inv = torch.unique(idx, return_inverse=True)
+        g = torch.zeros(uniq.numel()).index_add_(0, inv, grad)  # (U,)
+        acc[uniq] += g * g
+        param[uniq] -= lr * g / (acc[uniq].sqrt() + 1e-8)
 
     def fit(self, ds: EncodedDataset, seed: int = 0) -> None:
         cfg = self.config
@@ -85,11 +94,8 @@ class LogisticRegression(Recommender):
         rng = np.random.default_rng(seed)
         self.space = FeatureSpace(ds, mode="linear")
         self.fallback = ItemFallback(ds, cfg.fallback, seed)
-        self.w = torch.nn.Embedding(cfg.n_hash, 1, sparse=True)
-        self.b = torch.nn.Embedding(ds.n_items, 1, sparse=True)
-        torch.nn.init.zeros_(self.w.weight)
-        torch.nn.init.zeros_(self.b.weight)
-        opt = torch.optim.SparseAdam([self.w.weight, self.b.weight], lr=cfg.lr)
+        self.w, acc_w = torch.zeros(cfg.n_hash), torch.zeros(cfg.n_hash)
+        self.b, acc_b = torch.zeros(ds.n_items), torch.zeros(ds.n_items)
         pu, pi = clicks(ds, (Split.TRAIN,))
         forbidden = pair_keys(pu, pi, ds.n_items)
         known = np.flatnonzero(self.fallback.known)
@@ -109,12 +115,17 @@ class LogisticRegression(Recommender):
             )
             for a in bar:
                 sel = order[a : a + cfg.batch_size]
-                logits = self._logits(users[sel], items[sel], excl[sel])  # (B,)
+                rows, idx, vals, it = self._batch(users[sel], items[sel], excl[sel])
+                wg = self.w[idx].requires_grad_()  # (nnz,) leaf: gathered weights
+                bg = self.b[it].requires_grad_()  # (B,)
+                logits = bg.index_add(0, rows, wg * vals)  # (B,)
                 y = torch.from_numpy(labels[sel])
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                loss = loss + cfg.l2 * (wg * wg).sum() / sel.size
+                loss.backward()  # type: ignore[no-untyped-call]
+                assert wg.grad is not None and bg.grad is not None
+                self._adagrad(self.w, acc_w, idx, wg.grad, cfg.lr)
+                self._adagrad(self.b, acc_b, it, bg.grad, cfg.lr)
                 total += loss.item()
                 steps += 1
             log.info("LR epoch %d: mean BCE %.4f", epoch + 1, total / max(steps, 1))
@@ -133,8 +144,13 @@ class LogisticRegression(Recommender):
         assert self.space is not None and self.fallback is not None
         users = np.asarray(users, dtype=np.int64)
         items_t = torch.from_numpy(np.asarray(items, dtype=np.int64))  # (I,)
-        out = np.empty((users.size, items_t.numel()), dtype=np.float32)
         d = self.space.n_columns
+        if self.b.numel() * d <= self.config.n_hash:  # no hashing: w is an (items, D) matrix
+            table = self.w[: self.b.numel() * d].view(-1, d)[items_t].numpy()  # (I, D)
+            x = self.space.matrix(users)  # (B, D) sparse
+            out = np.asarray(x @ table.T, dtype=np.float32) + self.b[items_t].numpy()[None, :]
+            return self.fallback.apply(out, np.asarray(items))
+        out = np.empty((users.size, items_t.numel()), dtype=np.float32)
         chunk = 32
         for a in range(0, users.size, chunk):
             x = self.space.matrix(users[a : a + chunk]).tocoo()  # (b, D)
@@ -142,8 +158,8 @@ class LogisticRegression(Recommender):
             cols = torch.from_numpy(x.col.astype(np.int64))
             vals = torch.from_numpy(x.data.astype(np.float32))
             idx = self._cross(items_t[None, :], cols[:, None], d)  # (nnz, I)
-            contrib = self.w.weight[idx, 0] * vals[:, None]  # (nnz, I)
-            s = self.b.weight[items_t, 0].repeat(x.shape[0], 1)  # (b, I)
+            contrib = self.w[idx] * vals[:, None]  # (nnz, I)
+            s = self.b[items_t].repeat(x.shape[0], 1)  # (b, I)
             s.index_add_(0, rows, contrib)
             out[a : a + x.shape[0]] = s.numpy()
         return self.fallback.apply(out, np.asarray(items))

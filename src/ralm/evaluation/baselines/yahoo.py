@@ -44,7 +44,7 @@ class YahooConfig(BaseModel):
     )
     n_bands: int = Field(default=16, ge=1, description="LSH bands.")
     rows_per_band: int = Field(default=2, ge=1, description="MinHash values per band.")
-    lsh_weight: float = Field(default=2.0, ge=0, description="λ, weight of the LSH similarity.")
+    lsh_weight: float = Field(default=30.0, ge=0, description="λ, weight of the LSH similarity.")
     n_buckets: int = Field(default=5, ge=1, description="Token buckets per continuous field.")
 
 

@@ -1,0 +1,52 @@
+"""``ralm train lookalike`` end to end on the toy dataset with a tiny stage-1 model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ralm.cli import app
+from ralm.data.encoded import EncodedDataset
+from ralm.errors import CheckpointError
+from ralm.lookalike.checkpoint import load_lookalike_model
+from ralm.lookalike.seed_index import SeedIndex
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, toy: EncodedDataset) -> Path:
+    from ralm.user.config import UserModelConfig
+    from ralm.user.train import train_user_model
+
+    root = tmp_path_factory.mktemp("run")
+    toy.save(root / "data")
+    ds = EncodedDataset.load(root / "data")
+    train_user_model(ds, UserModelConfig(dim=8, epochs=1, batch_size=64), root / "user")
+    return root
+
+
+def _args(root: Path, *extra: str) -> list[str]:
+    return [
+        "train", "lookalike", "--data", str(root / "data"), "--user-model", str(root / "user"),
+        "--out", str(root / "lookalike"), "--k", "3", "--h", "8", "--epochs", "1", *extra,
+    ]  # fmt: skip
+
+
+def test_cli_trains_saves_and_resumes(run_dir: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, _args(run_dir), catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "best val AUC" in res.output
+    _, cfg = load_lookalike_model(run_dir / "lookalike")
+    assert cfg.k == 3 and cfg.m == 8
+    index = SeedIndex.load(run_dir / "lookalike" / "seed_index")
+    assert index.k == 3 and index.h == 8
+    res = runner.invoke(app, [*_args(run_dir), "--epochs", "2", "--resume"])  # last value wins
+    assert res.exit_code == 0, res.output
+    history = json.loads((run_dir / "lookalike" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [0, 1]  # epoch 1 ran after the resume
+    (run_dir / "lookalike" / "train_state" / "state.json").write_text("{broken")
+    res = runner.invoke(app, [*_args(run_dir), "--epochs", "3", "--resume"])
+    assert isinstance(res.exception, CheckpointError)

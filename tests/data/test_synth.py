@@ -147,6 +147,23 @@ def test_click_counts_are_heavy_tailed(tiny: SynthData) -> None:
     assert counts.max() >= 8 * np.median(counts)
 
 
+def test_cold_items_seeds_look_like_their_later_clickers(tiny: SynthData) -> None:
+    """The look-alike premise: a cold item's later clickers resemble its seed users."""
+    it = to_encoded(tiny).interactions
+    g, n_groups = tiny.user_group, tiny.config.n_groups
+    prior = np.bincount(g, minlength=n_groups) / g.size  # (G,) group shares of all users
+    match, chance = [], []
+    for j in np.flatnonzero(tiny.item_is_new):
+        seeds = it.user[(it.item == j) & (it.split == Split.COLD_SEED)]
+        later = it.user[(it.item == j) & (it.split == Split.COLD_TEST)]
+        if later.size == 0:
+            continue
+        seed_share = np.bincount(g[seeds], minlength=n_groups) / seeds.size  # (G,)
+        match.append(seed_share[g[later]].mean())  # P(seed in the clicker's group)
+        chance.append((seed_share * prior).sum())  # the same for a random user
+    assert np.mean(match) > 2.0 * np.mean(chance)
+
+
 def test_new_items_appear_late(tiny: SynthData) -> None:
     cfg = tiny.config
     new = tiny.item_is_new
@@ -264,3 +281,17 @@ def test_cli_writes_both_formats(tmp_path: Path) -> None:
     # re-running into an existing output folder replaces it
     res = runner.invoke(app, ["data", "synth", "--preset", "tiny", "--out", str(tmp_path / "p")])
     assert res.exit_code == 0, res.output
+
+
+def test_interrupted_parquet_write_leaves_nothing_behind(
+    tiny: SynthData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ralm.data.synth_parquet as sp
+
+    def boom(data: SynthData) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sp, "items_table", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_parquet(tiny, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor a temporary one

@@ -102,3 +102,20 @@ def test_cli_train_resume_and_export(toy: EncodedDataset, tmp_path: Path, monkey
     )
     assert r.exit_code == 0, r.output
     assert np.load(tmp_path / "exp" / "user_embeddings.npy").shape == (toy.n_users, 8)
+
+
+def test_new_user_via_feature_encoder(toy: EncodedDataset, trained) -> None:
+    from ralm.data.feature_encoder import FeatureEncoder
+
+    model, _ = trained
+    enc = FeatureEncoder.from_dataset(toy)
+    record = enc.decode_user(toy, 23)  # raw values of a known user -> same embedding
+    np.testing.assert_allclose(
+        embed_batch(model, enc.batch([record])),
+        embed_users(model, toy, np.array([23])),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    unseen = enc.batch([{"group_hint": "never-seen", "history": ["i3", "nope"]}, {}])
+    emb = embed_batch(model, unseen)  # OOV codes and an empty bag: defined, finite
+    assert emb.shape == (2, 16) and np.isfinite(emb).all()

@@ -16,12 +16,16 @@ from ralm.errors import ConfigError
 
 
 class Preset(StrEnum):
+    """Named sizes of :data:`ralm.data.synth.PRESETS`."""
+
     tiny = "tiny"
     small = "small"
     wechat = "wechat"
 
 
 class OutFormat(StrEnum):
+    """What ``ralm data synth`` writes."""
+
     parquet = "parquet"
     encoded = "encoded"
 

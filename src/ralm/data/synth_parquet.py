@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -122,27 +124,37 @@ def dataset_toml(data: SynthData) -> str:
 def write_parquet(data: SynthData, out: str | Path) -> Path:
     """Write ``data`` to ``out`` in the generic format; returns the ``dataset.toml`` path.
 
+    Files are written to a temporary sibling folder first and moved into place at the end,
+    so an interrupted run never leaves a half-written data set behind; an older synthetic
+    data set in ``out`` is replaced.
+
     Raises:
         ConfigError: ``out`` exists, is not empty and holds no ``dataset.toml`` (so an
             unrelated folder is never overwritten).
     """
-    root = Path(out)
-    if root.exists() and (
-        not root.is_dir() or (any(root.iterdir()) and not (root / "dataset.toml").is_file())
+    dest = Path(out)
+    if dest.exists() and (
+        not dest.is_dir() or (any(dest.iterdir()) and not (dest / "dataset.toml").is_file())
     ):
-        raise ConfigError(f"--out {root} exists and is not a dataset folder; refusing to overwrite")
-    root.mkdir(parents=True, exist_ok=True)
-    steps = (
-        ("users.parquet", users_table),
-        ("interactions.parquet", interactions_table),
-        ("items.parquet", items_table),
-    )
-    for fname, build in tqdm(steps, desc="write parquet", disable=progress_disabled()):
-        table = build(data)
-        pq.write_table(table, root / fname, compression="snappy")
-        log.info("wrote %s (%d rows)", root / fname, table.num_rows)
-        del table
-    write_truth(data, root)
-    toml = root / "dataset.toml"
-    toml.write_text(dataset_toml(data), encoding="utf-8")
-    return toml
+        raise ConfigError(f"--out {dest} exists and is not a dataset folder; refusing to overwrite")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        steps = (
+            ("users.parquet", users_table),
+            ("interactions.parquet", interactions_table),
+            ("items.parquet", items_table),
+        )
+        for fname, build in tqdm(steps, desc="write parquet", disable=progress_disabled()):
+            table = build(data)
+            pq.write_table(table, tmp / fname, compression="snappy")
+            log.info("wrote %s (%d rows)", dest / fname, table.num_rows)
+            del table
+        write_truth(data, tmp)
+        (tmp / "dataset.toml").write_text(dataset_toml(data), encoding="utf-8")
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest / "dataset.toml"

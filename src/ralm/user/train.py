@@ -68,13 +68,6 @@ def train_step(
     return float(loss.detach())
 
 
-def _improved(metrics: dict[str, float], best: float | None, monitor: str) -> bool:
-    if best is None:
-        return True
-    value = metrics["recall"] if monitor == "recall" else -metrics["val_loss"]
-    return value > best
-
-
 def _score(metrics: dict[str, float], monitor: str) -> float:
     return metrics["recall"] if monitor == "recall" else -metrics["val_loss"]
 
@@ -115,6 +108,8 @@ def train_user_model(
         root.mkdir(parents=True, exist_ok=True)
         if resume:
             loop = _resume(root, net, optimizer, cfg, ds)
+        elif (root / ckpt.CONFIG_FILE).exists():
+            log.warning("%s holds a previous run; it will be overwritten (use resume)", root)
     best_state = {k: v.clone() for k, v in net.state_dict().items()}
     if resume and root is not None and (root / ckpt.MODEL_FILE).is_file():
         best_net = UserItemModel(ds.fields, ds.n_items, cfg)
@@ -123,6 +118,7 @@ def train_user_model(
 
     for epoch in range(int(loop["epoch"]), cfg.epochs):
         if cfg.patience and loop["bad"] >= cfg.patience:
+            log.info("early stopping: no improvement for %d epochs", loop["bad"])
             break
         rng = np.random.default_rng([cfg.seed, epoch])
         eu, ei = epoch_examples(users, items, cfg.max_pos_per_user, rng)
@@ -151,7 +147,7 @@ def train_user_model(
         if vs is not None:
             rec.update(validate(net, ds, vs, cfg.eval_k, sampler, cfg.logq_correction))
             rec["popularity_recall"] = pop
-        improved = vs is None or _improved(rec, loop["best"], cfg.monitor)
+        improved = vs is None or loop["best"] is None or _score(rec, cfg.monitor) > loop["best"]
         if improved:
             loop["best"] = _score(rec, cfg.monitor) if vs is not None else None
             loop["bad"], loop["metrics"] = 0, rec

@@ -56,6 +56,19 @@ class FeatureSpace:
         ``exclude_items[r]`` (item index, -1 = none) is removed from row r's item-history
         field: the no-target-in-history guarantee for training examples.
         """
+        rows, cols, vals = self.coo(users, exclude_items)
+        m = sp.csr_matrix(
+            (vals, (rows, cols)), shape=(len(users), self.n_columns), dtype=np.float32
+        )
+        m.sum_duplicates()
+        if self.mode == "tokens":
+            m.data[:] = 1.0  # a value listed twice is still one token
+        return m
+
+    def coo(
+        self, users: np.ndarray, exclude_items: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Unsorted (rows, cols, values) triplets of :meth:`matrix` (duplicates not summed)."""
         ds = self.ds
         users = np.asarray(users, dtype=np.int64)
         b = users.shape[0]
@@ -85,12 +98,4 @@ class FeatureSpace:
                 )
                 cols.append(self.cont_offset + j * self.n_buckets + bucket)
                 vals.append(np.ones(b, dtype=np.float32))
-        m = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(b, self.n_columns),
-            dtype=np.float32,
-        )
-        m.sum_duplicates()
-        if self.mode == "tokens":
-            m.data[:] = 1.0  # a value listed twice is still one token
-        return m
+        return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)

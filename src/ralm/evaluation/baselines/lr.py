@@ -70,22 +70,32 @@ class LogisticRegression(Recommender):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows (nnz,), crossed weight index (nnz,), values (nnz,), items (B,)) of a batch."""
         assert self.space is not None
-        x = self.space.matrix(users, exclude).tocoo()  # (B, D) sparse
-        rows = torch.from_numpy(x.row.astype(np.int64))  # (nnz,)
-        cols = torch.from_numpy(x.col.astype(np.int64))
-        vals = torch.from_numpy(x.data.astype(np.float32))
+        r, c, v = self.space.coo(users, exclude)  # (nnz,) each, duplicates add up
+        rows = torch.from_numpy(r.astype(np.int64))
+        cols = torch.from_numpy(c.astype(np.int64))
+        vals = torch.from_numpy(v.astype(np.float32))
         it = torch.from_numpy(np.asarray(items, dtype=np.int64))  # (B,)
         return rows, self._cross(it[rows], cols, self.space.n_columns), vals, it
 
     @staticmethod
     def _adagrad(
-        param: torch.Tensor, acc: torch.Tensor, idx: torch.Tensor, grad: torch.Tensor, lr: float
+        param: torch.Tensor,
+        acc: torch.Tensor,
+        buf: torch.Tensor,
+        idx: torch.Tensor,
+        grad: torch.Tensor,
+        lr: float,
     ) -> None:
-        """Sparse Adagrad step on ``param[idx]`` (duplicate indices summed first)."""
-        uniq, inv = torch.unique(idx, return_inverse=True)
-        g = torch.zeros(uniq.numel()).index_add_(0, inv, grad)  # (U,)
-        acc[uniq] += g * g
-        param[uniq] -= lr * g / (acc[uniq].sqrt() + 1e-8)
+        """Sparse Adagrad step on ``param[idx]``; ``buf`` is a zeroed gradient scratch.
+
+        Duplicate indices first sum their gradients in ``buf``; the indexed writes below
+        then store the same value for every duplicate, so each weight is updated once.
+        """
+        buf.index_add_(0, idx, grad)
+        g = buf[idx]  # (nnz,) summed gradient of each touched weight
+        acc[idx] = acc[idx] + g * g
+        param[idx] = param[idx] - lr * g / (acc[idx].sqrt() + 1e-8)
+        buf[idx] = 0.0
 
     def fit(self, ds: EncodedDataset, seed: int = 0) -> None:
         cfg = self.config
@@ -94,8 +104,8 @@ class LogisticRegression(Recommender):
         rng = np.random.default_rng(seed)
         self.space = FeatureSpace(ds, mode="linear")
         self.fallback = ItemFallback(ds, cfg.fallback, seed)
-        self.w, acc_w = torch.zeros(cfg.n_hash), torch.zeros(cfg.n_hash)
-        self.b, acc_b = torch.zeros(ds.n_items), torch.zeros(ds.n_items)
+        self.w, acc_w, buf_w = (torch.zeros(cfg.n_hash) for _ in range(3))
+        self.b, acc_b, buf_b = (torch.zeros(ds.n_items) for _ in range(3))
         pu, pi = clicks(ds, (Split.TRAIN,))
         forbidden = pair_keys(pu, pi, ds.n_items)
         known = np.flatnonzero(self.fallback.known)
@@ -124,8 +134,8 @@ class LogisticRegression(Recommender):
                 loss = loss + cfg.l2 * (wg * wg).sum() / sel.size
                 loss.backward()  # type: ignore[no-untyped-call]
                 assert wg.grad is not None and bg.grad is not None
-                self._adagrad(self.w, acc_w, idx, wg.grad, cfg.lr)
-                self._adagrad(self.b, acc_b, it, bg.grad, cfg.lr)
+                self._adagrad(self.w, acc_w, buf_w, idx, wg.grad, cfg.lr)
+                self._adagrad(self.b, acc_b, buf_b, it, bg.grad, cfg.lr)
                 total += loss.item()
                 steps += 1
             log.info("LR epoch %d: mean BCE %.4f", epoch + 1, total / max(steps, 1))
@@ -153,13 +163,13 @@ class LogisticRegression(Recommender):
         out = np.empty((users.size, items_t.numel()), dtype=np.float32)
         chunk = 32
         for a in range(0, users.size, chunk):
-            x = self.space.matrix(users[a : a + chunk]).tocoo()  # (b, D)
-            rows = torch.from_numpy(x.row.astype(np.int64))  # (nnz,)
-            cols = torch.from_numpy(x.col.astype(np.int64))
-            vals = torch.from_numpy(x.data.astype(np.float32))
+            r, c, v = self.space.coo(users[a : a + chunk])  # (nnz,) each
+            rows, cols = torch.from_numpy(r.astype(np.int64)), torch.from_numpy(c.astype(np.int64))
+            vals = torch.from_numpy(v.astype(np.float32))
             idx = self._cross(items_t[None, :], cols[:, None], d)  # (nnz, I)
             contrib = self.w[idx] * vals[:, None]  # (nnz, I)
-            s = self.b[items_t].repeat(x.shape[0], 1)  # (b, I)
+            n = min(chunk, users.size - a)
+            s = self.b[items_t].repeat(n, 1)  # (b, I)
             s.index_add_(0, rows, contrib)
-            out[a : a + x.shape[0]] = s.numpy()
+            out[a : a + n] = s.numpy()
         return self.fallback.apply(out, np.asarray(items))

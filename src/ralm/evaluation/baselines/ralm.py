@@ -160,6 +160,7 @@ class RalmRecommender(Recommender):
             torch.from_numpy(np.ascontiguousarray(ix.mask[items])),  # (I, k)
             torch.from_numpy(np.ascontiguousarray(ix.global_vec[items])),  # (I, h)
             gram=torch.from_numpy(np.ascontiguousarray(ix.gram[items])),  # (I, k, k)
+            sizes=torch.from_numpy(np.ascontiguousarray(ix.sizes[items])),  # (I, k)
         )  # (B, I)
         return s.numpy()
 
@@ -177,6 +178,7 @@ class RalmRecommender(Recommender):
                 torch.from_numpy(np.ascontiguousarray(ix.centroids[i])),  # (b, k, h)
                 torch.from_numpy(np.ascontiguousarray(ix.mask[i])),  # (b, k)
                 torch.from_numpy(np.ascontiguousarray(ix.global_vec[i])),  # (b, h)
+                sizes=torch.from_numpy(np.ascontiguousarray(ix.sizes[i])),  # (b, k)
             )
             out[lo : lo + u.size] = s.numpy()
         return out

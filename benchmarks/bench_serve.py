@@ -48,6 +48,12 @@ def _timeit(fn: Callable[[], object], repeat: int) -> list[float]:
     return out
 
 
+def _rss_mb() -> float:
+    """Current resident set size (MB), from /proc (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1000.0, q))  # ms
 
@@ -196,6 +202,7 @@ def over_http(svc: Any, args: argparse.Namespace) -> dict[str, Any]:
                         resp.raise_for_status()
                         done.append(time.perf_counter() - t0)
 
+                b0 = svc.metrics.batch_size.count()
                 t0 = time.perf_counter()
                 await asyncio.gather(*(client(i) for i in range(conc)))
                 wall = time.perf_counter() - t0
@@ -204,6 +211,7 @@ def over_http(svc: Any, args: argparse.Namespace) -> dict[str, Any]:
                     "req_per_s": len(done) / wall,
                     "p50_ms": _pct(done, 50),
                     "p99_ms": _pct(done, 99),
+                    "mean_batch": len(done) / max(svc.metrics.batch_size.count() - b0, 1),
                 }
             clicks = [
                 {"user_id": f"u{rng.integers(args.users)}", "item_id": f"item{j % 50}"}
@@ -280,8 +288,8 @@ def main() -> None:
     p.add_argument("--window-ms", type=float, default=2.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--n-seq", type=int, default=30, help="sequential requests for p50/p99")
-    p.add_argument("--n-conc", type=int, default=96, help="requests per concurrency level")
-    p.add_argument("--max-seconds", type=float, default=20.0, help="cap per level")
+    p.add_argument("--n-conc", type=int, default=48, help="requests per concurrency level")
+    p.add_argument("--max-seconds", type=float, default=10.0, help="cap per level")
     p.add_argument("--ingest-clicks", type=int, default=100_000)
     p.add_argument("--recluster-items", type=int, default=500)
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -295,15 +303,16 @@ def main() -> None:
         t0 = time.perf_counter()
         svc = build_service(args, Path(d) / "state")
         report["startup_s"] = time.perf_counter() - t0
-        report["rss_after_start_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        report["rss_after_start_mb"] = _rss_mb()
         try:
-            report["floors"] = floors(svc, args.batch, 3 if args.quick else 5)
+            report["floors"] = floors(svc, args.batch, 3)
             report["in_process"] = inprocess(svc, args)
             report["ingestion"] = ingestion(svc, args)
             report["http"] = over_http(svc, args)
             report["recluster"] = recluster(svc, args)
         finally:
             svc.close()
+        report["rss_end_mb"] = _rss_mb()
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(report, indent=2, default=float))
     f = report["floors"]

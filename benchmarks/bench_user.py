@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 
-def run_one(path: str, steps: int, warmup: int, batch_size: int, dim: int, threads: int) -> dict:
+def run_one(
+    path: str, steps: int, warmup: int, batch_size: int, dim: int, threads: int, dense: bool
+) -> dict:
     """Time ``steps`` training steps on the dataset at ``path``; returns the figures."""
     from ralm.data.batching import gather_users
     from ralm.data.encoded import EncodedDataset
@@ -44,7 +46,7 @@ def run_one(path: str, steps: int, warmup: int, batch_size: int, dim: int, threa
     t0 = time.perf_counter()
     ds = EncodedDataset.load(path)
     users, items = positive_pairs(ds)
-    cfg = UserModelConfig(dim=dim, batch_size=batch_size)
+    cfg = UserModelConfig(dim=dim, batch_size=batch_size, sparse_grad=not dense)
     sampler = LogUniformSampler(ds.n_items, ds.item_popularity_rank())
     rng = np.random.default_rng(0)
     eu, ei = epoch_examples(users, items, cfg.max_pos_per_user, rng)
@@ -85,6 +87,7 @@ def run_one(path: str, steps: int, warmup: int, batch_size: int, dim: int, threa
         "batch_size": batch_size,
         "dim": dim,
         "threads": threads,
+        "optimizer": "dense Adam" if dense else "lazy Adam",
         "samples_per_s": round(steps * batch_size / train_s, 1),
         "ms_per_step": round(1000 * train_s / steps, 2),
         "data_ms_per_step": round(1000 * data_s / steps, 2),
@@ -104,10 +107,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--dense", action="store_true", help="dense Adam (sparse_grad=False)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one dataset, print JSON
     a = p.parse_args()
     if a.one:
-        res = run_one(a.one, a.steps, a.warmup, a.batch_size, a.dim, a.threads)
+        res = run_one(a.one, a.steps, a.warmup, a.batch_size, a.dim, a.threads, a.dense)
         print(json.dumps(res))
         return
     paths = [x for x in (a.ml100k, a.wechat) if x]
@@ -117,7 +121,7 @@ def main() -> None:
     for path in paths:
         cmd = [sys.executable, __file__, "--one", path, "--steps", str(a.steps)]
         cmd += ["--warmup", str(a.warmup), "--batch-size", str(a.batch_size)]
-        cmd += ["--dim", str(a.dim), "--threads", str(a.threads)]
+        cmd += ["--dim", str(a.dim), "--threads", str(a.threads)] + (["--dense"] if a.dense else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
     keys = list(results[0])

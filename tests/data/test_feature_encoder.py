@@ -88,3 +88,22 @@ def test_integral_numbers_match_string_vocab(tiny) -> None:
     ds.vocabs["group_hint"] = np.array(["1", "2", "3"])
     b = FeatureEncoder.from_dataset(ds).batch([{"group_hint": 2}, {"group_hint": 2.0}])
     assert b.univalent["group_hint"].tolist() == [2, 2]
+
+
+def test_movielens_raw_values_are_mapped_like_the_reader(tmp_path: Path) -> None:
+    from test_readers import write_ml1m, write_ml100k
+
+    from ralm.data.readers import read_ml1m, read_ml100k
+
+    none = SplitConfig(valid_frac=0.0, test_frac=0.0, cold_item_frac=0.0)
+    ds = ingest(read_ml100k(write_ml100k(tmp_path / "a")), none)
+    enc = FeatureEncoder.from_dataset(ds)
+    raw = {"gender": "m", "age": 24, "occupation": "technician", "zip": "85711"}
+    stored = {"gender": "M", "age": "18-24", "occupation": "technician", "zip": "85"}
+    _assert_same(enc.batch([raw]), enc.batch([stored]))
+    uni = enc.batch([raw]).univalent
+    assert all(int(uni[k][0]) == int(ds.univalent[k][0]) for k in uni)  # user "1"
+    ds1 = ingest(read_ml1m(write_ml1m(tmp_path / "b")), none)
+    enc1 = FeatureEncoder.from_dataset(ds1)
+    b = enc1.batch([{"gender": "M", "age": 56, "occupation": 16, "zip": "70072"}])
+    assert all(int(b.univalent[k][0]) == int(ds1.univalent[k][1]) for k in b.univalent)  # "2"

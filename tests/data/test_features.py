@@ -13,8 +13,8 @@ from ralm.data.features import (
     map_ids,
     minmax_normalise,
     sorted_unique_ids,
-    unique_inverse_int,
     unique_int,
+    unique_inverse_int,
 )
 
 

@@ -84,6 +84,16 @@ def test_from_dir_copies_a_grouplens_folder(tmp_path: Path) -> None:
         fetch.fetch_movielens_100k(tmp_path / "cache2", from_dir=src)
 
 
+def test_download_failure_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution\n")
+
+    monkeypatch.setattr(fetch.subprocess, "run", no_network)
+    with pytest.raises(DataError, match=r"could not download recbole==1.2.1.*--from-dir"):
+        fetch.fetch_movielens_100k(tmp_path)
+
+
 def _index_reachable() -> bool:
     cmd = [sys.executable, "-m", "pip", "index", "versions", "recbole", "--timeout", "5"]
     try:

@@ -84,6 +84,13 @@ def test_roundtrip_through_disk(tmp_path: Path) -> None:
     assert back.extra["split"]["method"] == "global_time"
 
 
+def test_csv_with_byte_order_mark(tmp_path: Path) -> None:
+    toml = write_tiny(tmp_path)
+    path = tmp_path / "interactions.csv"
+    path.write_text("\ufeff" + path.read_text(), encoding="utf-8")
+    assert len(_ingest(toml).interactions) == 13
+
+
 def test_iso_timestamps_and_missing_label(tmp_path: Path) -> None:
     inter = "user_id,item_id,timestamp\nu1,i1,2020-01-01T00:00:10Z\nu2,i2,2020-01-01 00:00:05\n"
     ds = _ingest(write_tiny(tmp_path, interactions=inter), SplitConfig(cold_item_frac=0))
@@ -117,6 +124,14 @@ def test_iso_timestamps_and_missing_label(tmp_path: Path) -> None:
         ({"users": "user_id,gender,tags\nu1,F,a\n"}, r"users table has no column\(s\) \['age'\]"),
         ({"items": "item_id,genre\ni1,x\ni1,y\n"}, r"items.csv, row 2.*duplicate id 'i1'"),
         ({"users": 'user_id,gender,tags,age\nu1,"F,1\n'}, r"users.csv"),
+        (
+            {"interactions": "user_id,item_id,timestamp,label\nu1,i1,5,1\nu1,i2,6,yes\n"},
+            r"row 2 \(line 3\), column 'label': 'yes' is not a number",
+        ),
+        (
+            {"interactions": "user_id,item_id,timestamp\nu1,i1,5\nu1,i2,\n"},
+            r"row 2 \(line 3\), column 'timestamp': missing value",
+        ),
     ],
 )
 def test_bad_input_names_file_row_and_column(
@@ -139,6 +154,18 @@ def test_parquet_wrong_type_is_reported(tmp_path: Path) -> None:
         _ingest(toml)
 
 
+def test_parquet_list_in_a_univalent_column_is_reported(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    toml = write_tiny(tmp_path, "parquet")
+    users = pq.read_table(tmp_path / "users.parquet")
+    users = users.set_column(1, "gender", pa.array([["F"]] * users.num_rows))
+    pq.write_table(users, tmp_path / "users.parquet")
+    with pytest.raises(DataError, match=r"users.parquet, column 'gender': expected categorical"):
+        _ingest(toml)
+
+
 def test_numeric_ids_sort_naturally_and_match_across_tables(tmp_path: Path) -> None:
     inter = "user_id,item_id,timestamp\n10,7,1\n2,7,2\n10,30,3\n"
     users = "user_id,gender,tags,age\n2,F,a,1\n10,M,b,2\n"
@@ -149,3 +176,17 @@ def test_numeric_ids_sort_naturally_and_match_across_tables(tmp_path: Path) -> N
     assert ds.item_ids.tolist() == ["7", "30"]
     assert ds.univalent["gender"].tolist() == [1, 2]
     assert _bag(ds, "genres", "10") == ["x", "y"]
+
+
+def test_given_split_reads_the_test_file(tmp_path: Path) -> None:
+    toml = write_tiny(tmp_path)
+    (tmp_path / "test.csv").write_text("user_id,item_id,timestamp\nu1,i4,90\nu7,i2,200\n")
+    toml.write_text(toml.read_text().replace("[files]", '[files]\ntest_interactions = "test.csv"'))
+    ds = _ingest(toml, SplitConfig(method="given", valid_frac=0.0, cold_item_frac=0.0))
+    it = ds.interactions
+    test_rows = it.split == Split.TEST
+    pairs = zip(ds.user_ids[it.user[test_rows]], ds.item_ids[it.item[test_rows]], strict=True)
+    assert sorted(pairs) == [("u1", "i4"), ("u7", "i2")]
+    assert "i4" not in _bag(ds, "history", "u1")  # an earlier TEST click is not history
+    with pytest.raises(DataError, match="test_interactions"):
+        _ingest(write_tiny(tmp_path / "other"), SplitConfig(method="given"))

@@ -114,7 +114,11 @@ def test_cli_prepare_and_describe_generic_toml(tmp_path: Path) -> None:
     assert '"n_interactions": 13' in res.output
 
 
-def test_cli_errors_exit_2_without_traceback(tmp_path: Path) -> None:
+def test_cli_errors_exit_2_without_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ralm.cli import main
+
     toml = write_tiny(tmp_path / "src", users="user_id,gender,tags,age\nu1,F,a,x\n")
     for args in (
         ["data", "prepare", str(toml), "--out", str(tmp_path / "o")],
@@ -122,6 +126,30 @@ def test_cli_errors_exit_2_without_traceback(tmp_path: Path) -> None:
         ["data", "describe", str(tmp_path)],
         ["data", "fetch", "movielens-20m"],
     ):
-        res = subprocess.run([sys.executable, "-m", "ralm", *args], capture_output=True, text=True)
-        assert res.returncode == 2, (args, res.stderr)
-        assert "Traceback" not in res.stderr and "error:" in res.stderr
+        monkeypatch.setattr(sys, "argv", ["ralm", *args])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        assert exc.value.code == 2, args
+        assert "error:" in capsys.readouterr().err
+    # the real console entry point, once
+    args = ["data", "prepare", str(toml), "--out", str(tmp_path / "o")]
+    res = subprocess.run([sys.executable, "-m", "ralm", *args], capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "users.csv, row 1 (line 2), column 'age': 'x' is not a number" in res.stderr
+
+
+@pytest.mark.parametrize("cmd", ["fetch", "prepare", "describe"])
+def test_data_commands_have_help(cmd: str) -> None:
+    res = CliRunner().invoke(app, ["data", cmd, "--help"])
+    assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_prepare_is_deterministic_for_a_seed(ml_dir: Path) -> None:
+    cfg = SplitConfig(method="random_per_user", cold_item_frac=0.2, cold_min_clicks=5, seed=11)
+    a = prepare(f"ml100k:{ml_dir}", None, cfg)
+    b = prepare(f"ml100k:{ml_dir}", None, cfg)
+    for col in ("user", "item", "ts", "split"):
+        np.testing.assert_array_equal(getattr(a.interactions, col), getattr(b.interactions, col))
+    np.testing.assert_array_equal(a.multivalent["history"][1], b.multivalent["history"][1])
+    c = prepare(f"ml100k:{ml_dir}", None, cfg.model_copy(update={"seed": 12}))
+    assert not np.array_equal(a.interactions.split, c.interactions.split)

@@ -65,3 +65,13 @@ def test_wrong_extension(tmp_path: Path) -> None:
 def test_missing_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_schema(tmp_path / "none.toml")
+
+
+def test_example_config_in_the_repo_is_valid() -> None:
+    import tomllib
+
+    from ralm.data.schema import schema_from_dict
+
+    path = Path(__file__).parents[2] / "configs" / "dataset.example.toml"
+    s = schema_from_dict(tomllib.loads(path.read_text()), path.parent, str(path))
+    assert [f.source_column for f in s.fields] == ["gender", "tags", "age"]

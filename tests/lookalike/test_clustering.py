@@ -72,3 +72,24 @@ def test_average_seeds_is_the_mean() -> None:
     np.testing.assert_allclose(a.centroids[2, 0], x[3:].mean(0), atol=1e-5)
     np.testing.assert_array_equal(a.mask[:, 0], [True, False, True])
     np.testing.assert_array_equal(a.sizes[:, 0], [3, 0, 10])
+
+
+def test_batched_torch_lloyd_follows_the_same_conventions() -> None:
+    from ralm.lookalike.clustering_batched import lloyd_batched
+
+    x, off = _blobs([0, 2, 4, 30, 45, 300, 1000])
+    t = lloyd_batched(x, off, k=4, seed=0)
+    f = cluster_seeds(x, off, k=4, seed=0)
+    np.testing.assert_array_equal(t.sizes.sum(1), np.diff(off))
+    np.testing.assert_array_equal(t.centroids[:3], f.centroids[:3])  # <= k seeds: the seeds
+    for i in range(3, 7):
+        xi, ai = x[off[i] : off[i + 1]], t.assign[off[i] : off[i + 1]]
+        for j in np.flatnonzero(t.mask[i]):
+            np.testing.assert_allclose(t.centroids[i, j], xi[ai == j].mean(0), atol=1e-4)
+    resid = sum(
+        float(((x[off[i] : off[i + 1]] - t.centroids[i][t.assign[off[i] : off[i + 1]]]) ** 2).sum())
+        for i in range(7)
+    )
+    assert t.inertia == pytest.approx(resid, rel=1e-4)
+    warm = lloyd_batched(x, off, k=4, init=t.centroids, init_mask=t.mask, niter=2)
+    assert warm.inertia <= t.inertia * (1 + 1e-5)

@@ -140,3 +140,18 @@ def test_resume_errors(toy: EncodedDataset, universal, lookup, tmp_path: Path) -
         train_lookalike(toy, cfg, universal, lookup, tmp_path, FAST, resume=True)
     with pytest.raises(ConfigError, match="n_users"):
         train_lookalike(toy, cfg, universal[:5], lookup)
+
+
+def test_cached_targets_equal_per_batch_calls(toy: EncodedDataset, universal) -> None:
+    from ralm.lookalike.samples import click_keys
+    from ralm.lookalike.targets import TargetEmbeddings
+
+    def target(users: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+        return universal[users] + 0.01 * (np.asarray(exclude)[:, None] + 1)  # depends on it
+
+    seeds = seed_sets(toy)
+    u, i, y = training_examples(toy, seeds, 3, "uniform", np.random.default_rng(0))
+    cached = TargetEmbeddings(universal, target, toy.n_items, click_keys(toy))
+    direct = TargetEmbeddings(universal, target, toy.n_items, None)
+    np.testing.assert_allclose(cached(u, i, y), direct(u, i, y), atol=1e-6)
+    np.testing.assert_array_equal(cached(u, i, y)[y == 0], universal[u[y == 0]])

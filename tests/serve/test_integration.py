@@ -65,6 +65,8 @@ def test_new_item_reaches_lookalike_users_after_one_cycle(
     assert like["index_version"] > before["index_version"]
     assert "fresh-item" in [it["item_id"] for it in like["items"]]
     assert "fresh-item" not in [it["item_id"] for it in other["items"]]
+    oov = _recommend(server.url, {"features": {"group_hint": "never-seen", "age": 0.5}, "n": 3})
+    assert len(oov["items"]) == 3  # unknown values are OOV, not errors
 
 
 def test_bad_inputs_get_4xx_and_the_server_lives_on(server: ServerProcess) -> None:

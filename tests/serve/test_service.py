@@ -144,3 +144,24 @@ def test_restart_restores_index_and_versions_keep_increasing(tmp_path: Path) -> 
         assert again.item_info("fresh")["servable"] and again.holder.version > snap.version
     finally:
         again.close()
+
+
+def test_corrupted_published_index_falls_back(tmp_path: Path) -> None:
+    svc = make_service(tmp_path)
+    svc.add_clicks(background_clicks())
+    svc.start()
+    svc.add_clicks([Click(u, "later", time.time()) for u in group_users(0, 6)])
+    svc.reclusterer.run_full()
+    v = svc.holder.version
+    svc.close()
+    newest = sorted((tmp_path / "index").glob("v*"))[-1]
+    (newest / "tensors.safetensors").write_bytes(b"garbage")
+    again = make_service(tmp_path)
+    try:
+        snap = again.holder.current()
+        assert snap.version > v and "later" not in snap.row_of  # the older version
+        assert {it.item_id for it in again.store.items(changed_only=True)} >= {"later"}
+        assert again.reclusterer.run_full().n_items == 16  # everything is redone
+        assert again.item_info("later")["servable"]
+    finally:
+        again.close()

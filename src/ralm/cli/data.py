@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from ralm.cli.synth import synth
+from ralm.data.describe import print_description
 from ralm.errors import ConfigError
 
 app = typer.Typer(help="Fetch, encode, describe and synthesise data sets.", no_args_is_help=True)
@@ -111,51 +108,3 @@ def describe_cmd(
         typer.echo(json.dumps(d, indent=2))
     else:
         print_description(d, title=str(path))
-
-
-def _fmt_ts(t: int) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d")
-
-
-def print_description(d: dict[str, Any], title: str = "") -> None:
-    """Rich tables of :func:`ralm.data.describe.describe` output."""
-    console = Console()
-    head = Table(title=f"dataset {d['name']}  {title}".strip(), show_header=False)
-    head.add_row("users", f"{d['n_users']:,}")
-    head.add_row("items", f"{d['n_items']:,}")
-    head.add_row("interactions", f"{d['n_interactions']:,} ({d['n_clicks']:,} clicks)")
-    head.add_row("density", f"{d['density']:.4%}")
-    if d["time_range"]:
-        head.add_row("time", " .. ".join(_fmt_ts(t) for t in d["time_range"]))
-    head.add_row("cold items", f"{d['n_cold_items']:,}")
-    if d.get("users_without_features"):
-        head.add_row("users without features (all OOV)", f"{d['users_without_features']:,}")
-    cfg = d.get("split_config") or {}
-    if cfg:
-        head.add_row("split", ", ".join(f"{k}={v}" for k, v in cfg.items()))
-    console.print(head)
-
-    fields = Table(title="fields")
-    for col in ("field", "kind", "vocab", "OOV / empty", "mean len", "min..max"):
-        fields.add_column(col)
-    for f in d["fields"]:
-        kind = f["kind"] + (" (item history)" if f.get("item_history") else "")
-        rate = f.get("oov_rate", f.get("empty_rate"))
-        fields.add_row(
-            f["name"],
-            kind,
-            f"{f['vocab_size']:,}" if "vocab_size" in f else "",
-            f"{rate:.1%}" if rate is not None else "",
-            f"{f['mean_len']:.1f}" if "mean_len" in f else "",
-            f"{f['min']:g}..{f['max']:g}" if f.get("min") is not None else "",
-        )
-    console.print(fields)
-
-    splits = Table(title="splits")
-    for col in ("split", "rows", "users", "items"):
-        splits.add_column(col, justify="right" if col != "split" else "left")
-    for name, rows in d["splits"].items():
-        splits.add_row(
-            name, f"{rows:,}", f"{d['users_per_split'][name]:,}", f"{d['items_per_split'][name]:,}"
-        )
-    console.print(splits)

@@ -44,6 +44,33 @@ def _as_token(value: Any, where: str) -> str | None:
     return str(value).strip() or None
 
 
+def apply_transforms(token: str | None, ops: Sequence[Mapping[str, Any]]) -> str | None:
+    """Replay a reader's raw-value transforms on one categorical value.
+
+    Ops (from ``extra["transforms"]``): ``upper``; ``prefix`` (first ``n`` characters);
+    ``bucket`` (numeric value -> ``labels[searchsorted(edges, x, "right")]``; non-numeric
+    values, e.g. an existing label, pass unchanged); ``map`` (``values`` lookup, other
+    values unchanged). Every op is idempotent, so already-transformed values pass too.
+    """
+    for op in ops:
+        if token is None:
+            return None
+        kind = op.get("op")
+        if kind == "upper":
+            token = token.upper()
+        elif kind == "prefix":
+            token = token[: int(op["n"])]
+        elif kind == "bucket":
+            try:
+                x = float(token)
+            except ValueError:
+                continue
+            token = str(op["labels"][int(np.searchsorted(op["edges"], x, side="right"))])
+        elif kind == "map":
+            token = str(op["values"].get(token, token))
+    return token
+
+
 class FeatureEncoder:
     """Encode raw user features with the vocabularies and statistics of a dataset.
 
@@ -51,12 +78,18 @@ class FeatureEncoder:
         fields: the dataset's field infos, in model order.
         vocabs: field name -> raw values (code = position + 1).
         item_ids: raw item ids (the item-history field's vocabulary).
+        transforms: field -> raw-value transforms (see :func:`apply_transforms`).
     """
 
     def __init__(
-        self, fields: Sequence[FieldInfo], vocabs: Mapping[str, np.ndarray], item_ids: np.ndarray
+        self,
+        fields: Sequence[FieldInfo],
+        vocabs: Mapping[str, np.ndarray],
+        item_ids: np.ndarray,
+        transforms: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     ) -> None:
         self.fields = list(fields)
+        self.transforms = {k: list(v) for k, v in (transforms or {}).items()}
         self._by_name = {f.name: f for f in self.fields}
         self._vocab: dict[str, pa.Array] = {}
         for f in self.fields:
@@ -70,7 +103,7 @@ class FeatureEncoder:
     @classmethod
     def from_dataset(cls, ds: EncodedDataset) -> FeatureEncoder:
         """Vocabularies and min/max statistics taken from an encoded dataset."""
-        return cls(ds.fields, ds.vocabs, ds.item_ids)
+        return cls(ds.fields, ds.vocabs, ds.item_ids, ds.extra.get("transforms"))
 
     def _check(self, records: Sequence[Mapping[str, Any]]) -> None:
         for r, rec in enumerate(records):
@@ -90,7 +123,8 @@ class FeatureEncoder:
             if v is None:
                 out.append([])
             elif isinstance(v, (list, tuple, np.ndarray)):
-                toks = (_as_token(x, where) for x in v)
+                ops = self.transforms.get(f.name, [])
+                toks = (apply_transforms(_as_token(x, where), ops) for x in v)
                 out.append([t for t in toks if t is not None])
             else:
                 raise DataError(f"{where}: multivalent field needs a list, got {v!r}")
@@ -121,8 +155,13 @@ class FeatureEncoder:
         cont_cols: list[list[float]] = []
         for f in self.fields:
             if f.kind == "univalent":
-                toks = [_as_token(rec.get(f.name), f"record {r}, field {f.name!r}")
-                        for r, rec in enumerate(records)]  # fmt: skip
+                ops = self.transforms.get(f.name, [])
+                toks = [
+                    apply_transforms(
+                        _as_token(rec.get(f.name), f"record {r}, field {f.name!r}"), ops
+                    )
+                    for r, rec in enumerate(records)
+                ]
                 codes = encode(pa.array(toks, pa.string()), self._vocab[f.name])
                 uni[f.name] = torch.from_numpy(codes)  # (B,)
             elif f.kind == "multivalent":

@@ -6,6 +6,8 @@ vocabulary array ``vocab`` gives the raw value of code ``c`` as ``vocab[c - 1]``
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,7 +49,7 @@ def map_ids(parts: list[pa.Array]) -> tuple[pa.Array, list[np.ndarray]]:
         nums = [p.to_numpy(zero_copy_only=False).astype(np.int64) for p in parts]
         uniq, inverse = unique_inverse_int(np.concatenate(nums))
         bounds = np.cumsum([0, *(x.size for x in nums)])
-        codes = [inverse[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        codes = [inverse[a:b] for a, b in itertools.pairwise(bounds)]
         return pa.array(uniq.astype(str)), codes
     strs = [p if pa.types.is_string(p.type) else p.cast(pa.string()) for p in parts]
     ids = sorted_unique_ids(pa.chunked_array(strs, pa.string()))

@@ -10,6 +10,8 @@ Every rating is a click (label 1), whatever its value.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -74,6 +76,19 @@ def movielens_schema(name: str) -> DatasetSchema:
     )
 
 
+def movielens_transforms(occupation_codes: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Raw-value transforms of the mapping, replayed by the FeatureEncoder for new users."""
+    out: dict[str, list[dict[str, Any]]] = {
+        "gender": [{"op": "upper"}],
+        "age": [{"op": "bucket", "edges": AGE_EDGES.tolist(), "labels": AGE_LABELS.tolist()}],
+        "zip": [{"op": "upper"}, {"op": "prefix", "n": ZIP_PREFIX_LEN}],
+    }
+    if occupation_codes:
+        codes = {str(k): v for k, v in enumerate(ML1M_OCCUPATIONS)}
+        out["occupation"] = [{"op": "map", "values": codes}]
+    return out
+
+
 def movielens_raw(
     name: str,
     ratings: pa.Table,
@@ -115,4 +130,5 @@ def movielens_raw(
         users=users,
         items=items.select(["item_id", "genres"]),
         sources=sources,
+        transforms=movielens_transforms(occupation_codes=age_is_bucket),
     )

@@ -73,7 +73,7 @@ def read_table(path: str | Path, role: str = "table") -> tuple[pa.Table, TableSo
 
 def _read_csv(p: Path) -> pa.Table:
     try:
-        with p.open(encoding="utf-8", newline="") as fh:
+        with p.open(encoding="utf-8-sig", newline="") as fh:  # tolerate a UTF-8 BOM
             header = next(csv.reader(fh), None)
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{p}: cannot read CSV file: {e}") from e

@@ -22,6 +22,8 @@ class LookalikeConfig(BaseModel):
         init_scale: initial value of the learnable scale inside the sigmoid.
         kmeans_niter: Lloyd iterations of a cold-start k-means.
         kmeans_warm_niter: Lloyd iterations when warm-started from previous centroids.
+        kmeans_backend: "faiss" (per-item faiss k-means, one thread) or "torch" (batched
+            Lloyd over buckets of items with similar seed counts).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -56,6 +58,10 @@ class LookalikeConfig(BaseModel):
         default=5.0, gt=0.0, description="Initial calibration scale in sigmoid."
     )
     kmeans_niter: int = Field(default=20, ge=1, description="Lloyd iterations of a cold k-means.")
+    kmeans_backend: Literal["faiss", "torch"] = Field(
+        default="faiss",
+        description="'faiss' = one faiss k-means per item; 'torch' = batched Lloyd per bucket.",
+    )
     kmeans_warm_niter: int = Field(
         default=5, ge=1, description="Lloyd iterations when warm-started."
     )
@@ -84,6 +90,8 @@ class LookalikeTrainConfig(BaseModel):
         patience: epochs without validation-AUC improvement before stopping (0 = never stop).
         val_neg_ratio: sampled negatives per VALID click for the validation AUC.
         max_val_pos: cap on VALID positives used for the AUC (0 = all).
+        target_cache_gib: precompute the (fixed) target embeddings of all TRAIN positives
+            once when they fit in this many GiB, instead of calling stage 1 per batch.
         seed: seed of every random choice (sampling, init, k-means).
     """
 
@@ -103,4 +111,9 @@ class LookalikeTrainConfig(BaseModel):
         default=4, ge=1, description="Negatives per VALID click for the AUC."
     )
     max_val_pos: int = Field(default=20000, ge=0, description="Cap on VALID positives (0 = all).")
+    target_cache_gib: float = Field(
+        default=2.0,
+        ge=0.0,
+        description="Embed every TRAIN positive once (target excluded) if it fits in this.",
+    )
     seed: int = Field(default=0, description="Seed of sampling, initialisation and k-means.")

@@ -53,7 +53,7 @@ class SeedSets:
         return np.where(hit, pos_c, -1).astype(np.int64)
 
 
-def _click_keys(ds: EncodedDataset, splits: tuple[Split, ...]) -> np.ndarray:
+def click_keys(ds: EncodedDataset, splits: tuple[Split, ...] = (Split.TRAIN,)) -> np.ndarray:
     """Sorted unique ``user * n_items + item`` keys of clicks in ``splits``."""
     it = ds.interactions
     m = it.mask(*splits) & (np.asarray(it.label) > 0)
@@ -62,7 +62,7 @@ def _click_keys(ds: EncodedDataset, splits: tuple[Split, ...]) -> np.ndarray:
 
 def seed_sets(ds: EncodedDataset, splits: tuple[Split, ...] = (Split.TRAIN,)) -> SeedSets:
     """Distinct clickers of every item in ``splits`` (CSR by item)."""
-    keys = _click_keys(ds, splits)
+    keys = click_keys(ds, splits)
     users, items = keys // ds.n_items, keys % ds.n_items
     order = np.lexsort((users, items))
     counts = np.bincount(items, minlength=ds.n_items)
@@ -115,7 +115,7 @@ def training_examples(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shuffled (users, items, labels float32) of TRAIN clicks plus sampled negatives."""
-    pos = _click_keys(ds, (Split.TRAIN,))
+    pos = click_keys(ds, (Split.TRAIN,))
     pu, pi = pos // ds.n_items, pos % ds.n_items
     probs = negative_distribution(ds, seeds, neg_sampling)
     nu, ni = _sample_negatives(pu, ds.n_items, probs, pos, neg_ratio, rng)
@@ -136,14 +136,14 @@ def validation_examples(
     split: Split = Split.VALID,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(users, items, labels) of ``split`` clicks on items with seeds, plus negatives."""
-    pos = _click_keys(ds, (split,))
+    pos = click_keys(ds, (split,))
     pu, pi = pos // ds.n_items, pos % ds.n_items
     has_seeds = seeds.counts[pi] > 0
     pu, pi = pu[has_seeds], pi[has_seeds]
     if max_pos and pu.size > max_pos:
         pick = np.sort(rng.choice(pu.size, max_pos, replace=False))
         pu, pi = pu[pick], pi[pick]
-    forbidden = _click_keys(ds, (Split.TRAIN, split))
+    forbidden = click_keys(ds, (Split.TRAIN, split))
     probs = negative_distribution(ds, seeds, neg_sampling)
     nu, ni = _sample_negatives(pu, ds.n_items, probs, forbidden, neg_ratio, rng)
     users = np.concatenate([pu, nu])

@@ -28,6 +28,7 @@ from safetensors.numpy import load_file, save_file
 
 from ralm.errors import CheckpointError
 from ralm.lookalike.clustering import SeedClusters, average_seeds, cluster_seeds
+from ralm.lookalike.clustering_batched import lloyd_batched
 from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.scorer import gram_matrix
 
@@ -206,6 +207,16 @@ def cluster_for_model(
     if init_c is not None and init_c.shape[1] != k:
         log.warning("warm start ignored: previous index has k=%d, asked k=%d", init_c.shape[1], k)
         init_c, init_m = None, None
+    if cfg.kmeans_backend == "torch":
+        return lloyd_batched(
+            seed_emb,
+            item_offsets,
+            k,
+            init=init_c,
+            init_mask=init_m,
+            niter=cfg.kmeans_warm_niter if init_c is not None else cfg.kmeans_niter,
+            seed=seed,
+        )
     return cluster_seeds(
         seed_emb,
         item_offsets,

@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,23 +25,28 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
-from ralm.data.encoded import EncodedDataset
+from ralm.data.encoded import EncodedDataset, Split
 from ralm.errors import CheckpointError, ConfigError
 from ralm.lookalike import checkpoint as ckpt
 from ralm.lookalike.clustering import SeedClusters
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
 from ralm.lookalike.model import LookalikeModel
-from ralm.lookalike.samples import SeedSets, seed_sets, training_examples, validation_examples
+from ralm.lookalike.samples import (
+    SeedSets,
+    click_keys,
+    seed_sets,
+    training_examples,
+    validation_examples,
+)
 from ralm.lookalike.seed_index import (
     SeedIndex,
     cluster_for_model,
     index_from_clusters,
     transform_seeds,
 )
+from ralm.lookalike.targets import TargetEmbeddings, TargetFn
 
 log = logging.getLogger(__name__)
-
-TargetFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -190,6 +194,11 @@ def train_lookalike(
         ds, seeds, tc.val_neg_ratio, tc.neg_sampling, vrng, tc.max_val_pos
     )
     v_target = np.asarray(target_universal(vu, np.where(vy > 0, vi, -1)), dtype=np.float32)
+    pos_keys = click_keys(ds, (Split.TRAIN,))
+    fits = pos_keys.size * cfg.m * 4 <= tc.target_cache_gib * 2**30
+    targets = TargetEmbeddings(
+        seed_universal, target_universal, ds.n_items, pos_keys if fits else None, progress=show
+    )
     recluster_calls = 0
 
     def recluster(prev: SeedClusters | None, epoch: int) -> tuple[SeedClusters, np.ndarray]:
@@ -222,7 +231,7 @@ def train_lookalike(
         steps = range(0, users.size, tc.batch_size)
         for lo in tqdm(steps, desc=f"epoch {epoch}", disable=not show, leave=False):
             u, i, y = (a[lo : lo + tc.batch_size] for a in (users, items, labels))
-            tu = np.asarray(target_universal(u, np.where(y > 0, i, -1)), dtype=np.float32)
+            tu = targets(u, i, y)  # (B, m)
             cent, mask, sizes = leave_self_out(clusters, seed_emb, seeds, u, i)
             e_u = model.transform(torch.from_numpy(tu))  # (B, h)
             c, m, n = (torch.from_numpy(a) for a in (cent, mask, sizes))

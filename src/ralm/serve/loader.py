@@ -95,7 +95,14 @@ def load_serving_model(run_dir: str | Path, data_dir: str | Path) -> ServingMode
         it = ds.interactions
         pos = np.flatnonzero(np.asarray(it.label) > 0)
         users, items = np.asarray(ds.user_ids), np.asarray(ds.item_ids)
-        for lo in range(0, pos.size, 100_000):
+        from tqdm.auto import tqdm
+
+        from ralm.serve.runtime import progress_enabled
+
+        starts = range(0, pos.size, 100_000)
+        for lo in tqdm(
+            starts, desc="seed store", unit="100k clicks", disable=not progress_enabled()
+        ):
             rows = pos[lo : lo + 100_000]
             u = users[np.asarray(it.user)[rows]].tolist()
             i = items[np.asarray(it.item)[rows]].tolist()

@@ -26,7 +26,7 @@ import torch
 from ralm.serve.config import ServeConfig
 from ralm.serve.index_holder import IndexHolder, IndexSnapshot, ItemUpdate
 from ralm.serve.metrics import ServiceMetrics
-from ralm.serve.runtime import ServingModel
+from ralm.serve.runtime import ServingModel, progress_enabled
 from ralm.serve.store import ItemState, SeedStore
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,10 @@ class Reclusterer:
                 init[js], init_mask[js] = cen.numpy(), msk.numpy()
             if not init_mask.any():
                 init = init_mask = None
-        clusters = self.model.cluster(emb, offsets, init, init_mask, seed=self.config.seed)
+        big = len(items) >= 1000 and progress_enabled()
+        clusters = self.model.cluster(
+            emb, offsets, init, init_mask, seed=self.config.seed, progress=big
+        )
         centroids = torch.from_numpy(clusters.centroids)  # (I, k, h)
         mask = torch.from_numpy(clusters.mask)  # (I, k)
         sizes = torch.from_numpy(np.asarray(clusters.sizes, np.int64))  # (I, k)

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,6 +21,11 @@ import numpy as np
 import torch
 
 from ralm.lookalike.clustering import SeedClusters, average_seeds, cluster_seeds
+
+
+def progress_enabled() -> bool:
+    """tqdm bars only on a TTY and unless ``RALM_NO_PROGRESS=1``."""
+    return sys.stderr.isatty() and os.environ.get("RALM_NO_PROGRESS", "0") != "1"
 
 
 class Scorer(Protocol):
@@ -168,6 +175,7 @@ class ServingModel:
         init: np.ndarray | None = None,
         init_mask: np.ndarray | None = None,
         seed: int = 0,
+        progress: bool = False,
     ) -> SeedClusters:
         """Stage 2's clustering of every item's seeds (CSR ``offsets``), warm-started."""
         if self.variant == "average":
@@ -181,4 +189,5 @@ class ServingModel:
             seed=seed,
             niter=self.kmeans_niter,
             warm_niter=self.kmeans_warm_niter,
+            progress=progress,
         )

@@ -12,23 +12,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ralm.errors import RalmError
+from ralm.errors import CheckpointError, RalmError
 from ralm.serve.batcher import MicroBatcher
 from ralm.serve.config import ServeConfig
 from ralm.serve.index_holder import IndexHolder, IndexSnapshot
 from ralm.serve.metrics import ServiceMetrics
 from ralm.serve.recluster import Reclusterer
 from ralm.serve.runtime import ServingModel
+from ralm.serve.scoring import RecommendResult, ScoreRequest, score_batch
 from ralm.serve.snapshot_io import load_snapshot, prune_versions, save_snapshot
 from ralm.serve.store import Click, SeedStore
 
@@ -41,31 +40,6 @@ class UnknownUserError(RalmError):
 
 class UnknownItemError(RalmError):
     """A request names an item the service has never seen."""
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """One recommended item."""
-
-    item_id: str
-    pctr: float
-    score: float
-
-
-@dataclass
-class RecommendResult:
-    """Answer to one recommend request: items best first, and the index version used."""
-
-    version: int
-    items: list[Recommendation]
-    user: str  # "known" | "features" | "stored-features"
-
-
-@dataclass(frozen=True)
-class _ScoreRequest:
-    universal: np.ndarray  # float32 (m,)
-    n: int
-    exclude: frozenset[str] = field(default_factory=frozenset)
 
 
 class RalmService:
@@ -101,7 +75,7 @@ class RalmService:
         self.reclusterer = Reclusterer(
             self.store, self.holder, model, config, self.metrics, on_publish=self._on_publish
         )
-        self.batcher: MicroBatcher[_ScoreRequest, RecommendResult] = MicroBatcher(
+        self.batcher: MicroBatcher[ScoreRequest, RecommendResult] = MicroBatcher(
             self._score_batch, config.max_batch, config.batch_window_ms, on_batch=self._on_batch
         )
 
@@ -117,10 +91,9 @@ class RalmService:
         base = int(self.store.get_meta("max_version", 0))
         snap: IndexSnapshot | None = None
         saved = self.store.get_meta("index")
-        if saved is not None and Path(saved["path"]).is_dir():
-            snap = load_snapshot(saved["path"])
-            log.info("restored index version %d from %s", snap.version, saved["path"])
-        elif m.initial_index is not None:
+        if saved is not None:
+            snap = self._load_published(Path(saved["path"]))
+        if snap is None and m.initial_index is not None:
             snap = self._from_initial()
             # items whose stored seeds are exactly those training clustered need no cycle
             self.store.mark_clustered(
@@ -139,6 +112,24 @@ class RalmService:
             snap = dataclasses.replace(snap, version=base + 1)
         return snap
 
+    def _load_published(self, preferred: Path) -> IndexSnapshot | None:
+        """The recorded version, else the newest readable one on disk, else None."""
+        found = sorted(self.index_dir.glob("v*"), reverse=True) if self.index_dir.is_dir() else []
+        for path in [preferred, *(p for p in found if p != preferred)]:
+            if not path.is_dir():
+                continue
+            try:
+                snap = load_snapshot(path)
+            except CheckpointError as e:
+                log.error("skipping unreadable published index: %s", e)
+                continue
+            log.info("restored index version %d from %s", snap.version, path)
+            if path != preferred:  # clusterings newer than this one are lost: redo them
+                self.store.mark_all_changed()
+            return snap
+        log.warning("no readable published index in %s", self.index_dir)
+        return None
+
     def _from_initial(self) -> IndexSnapshot:
         ini = self.model.initial_index
         assert ini is not None
@@ -150,9 +141,12 @@ class RalmService:
         else:
             glb = torch.zeros(cen.shape[0], self.model.h)  # (I, h)
             with torch.no_grad():
-                if bool(has.any()):
-                    g = self.model.scorer.item_global(cen[has], mask[has], sizes[has])
-                    glb[has] = g.float()
+                for lo in range(0, cen.shape[0], 8192):  # bounds the attention intermediates
+                    sl = slice(lo, lo + 8192)
+                    idx = torch.nonzero(has[sl]).squeeze(1) + lo
+                    if idx.numel():
+                        g = self.model.scorer.item_global(cen[idx], mask[idx], sizes[idx])
+                        glb[idx] = g.float()  # (b, h)
         n = np.asarray(ini.n_seeds, np.int64)
         ok = n >= self.config.min_seeds
         if self.config.fast_path:
@@ -221,14 +215,14 @@ class RalmService:
         n: int,
         exclude: Sequence[str],
         exclude_clicked: bool,
-    ) -> tuple[_ScoreRequest, str]:
+    ) -> tuple[ScoreRequest, str]:
         if not 1 <= n <= self.config.max_n:
             raise RalmError(f"n: must be in [1, {self.config.max_n}], got {n}")
         vec, how = self.universal(user_id, features)
         ex = set(exclude)
         if exclude_clicked and user_id is not None:
             ex.update(self.store.items_of_user(user_id))
-        return _ScoreRequest(np.asarray(vec, np.float32), n, frozenset(ex)), how
+        return ScoreRequest(np.asarray(vec, np.float32), n, frozenset(ex)), how
 
     def recommend(
         self,
@@ -260,38 +254,8 @@ class RalmService:
         res = await asyncio.wrap_future(self.batcher.submit(req))
         return dataclasses.replace(res, user=how)
 
-    def _score_batch(self, reqs: Sequence[_ScoreRequest]) -> list[RecommendResult]:
-        snap = self.holder.current()  # the whole batch is scored on ONE version
-        if snap.n_servable == 0:
-            return [RecommendResult(snap.version, [], "") for _ in reqs]
-        scorer = self.model.scorer
-        with torch.no_grad():
-            u = torch.from_numpy(np.stack([r.universal for r in reqs]))  # (B, m)
-            e_u = scorer.transform(u)  # (B, h)
-            parts = [
-                scorer.score(e_u, c.centroids, c.mask, c.global_vec, gram=c.gram, sizes=c.sizes)
-                for c in snap.chunks
-            ]
-            s = torch.cat(parts, dim=1)  # (B, I)
-            s = s.masked_fill(~snap.servable[None, :], -math.inf)
-            for b, r in enumerate(reqs):
-                rows = [snap.row_of[i] for i in r.exclude if i in snap.row_of]
-                if rows:
-                    s[b, torch.as_tensor(rows)] = -math.inf
-            top = min(max(r.n for r in reqs), snap.n_items)
-            top_s, top_i = torch.topk(s, top, dim=1)  # (B, top)
-            top_p = scorer.pctr(top_s)  # (B, top)
-        out = []
-        for b, r in enumerate(reqs):
-            keep = torch.isfinite(top_s[b, : r.n])
-            items = [
-                Recommendation(snap.item_ids[int(i)], float(p), float(sc))
-                for i, p, sc in zip(
-                    top_i[b, : r.n][keep], top_p[b, : r.n][keep], top_s[b, : r.n][keep], strict=True
-                )
-            ]
-            out.append(RecommendResult(snap.version, items, ""))
-        return out
+    def _score_batch(self, reqs: Sequence[ScoreRequest]) -> list[RecommendResult]:
+        return score_batch(self.model.scorer, self.holder.current(), reqs)
 
     # ---- clicks and items ----------------------------------------------------------------
     def add_clicks(

@@ -256,6 +256,11 @@ class SeedStore:
             )
             self._w.execute("COMMIT")
 
+    def mark_all_changed(self) -> None:
+        """Make every item pending for the next full cycle (e.g. after losing an index)."""
+        with self._wlock:
+            self._w.execute("UPDATE items SET clustered_seq = 0")
+
     def put_user_features(self, user_id: str, features: Mapping[str, Any]) -> None:
         """Remember the raw features of a user first seen online (used to embed its seeds)."""
         with self._wlock:

@@ -104,7 +104,8 @@ def floors(svc: Any, batch: int, repeat: int) -> dict[str, float]:
     for b in (1, batch):
         x = torch.randn(cen.shape[-1], b)  # (h, B)
         out[f"matmul_b{b}_ms"] = min(_timeit(lambda x=x: flat @ x, repeat)) * 1000  # (I*k, B)
-        e_u = torch.randn(b, cen.shape[-1])  # (B, h)
+        with torch.no_grad():  # a realistic E_u: transformed (post-ReLU) embeddings
+            e_u = svc.model.scorer.transform(torch.randn(b, cen.shape[-1]))  # (B, h)
 
         def score(e_u: torch.Tensor = e_u) -> None:
             with torch.no_grad():

@@ -95,7 +95,18 @@ def test_download_failure_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
 
 
 def _index_reachable() -> bool:
-    cmd = [sys.executable, "-m", "pip", "index", "versions", "recbole", "--timeout", "5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "index",
+        "versions",
+        "recbole",
+        "--timeout",
+        "5",
+        "--retries",
+        "0",
+    ]
     try:
         return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
     except (subprocess.SubprocessError, OSError):
@@ -109,3 +120,28 @@ def test_real_download_matches_the_checksums(tmp_path: Path) -> None:
     folder, fmt = fetch.fetch_movielens_100k(tmp_path)
     assert fmt == "recbole"
     assert {p.name for p in folder.iterdir()} >= set(fetch.ML100K_SHA256)
+
+
+def test_prepare_movielens_100k_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ralm.data.prepare import prepare
+    from ralm.data.splits import SplitConfig
+
+    files = {
+        "ml-100k.inter": b"user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        b"1\t10\t3\t881250949\n2\t10\t4\t881250950\n2\t20\t1\t881250951\n",
+        "ml-100k.user": b"user_id:token\tage:token\tgender:token\toccupation:token\t"
+        b"zip_code:token\n1\t24\tM\twriter\t85711\n2\t60\tF\tother\t01002\n",
+        "ml-100k.item": b"item_id:token\tmovie_title:token_seq\trelease_year:token\t"
+        b"class:token_seq\n10\tA\t1995\tDrama\n20\tB\t1994\tComedy Drama\n",
+    }
+    monkeypatch.setattr(fetch, "ML100K_SHA256", _sums(files))
+    monkeypatch.setattr(
+        fetch, "download_recbole_wheel", lambda tmp: _fake_wheel(tmp / "r.whl", files)
+    )
+    cfg = SplitConfig(valid_frac=0.0, test_frac=0.0, cold_item_frac=0.0)
+    ds = prepare("movielens-100k", tmp_path / "enc", cfg, cache_dir=tmp_path / "cache")
+    assert (ds.n_users, ds.n_items, len(ds.interactions)) == (2, 2, 3)
+    assert ds.vocabs["age"].tolist() == ["18-24", "56+"]
+    assert (tmp_path / "cache" / "movielens-100k" / "SOURCE.json").is_file()

@@ -112,6 +112,10 @@ def test_iso_timestamps_and_missing_label(tmp_path: Path) -> None:
             {"interactions": "user_id,item_id,timestamp\nu1,i1,5\n,i1,6\n"},
             r"row 2 \(line 3\), column 'user_id': missing value",
         ),
+        (
+            {"interactions": 'user_id,item_id,timestamp\nu1,i1,5\nu2," ",6\n'},
+            r"row 2 \(line 3\), column 'item_id': empty id",
+        ),
         ({"interactions": "user,item_id,timestamp\nu1,i1,5\n"}, r"no column\(s\) \['user_id'\]"),
         (
             {"users": USERS_CSV.replace("u3,F,,40", "u3,F,,forty")},

@@ -57,7 +57,12 @@ def random_scores(toy: EncodedDataset) -> dict[str, dict[str, float]]:
     return out
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+SLOW = {"ralm_average", "ralm"}  # stage 1 + stage 2 training: a few seconds each
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MODELS]
+)
 def test_beats_random_warm(toy, random_scores, name):
     model = MODELS[name]()
     model.fit(training_view(toy), seed=0)
@@ -67,7 +72,9 @@ def test_beats_random_warm(toy, random_scores, name):
     assert res["prec@5"] > rnd["prec@5"] * 1.5, (name, res["prec@5"], rnd["prec@5"])
 
 
-@pytest.mark.parametrize("name", ["popularity", "yahoo", "ralm"])
+@pytest.mark.parametrize(
+    "name", ["popularity", "yahoo", pytest.param("ralm", marks=pytest.mark.slow)]
+)
 def test_seed_based_models_beat_random_on_cold_items(toy, random_scores, name):
     model = MODELS[name]()
     model.fit(training_view(toy), seed=0)

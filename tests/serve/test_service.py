@@ -165,3 +165,44 @@ def test_corrupted_published_index_falls_back(tmp_path: Path) -> None:
         assert again.item_info("later")["servable"]
     finally:
         again.close()
+
+
+def test_background_thread_serves_new_items_within_seconds(tmp_path: Path) -> None:
+    svc = make_service(tmp_path, fast_path_every_s=0.2, recluster_every_s=1.0)
+    svc.add_clicks(background_clicks())
+    svc.start()
+    try:
+        v0 = svc.holder.version
+        svc.add_clicks([Click(u, "breaking", time.time()) for u in group_users(1, 3)])
+        deadline = time.monotonic() + 10
+        while not svc.item_info("breaking")["servable"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert svc.item_info("breaking")["servable"]
+        while svc.item_info("breaking")["pending_recluster"] and time.monotonic() < deadline:
+            time.sleep(0.05)  # then the full cycle (T = 1 s) clusters it properly
+        assert not svc.item_info("breaking")["pending_recluster"]
+        assert svc.holder.version >= v0 + 2
+    finally:
+        svc.close()
+
+
+def test_failing_cycle_keeps_the_last_version(
+    service: RalmService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("k-means exploded")
+
+    before = service.holder.current()
+    monkeypatch.setattr(service.model, "cluster", boom)
+    service.add_clicks([Click(u, "doomed", time.time()) for u in group_users(0, 3)])
+    with pytest.raises(RuntimeError):
+        service.reclusterer.run_full()
+    assert service.holder.current() is before  # nothing half-published
+    assert service.item_info("doomed")["pending_recluster"]
+    assert service.recommend(user_id="u0", n=3).version == before.version
+    deadline = time.monotonic() + 10  # the background fast path fails too, and says so
+    while service.health()["status"] == "ok" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert service.health()["status"] == "degraded"
+    assert "k-means exploded" in service.health()["recluster_error"]
+    assert service.holder.current() is before

@@ -92,6 +92,8 @@ def test_resume_errors(toy: EncodedDataset, trained, tmp_path: Path) -> None:
     run = _copy(trained[1], tmp_path)
     with pytest.raises(CheckpointError, match="architecture"):
         train_user_model(toy, tiny_config(epochs=4, dim=8), run, resume=True)
+    with pytest.raises(CheckpointError, match="optimizer"):
+        train_user_model(toy, tiny_config(epochs=4, sparse_grad=False), run, resume=True)
     (run / "train_state.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="train_state"):
         train_user_model(toy, tiny_config(epochs=4), run, resume=True)

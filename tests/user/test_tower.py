@@ -75,7 +75,7 @@ def test_oov_code_is_a_learned_row(toy: EncodedDataset) -> None:
     tower = UserTower(toy.fields, tiny_config())
     tower(_batch([[1]], [0], [0.5])).sum().backward()
     grad = tower.embedding.tables[0].weight.grad  # group_hint table
-    assert grad is not None and grad.to_dense()[0].abs().sum() > 0  # OOV row 0 is trained, not padding
+    assert grad is not None and grad.to_dense()[0].abs().sum() > 0  # OOV row 0: trained
 
 
 def test_concat_merge_and_its_attention_error(toy: EncodedDataset) -> None:

@@ -76,3 +76,33 @@ def test_early_stopping_keeps_best_epoch(toy: EncodedDataset) -> None:
     best = max(h["recall"] for h in hist)
     assert model.metrics["recall"] == best
     assert hist[-1]["epoch"] - model.metrics["epoch"] == 1
+
+
+def test_lazy_adam_first_step_equals_dense_adam(toy: EncodedDataset) -> None:
+    """On the first step Adam leaves untouched rows at 0/(0+eps) = 0, like lazy Adam."""
+    from ralm.user.optim import StageOneOptimizer
+    from ralm.user.sampler import LogUniformSampler
+    from ralm.user.tower import UserItemModel
+    from ralm.user.train import train_step
+
+    users, items = positive_pairs(toy)
+    sampler = LogUniformSampler(toy.n_items, toy.item_popularity_rank())
+    neg = sampler.sample((64, 10), np.random.default_rng(0))
+    states = []
+    for sparse in (True, False):
+        cfg = tiny_config(sparse_grad=sparse)
+        torch.manual_seed(0)
+        net = UserItemModel(toy.fields, toy.n_items, cfg)
+        init = {k: v.clone() for k, v in net.state_dict().items()}
+        opt = StageOneOptimizer(net, cfg)
+        assert len(opt.optimizers) == (2 if sparse else 1)
+        train_step(net, opt, toy, users[:64], items[:64], neg, cfg, sampler)
+        states.append(net.state_dict())
+    for k in states[0]:
+        moved = [(s[k] != init[k]).any(dim=-1) if s[k].dim() == 2 else None for s in states]
+        if moved[0] is not None:  # same rows move (untouched rows stay put in both)
+            torch.testing.assert_close(moved[0], moved[1])
+        # equal up to where eps enters the denominator (SparseAdam scales it by
+        # 1/sqrt(1 - beta2)), which only matters for |grad| ~ 1e-6: steps are ~lr = 1e-3
+        diff = (states[0][k] - states[1][k]).abs()
+        assert diff.max() < 1e-3 and (diff < 1e-6).float().mean() > 0.95, k

@@ -40,8 +40,8 @@ def demo(
     from ralm.evaluation.experiment import load_experiment_config, run_experiment
 
     typer.secho("== 1/3 fetch MovieLens-100K", bold=True)
-    raw = fetch_movielens_100k()
-    typer.echo(f"raw files in {raw}")
+    raw_dir, fmt = fetch_movielens_100k()
+    typer.echo(f"raw files ({fmt}) in {raw_dir}")
 
     typer.secho("== 2/3 encode and split", bold=True)
     ds = prepare("movielens-100k", data_dir, SplitConfig())

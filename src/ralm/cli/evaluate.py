@@ -32,7 +32,7 @@ def print_tables(report_dir: Path) -> None:
     console = Console()
     for proto, block in results["protocols"].items():
         table = Table(title=f"{proto} protocol ({block['n_test_users']} test users)")
-        table.add_column("model")
+        table.add_column("model", no_wrap=True)
         for m in metrics:
             table.add_column(m, justify="right")
         for model, summary in block["summary"].items():
@@ -92,6 +92,8 @@ def evaluate(
     from ralm.evaluation.config import ExperimentConfig, load_experiment_config
     from ralm.evaluation.experiment import run_experiment
 
+    if not (data / "meta.json").is_file():
+        raise ConfigError(f"--data {data} is not an encoded dataset (no meta.json)")
     base = load_experiment_config(config).model_dump() if config is not None else {}
     raw = {
         **base,
@@ -110,6 +112,4 @@ def evaluate(
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(f"invalid options: {e}") from e
-    if not (data / "meta.json").is_file():
-        raise ConfigError(f"--data {data} is not an encoded dataset (no meta.json)")
     print_tables(run_experiment(cfg, out_dir=out))

@@ -29,6 +29,7 @@ def train_user(
     patience: int = typer.Option(3, "--patience", help="Early-stopping patience (0 = off)."),
     monitor: str = typer.Option("recall", "--monitor", help="Early stopping on recall | loss."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = torch default)."),
 ) -> None:
     """Train the universal user embedding model (stage 1) with sampled softmax."""
     from ralm.data.encoded import EncodedDataset
@@ -52,6 +53,12 @@ def train_user(
         )
     except ValidationError as e:
         raise ConfigError(f"invalid option: {e}") from e
+    if threads < 0:
+        raise ConfigError("--threads must be >= 0")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     ds = load_dataset(data, EncodedDataset)
     model = train_user_model(ds, cfg, out, resume=resume)
     show_history(model.history, model.metrics)

@@ -29,6 +29,7 @@ from ralm.errors import DataError
 log = logging.getLogger(__name__)
 
 RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+_ROLES = {"interactions": "inter", "users": "user", "items": "item"}  # role -> suffix
 
 
 def _need(path: Path) -> Path:
@@ -144,14 +145,11 @@ def read_ml100k_recbole(folder: str | Path) -> RawData:
     )
 
 
-_ROLES = {"interactions": "inter", "users": "user", "items": "item"}
-
-
 def read_ml100k(folder: str | Path) -> RawData:
     """GroupLens ML-100K: ``u.data`` (tab), ``u.user`` and ``u.item`` (``|``, latin-1)."""
     d = Path(folder)
-    paths = {r: _need(d / f) for r, f in (("interactions", "u.data"), ("users", "u.user"))}
-    paths["items"] = _need(d / "u.item")
+    files = {"interactions": "u.data", "users": "u.user", "items": "u.item"}
+    paths = {role: _need(d / name) for role, name in files.items()}
     ratings = read_delimited(paths["interactions"], "\t", ["user_id", "item_id", "r", "timestamp"])
     users = read_delimited(
         paths["users"], "|", ["user_id", "age", "gender", "occupation", "zip"], encoding="latin-1"

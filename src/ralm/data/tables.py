@@ -216,6 +216,11 @@ def to_ids(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) -> pa
         if pa.types.is_floating(t) and pa.types.is_string(out.type):
             raise DataError(f"{src.at(None, column)}: ids must be integers or strings, not floats")
     check_not_null(out, src, column)
+    if pa.types.is_string(out.type):
+        empty = pc.equal(out, "")
+        if pc.any(empty).as_py():
+            row = int(pc.index(empty, True).as_py())
+            raise DataError(f"{src.at(row, column)}: empty id")
     return out
 
 

@@ -191,7 +191,7 @@ def create_app(service: RalmService, start_service: bool = True) -> FastAPI:
         added = service.add_clicks(batch, feats or None)
         return ClicksOut(accepted=len(batch), new_seeds=added)
 
-    @app.get("/items/{item_id}")
+    @app.get("/items/{item_id:path}")
     def item(item_id: str = Path(min_length=1, max_length=256)) -> dict[str, Any]:
         """Seed count, cluster sizes, servability and last re-cluster time of one item."""
         return service.item_info(item_id)

@@ -1,0 +1,95 @@
+"""The experiment runner writes a complete, self-consistent report folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ralm.errors import ConfigError
+from ralm.evaluation.config import ExperimentConfig, load_experiment_config
+from ralm.evaluation.experiment import run_experiment, summarise
+
+TINY = {
+    "name": "toy",
+    "seeds": [0, 1],
+    "ks": [1, 5],
+    "data": {"source": "toy"},
+    "models": ["random", "popularity", "yahoo", "ralm"],
+    "user": {"dim": 8, "mlp_hidden": [16], "epochs": 2, "patience": 0},
+    "lookalike": {"h": 8, "k": 4},
+    "lookalike_train": {"epochs": 1, "patience": 0},
+    "ablations": {
+        "k": [2, 4],
+        "attention": ["both", "local"],
+        "alpha_beta": [[0.3, 0.7], [0.5, 0.5]],
+        "retrain": False,
+    },
+}
+
+
+def test_summarise_mean_and_sample_std():
+    s = summarise([{"seed": 0, "auc": 0.5}, {"seed": 1, "auc": 0.7}, {"seed": 2, "auc": 0.9}])
+    assert s["auc"]["mean"] == pytest.approx(0.7)
+    assert s["auc"]["std"] == pytest.approx(0.2)  # ddof = 1
+    assert "seed" not in s
+    assert summarise([{"auc": 0.5}])["auc"]["std"] == 0.0
+
+
+def test_run_experiment_writes_report(tmp_path):
+    cfg = ExperimentConfig.model_validate(TINY)
+    root = run_experiment(cfg, out_dir=tmp_path / "rep")
+    for name in (
+        "report.md",
+        "results.json",
+        "config.json",
+        "k_ablation.png",
+        "merge_ablation.png",
+    ):
+        assert (root / name).is_file() and (root / name).stat().st_size > 0, name
+    res = json.loads((root / "results.json").read_text())
+    assert set(res["protocols"]) == {"warm", "cold"}
+    warm = res["protocols"]["warm"]
+    assert set(warm["summary"]) == {"Random", "Popularity", "Yahoo look-alike", "RALM"}
+    runs = warm["runs"]["RALM"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    assert warm["summary"]["RALM"]["prec@5"]["mean"] == pytest.approx(
+        np.mean([r["prec@5"] for r in runs])
+    )
+    assert [e["k"] for e in res["ablations"]["k"]] == [2, 4]
+    assert {e["label"] for e in res["ablations"]["merge"]} == {
+        "attention: tower (dot)", "attention: RALM", "concat: tower (dot)", "concat: RALM"
+    }  # fmt: skip
+    assert res["timings"]["total_s"][0] > 0
+    report = (root / "report.md").read_text()
+    assert "## Protocol: warm" in report and "## Protocol: cold" in report
+    assert "| RALM |" in report and "±" in report
+    assert json.loads((root / "config.json").read_text())["seeds"] == [0, 1]
+
+
+def test_config_errors_name_file_and_field(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nseeds = [0]\nmodels = ["nope"]\n')
+    with pytest.raises(ConfigError, match=r"bad\.toml.*models"):
+        load_experiment_config(bad)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("name = \n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_experiment_config(broken)
+    with pytest.raises(ConfigError, match="not found"):
+        load_experiment_config(tmp_path / "missing.toml")
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[user]\nepochz = 3\n")
+    with pytest.raises(ConfigError, match=r"user\.epochz"):
+        load_experiment_config(unknown)
+
+
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_presets_are_valid(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / f"experiment-ml100k-{name}.toml"
+    cfg = load_experiment_config(path)
+    assert len(cfg.seeds) >= 3 and cfg.protocols == ["warm", "cold"]
+    assert cfg.ablations is not None and 20 in cfg.ablations.k

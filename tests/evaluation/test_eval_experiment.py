@@ -37,6 +37,7 @@ def test_summarise_mean_and_sample_std():
     assert summarise([{"auc": 0.5}])["auc"]["std"] == 0.0
 
 
+@pytest.mark.slow  # trains stage 1 + stage 2 a few times on the toy set
 def test_run_experiment_writes_report(tmp_path):
     cfg = ExperimentConfig.model_validate(TINY)
     root = run_experiment(cfg, out_dir=tmp_path / "rep")

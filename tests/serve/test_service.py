@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from ralm.serve.config import ServeConfig
 from ralm.serve.service import RalmService, UnknownUserError
 from ralm.serve.store import Click
 
 from .conftest import background_clicks, make_service
-from .planted import group_users
+from .planted import group_users, planted_model
 
 
 def test_ranking_equals_the_stage2_scorer_on_the_whole_table(service: RalmService) -> None:
@@ -206,3 +207,20 @@ def test_failing_cycle_keeps_the_last_version(
     assert service.health()["status"] == "degraded"
     assert "k-means exploded" in service.health()["recluster_error"]
     assert service.holder.current() is before
+
+
+def test_other_model_weights_do_not_reuse_the_published_index(tmp_path: Path) -> None:
+    svc = make_service(tmp_path)
+    svc.add_clicks(background_clicks())
+    svc.start()
+    v = svc.holder.version
+    svc.close()
+    model = planted_model(seed=5)  # other weights, same shapes
+    model.fingerprint = "retrained"
+    again = RalmService(model, ServeConfig(state_dir=tmp_path, min_seeds=5))
+    try:
+        assert again.holder.current().n_items == 0 and again.holder.version > v
+        again.start()  # everything is re-clustered with the new weights
+        assert again.holder.current().n_items == 15
+    finally:
+        again.close()

@@ -119,3 +119,11 @@ def test_new_user_via_feature_encoder(toy: EncodedDataset, trained) -> None:
     unseen = enc.batch([{"group_hint": "never-seen", "history": ["i3", "nope"]}, {}])
     emb = embed_batch(model, unseen)  # OOV codes and an empty bag: defined, finite
     assert emb.shape == (2, 16) and np.isfinite(emb).all()
+
+
+def test_out_of_range_users_are_a_data_error(toy: EncodedDataset, trained) -> None:
+    model, _ = trained
+    with pytest.raises(DataError, match="user indices"):
+        embed_users(model, toy, np.array([0, toy.n_users]))
+    with pytest.raises(DataError, match="exclude_items"):
+        embed_users(model, toy, np.array([0, 1]), exclude_items=np.array([3]))

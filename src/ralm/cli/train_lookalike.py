@@ -28,6 +28,9 @@ def train_lookalike(
     size_prior: bool = typer.Option(
         True, "--size-prior/--no-size-prior", help="log(cluster size) in attention logits."
     ),
+    kmeans_backend: str = typer.Option(
+        "faiss", "--kmeans-backend", help="faiss (per item) | torch (batched Lloyd)."
+    ),
     epochs: int = typer.Option(10, "--epochs", help="Maximum epochs (re-cluster after each)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Examples per step (paper: 256)."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (paper: 0.001)."),
@@ -64,6 +67,7 @@ def train_lookalike(
             use_local=local,
             use_global=global_,
             size_prior=size_prior,
+            kmeans_backend=kmeans_backend,  # type: ignore[arg-type]
         )
         tc = LookalikeTrainConfig(
             epochs=epochs,

@@ -62,6 +62,8 @@ def train_user(
     ds = load_dataset(data, EncodedDataset)
     model = train_user_model(ds, cfg, out, resume=resume)
     show_history(model.history, model.metrics)
+    if cfg.merge == "attention":
+        show_field_attention(model, ds)
     typer.echo(f"saved best model (epoch {model.metrics.get('epoch', '?')}) to {out}")
 
 
@@ -90,4 +92,20 @@ def show_history(history: list[dict[str, float]], best: dict[str, float]) -> Non
                 for c in cols
             ]
         )
+    Console().print(table)
+
+
+def show_field_attention(model: Any, ds: Any, max_users: int = 10_000) -> None:
+    """Print the mean per-field attention weight over (a sample of) the users."""
+    import numpy as np
+
+    from ralm.user.embed import field_attention
+
+    users = np.random.default_rng(0).permutation(ds.n_users)[:max_users]
+    alpha = field_attention(model, ds, np.sort(users)).mean(axis=0)  # (n_fields,)
+    table = Table(title=f"mean field attention ({users.size} users)")
+    table.add_column("field")
+    table.add_column("weight", justify="right")
+    for name, w in sorted(zip(model.field_names, alpha, strict=True), key=lambda x: -x[1]):
+        table.add_row(name, f"{w:.3f}")
     Console().print(table)

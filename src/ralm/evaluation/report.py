@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 
 from ralm.evaluation.config import ExperimentConfig
 
@@ -42,6 +43,28 @@ def markdown_table(rows: dict[str, dict[str, Any]], metrics: list[str], first: s
     return "\n".join(lines)
 
 
+PAPER_ORDER = [("LR", "Yahoo look-alike"), ("Yahoo look-alike", "YouTube DNN"),
+               ("RALM-average", "RALM")]  # fmt: skip
+
+
+def paper_ordering(summary: dict[str, dict[str, Any]], metric: str) -> list[str]:
+    """One line per pairwise claim of the paper (a < b) that both models of it were run.
+
+    "holds" needs the means in the paper's order; "within noise" flags gaps smaller than
+    the larger of the two standard deviations.
+    """
+    lines = []
+    for a, b in PAPER_ORDER:
+        if a not in summary or b not in summary or metric not in summary[a]:
+            continue
+        sa, sb = summary[a][metric], summary[b][metric]
+        verdict = "holds" if sa["mean"] < sb["mean"] else "does NOT hold"
+        if abs(sa["mean"] - sb["mean"]) <= max(sa["std"], sb["std"]):
+            verdict += " (within noise)"
+        lines.append(f"- {a} < {b} on {metric}: {verdict} ({sa['mean']:.4f} vs {sb['mean']:.4f})")
+    return lines
+
+
 def _plot_k(entries: list[dict[str, Any]], ks: list[int], path: Path) -> None:
     xs = [e["k"] for e in entries]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -68,6 +91,8 @@ def _plot_k(entries: list[dict[str, Any]], ks: list[int], path: Path) -> None:
     for ax, title in ((ax1, "prec@K"), (ax2, "AUC")):
         ax.set_xscale("log")
         ax.set_xticks(xs, [str(x) for x in xs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.get_major_formatter().set_useOffset(False)  # type: ignore[attr-defined]
         ax.set_xlabel("k (seed clusters per item)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -138,6 +163,14 @@ def write_report(root: Path, results: dict[str, Any], cfg: ExperimentConfig) -> 
         ]
         out += [f"- {note}" for note in block["notes"].values()]
         out.append("")
+        claims = [
+            line
+            for m in (f"prec@{min(cfg.ks)}", "auc")
+            for line in paper_ordering(block["summary"], m)
+        ]
+        if claims:
+            out += ["Paper's ordering (LR < Yahoo < YouTube DNN, RALM-average < RALM):", ""]
+            out += [*claims, ""]
     ab = results.get("ablations") or {}
     if ab:
         out += [f"## Ablations (protocol {ab['protocol']}, seeds {ab['seeds']})", ""]

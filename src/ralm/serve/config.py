@@ -20,7 +20,6 @@ class ServeConfig(BaseModel):
             most recent seeds as centroids (no k-means) until the next full cycle.
         fast_path_min_seeds: seeds needed before the fast path serves an item.
         fast_path_every_s: how often the fast path runs.
-        k: clusters per item; None takes the stage-2 model's (paper: 20).
         batch_window_ms: micro-batching window: a batch closes this long after its first request.
         max_batch: micro-batch size cap.
         max_n: the largest ``n`` a client may ask for.
@@ -51,9 +50,6 @@ class ServeConfig(BaseModel):
     fast_path: bool = Field(default=True, description="Serve items with few seeds within seconds.")
     fast_path_min_seeds: int = Field(default=3, ge=1, description="Seeds needed by the fast path.")
     fast_path_every_s: float = Field(default=2.0, gt=0, description="Fast-path period in seconds.")
-    k: int | None = Field(
-        default=None, ge=1, description="Clusters per item; None = the model's k."
-    )
     batch_window_ms: float = Field(default=2.0, ge=0, description="Micro-batch window (ms).")
     max_batch: int = Field(default=64, ge=1, description="Micro-batch size cap.")
     max_n: int = Field(default=1000, ge=1, description="Largest n a client may request.")

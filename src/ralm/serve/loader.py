@@ -13,6 +13,7 @@ features with ``FeatureEncoder`` + ``embed_batch`` (the same code path as traini
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -109,6 +110,12 @@ def load_serving_model(run_dir: str | Path, data_dir: str | Path) -> ServingMode
             t = np.asarray(it.ts)[rows].astype(float).tolist()
             yield from zip(u, i, t, strict=True)
 
+    digest = hashlib.sha1()
+    for f in (run / "user" / "model.safetensors", run / "lookalike" / "model.safetensors"):
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+
     return ServingModel(
         scorer=scorer,
         embedder=TableEmbedder(np.asarray(ds.user_ids), table, features),
@@ -119,4 +126,5 @@ def load_serving_model(run_dir: str | Path, data_dir: str | Path) -> ServingMode
         kmeans_warm_niter=cfg.kmeans_warm_niter,
         initial_index=initial,
         bootstrap_clicks=history,
+        fingerprint=digest.hexdigest(),
     )

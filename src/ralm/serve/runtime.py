@@ -156,6 +156,8 @@ class ServingModel:
         kmeans_warm_niter: Lloyd iterations of a warm-started k-means.
         initial_index: clusters from training, or None.
         bootstrap_clicks: historical (user_id, item_id, ts) clicks loaded into an empty store.
+        fingerprint: identifies the model weights; a state folder whose published index was
+            built by other weights is not reused (its centroids live in another space).
     """
 
     scorer: Scorer
@@ -167,6 +169,7 @@ class ServingModel:
     kmeans_warm_niter: int = 5
     initial_index: InitialIndex | None = None
     bootstrap_clicks: Callable[[], Any] | None = None
+    fingerprint: str = ""
 
     def cluster(
         self,

@@ -91,6 +91,15 @@ class RalmService:
         base = int(self.store.get_meta("max_version", 0))
         snap: IndexSnapshot | None = None
         saved = self.store.get_meta("index")
+        stored_fp = self.store.get_meta("model_fingerprint")
+        if saved is not None and stored_fp is not None and stored_fp != m.fingerprint:
+            log.warning(
+                "%s was published by other model weights: ignoring it and re-clustering",
+                self.index_dir,
+            )
+            saved = None
+            self.store.mark_all_changed()
+        self.store.set_meta("model_fingerprint", m.fingerprint)
         if saved is not None:
             snap = self._load_published(Path(saved["path"]))
         if snap is None and m.initial_index is not None:
@@ -105,9 +114,12 @@ class RalmService:
                 }
             )
         if snap is None:
-            return IndexSnapshot.empty(m.k, m.h, version=base)
+            return IndexSnapshot.empty(m.k, m.h, version=base + 1 if base else 0)
         if snap.k != m.k or snap.h != m.h:
-            raise RalmError(f"stored index has k={snap.k}, h={snap.h}; model has k={m.k}, h={m.h}")
+            raise RalmError(
+                f"{self.index_dir}: the published index has k={snap.k}, h={snap.h} but the "
+                f"model has k={m.k}, h={m.h}; use a fresh --state-dir for this model"
+            )
         if snap.version <= base:
             snap = dataclasses.replace(snap, version=base + 1)
         return snap

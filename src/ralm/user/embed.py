@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ralm.data.batching import UserBatch, gather_users
 from ralm.data.encoded import EncodedDataset
 from ralm.errors import DataError
 from ralm.user.checkpoint import UserModel
+from ralm.user.progress import progress_disabled
 
 
 def check_batch(model: UserModel, batch: UserBatch) -> None:
@@ -44,6 +46,18 @@ def check_batch(model: UserModel, batch: UserBatch) -> None:
             )
 
 
+def _user_indices(ds: EncodedDataset, users: np.ndarray | None) -> np.ndarray:
+    if users is None:
+        return np.arange(ds.n_users)
+    idx = np.asarray(users, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= ds.n_users):
+        raise DataError(
+            f"user indices must be in [0, {ds.n_users - 1}] for dataset {ds.name!r}, "
+            f"got [{idx.min()}, {idx.max()}]"
+        )
+    return idx
+
+
 @torch.no_grad()
 def embed_batch(model: UserModel, batch: UserBatch) -> np.ndarray:
     """Universal embeddings of one batch, float32 (B, d). Validates codes first."""
@@ -70,11 +84,12 @@ def embed_users(
         batch_size: users embedded at once.
     """
     model.check_dataset(ds)
-    idx = np.arange(ds.n_users) if users is None else np.asarray(users, dtype=np.int64)
+    idx = _user_indices(ds, users)
     if exclude_items is not None and np.shape(exclude_items) != idx.shape:
         raise DataError(f"exclude_items has shape {np.shape(exclude_items)}, users {idx.shape}")
     out = np.empty((idx.size, model.config.dim), dtype=np.float32)
-    for lo in range(0, idx.size, batch_size):
+    bar = tqdm(range(0, idx.size, batch_size), desc="embed users", disable=progress_disabled())
+    for lo in bar:
         ex = None if exclude_items is None else np.asarray(exclude_items)[lo : lo + batch_size]
         batch = gather_users(ds, idx[lo : lo + batch_size], ex)
         out[lo : lo + batch_size] = embed_batch(model, batch)
@@ -87,7 +102,7 @@ def field_attention(
 ) -> np.ndarray:
     """Per-field attention weights float32 (B, n_fields) (columns: ``model.field_names``)."""
     model.check_dataset(ds)
-    idx = np.arange(ds.n_users) if users is None else np.asarray(users, dtype=np.int64)
+    idx = _user_indices(ds, users)
     out = np.empty((idx.size, len(model.field_names)), dtype=np.float32)
     model.tower.eval()
     for lo in range(0, idx.size, batch_size):

@@ -8,8 +8,6 @@ resumed after epoch ``e`` continues exactly like an uninterrupted one.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,17 +23,13 @@ from ralm.user import checkpoint as ckpt
 from ralm.user.config import UserModelConfig
 from ralm.user.examples import epoch_examples, positive_pairs
 from ralm.user.optim import StageOneOptimizer
+from ralm.user.progress import progress_disabled
 from ralm.user.sampled_softmax import sampled_softmax_loss
 from ralm.user.sampler import LogUniformSampler
 from ralm.user.tower import UserItemModel
 from ralm.user.validation import build_validation, popularity_recall, validate
 
 log = logging.getLogger(__name__)
-
-
-def progress_disabled() -> bool:
-    """Progress bars are off when stderr is not a TTY or ``RALM_NO_PROGRESS=1``."""
-    return os.environ.get("RALM_NO_PROGRESS") == "1" or not sys.stderr.isatty()
 
 
 def train_step(

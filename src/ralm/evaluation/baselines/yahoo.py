@@ -40,7 +40,7 @@ class YahooConfig(BaseModel):
     """Hyper-parameters of the Yahoo look-alike baseline."""
 
     smoothing: float = Field(
-        default=10.0, gt=0, description="Pseudo-seeds a in the smoothed p_{j,f}."
+        default=100.0, gt=0, description="Pseudo-seeds a in the smoothed p_{j,f}."
     )
     n_bands: int = Field(default=16, ge=1, description="LSH bands.")
     rows_per_band: int = Field(default=2, ge=1, description="MinHash values per band.")

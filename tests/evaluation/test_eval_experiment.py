@@ -94,3 +94,19 @@ def test_presets_are_valid(name):
     cfg = load_experiment_config(path)
     assert len(cfg.seeds) >= 3 and cfg.protocols == ["warm", "cold"]
     assert cfg.ablations is not None and 20 in cfg.ablations.k
+
+
+def test_paper_ordering_lines():
+    from ralm.evaluation.report import markdown_table, paper_ordering
+
+    def stat(mean: float, std: float) -> dict[str, dict[str, float]]:
+        return {"auc": {"mean": mean, "std": std, "values": [mean, mean]}}
+
+    summary = {"LR": stat(0.7, 0.01), "Yahoo look-alike": stat(0.6, 0.01), "RALM": stat(0.8, 0.0)}
+    summary["RALM-average"] = stat(0.795, 0.01)
+    lines = paper_ordering(summary, "auc")
+    assert lines[0].startswith("- LR < Yahoo look-alike on auc: does NOT hold")
+    assert "holds (within noise)" in lines[1]  # RALM-average < RALM by less than one std
+    assert len(lines) == 2  # no YouTube DNN: that claim is skipped
+    table = markdown_table(summary, ["auc", "gauc"], "model")
+    assert "| LR | 0.7000 ± 0.0100 | – |" in table

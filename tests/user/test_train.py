@@ -106,3 +106,10 @@ def test_lazy_adam_first_step_equals_dense_adam(toy: EncodedDataset) -> None:
         if moved[0] is not None:  # same rows move (untouched rows stay put in both)
             torch.testing.assert_close(moved[0], moved[1])
         torch.testing.assert_close(states[0][k], states[1][k], rtol=0, atol=3e-6)
+
+
+def test_steps_per_epoch_caps_each_epoch(toy: EncodedDataset) -> None:
+    model = train_user_model(toy, tiny_config(epochs=2, patience=0, steps_per_epoch=3))
+    assert [h["steps"] for h in model.history] == [3, 3]
+    full = train_user_model(toy, tiny_config(epochs=1, batch_size=64))
+    assert full.history[0]["steps"] == -(-positive_pairs(toy)[0].size // 64)

@@ -17,6 +17,9 @@ def train_user(
     data: Path = typer.Option(..., "--data", help="Encoded dataset folder (ralm data prepare)."),
     out: Path = typer.Option(..., "--out", help="Run folder for checkpoints (e.g. runs/x/user)."),
     epochs: int = typer.Option(20, "--epochs", help="Maximum epochs."),
+    steps_per_epoch: int | None = typer.Option(
+        None, "--steps-per-epoch", help="Cap steps per epoch (validate more often on big data)."
+    ),
     batch_size: int = typer.Option(256, "--batch-size", help="Rows per step (paper: 256)."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (paper: 0.001)."),
     dim: int = typer.Option(128, "--dim", help="Embedding dimension (paper: 128)."),
@@ -39,6 +42,7 @@ def train_user(
     try:
         cfg = UserModelConfig(
             epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
             batch_size=batch_size,
             lr=lr,
             dim=dim,

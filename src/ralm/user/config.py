@@ -30,6 +30,7 @@ class UserModelConfig(BaseModel):
         lr: Adam learning rate.
         weight_decay: Adam L2 weight decay.
         epochs: maximum number of epochs.
+        steps_per_epoch: optional cap on steps per epoch (examples are re-drawn per epoch).
         patience: epochs without validation improvement before stopping (0 = never stop).
         monitor: validation metric for early stopping and the best checkpoint.
         eval_k: cut-off K of the validation recall@K.
@@ -74,6 +75,12 @@ class UserModelConfig(BaseModel):
     lr: float = Field(default=1e-3, gt=0, description="Adam learning rate (paper: 0.001).")
     weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay.")
     epochs: int = Field(default=20, ge=1, description="Maximum epochs.")
+    steps_per_epoch: int | None = Field(
+        default=None,
+        ge=1,
+        description="Cap on optimisation steps per epoch (None = all examples); validation "
+        "and checkpoints then come every that many steps on very large data.",
+    )
     patience: int = Field(
         default=3, ge=0, description="Early-stopping patience in epochs (0 = off)."
     )

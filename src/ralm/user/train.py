@@ -117,6 +117,9 @@ def train_user_model(
         rng = np.random.default_rng([cfg.seed, epoch])
         eu, ei = epoch_examples(users, items, cfg.max_pos_per_user, rng)
         n_steps = -(-eu.size // cfg.batch_size)
+        if cfg.steps_per_epoch is not None:
+            n_steps = min(n_steps, cfg.steps_per_epoch)
+            eu, ei = eu[: n_steps * cfg.batch_size], ei[: n_steps * cfg.batch_size]
         net.train()
         t0, total = time.perf_counter(), 0.0
         bar = tqdm(
@@ -134,6 +137,7 @@ def train_user_model(
         secs = time.perf_counter() - t0
         rec: dict[str, float] = {
             "epoch": epoch + 1,
+            "steps": n_steps,
             "train_loss": total / max(eu.size, 1),
             "samples_per_s": eu.size / max(secs, 1e-9),
             "seconds": secs,
@@ -156,7 +160,7 @@ def train_user_model(
             rec["train_loss"],
             ", ".join(f"{k} {rec[k]:.4f}" for k in ("val_loss", "recall") if k in rec),
             rec["samples_per_s"],
-            "" if improved else f" (no improvement {loop['bad']}/{cfg.patience})",
+            "" if improved else f" (no improvement for {loop['bad']} epoch(s))",
         )
         if root is not None:
             _save_epoch(root, net, optimizer, cfg, ds, loop, improved)

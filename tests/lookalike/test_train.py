@@ -155,3 +155,17 @@ def test_cached_targets_equal_per_batch_calls(toy: EncodedDataset, universal) ->
     direct = TargetEmbeddings(universal, target, toy.n_items, None)
     np.testing.assert_allclose(cached(u, i, y), direct(u, i, y), atol=1e-6)
     np.testing.assert_array_equal(cached(u, i, y)[y == 0], universal[u[y == 0]])
+
+
+def test_resume_accepts_config_saved_before_new_fields(
+    toy: EncodedDataset, universal, lookup, tmp_path: Path
+) -> None:
+    import json
+
+    cfg = LookalikeConfig(m=M, h=8, k=3)
+    train_lookalike(toy, cfg, universal, lookup, tmp_path, FAST.model_copy(update={"epochs": 1}))
+    meta = json.loads((tmp_path / "config.json").read_text())
+    del meta["model"]["kmeans_backend"]  # an older run: the field did not exist yet
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    res = train_lookalike(toy, cfg, universal, lookup, tmp_path, FAST, resume=True)
+    assert [r["epoch"] for r in res.history] == [0, 1]

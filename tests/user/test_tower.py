@@ -91,3 +91,14 @@ def test_no_fields_or_bad_kind_is_a_config_error() -> None:
         UserTower([], tiny_config())
     with pytest.raises(ConfigError, match="kind"):
         UserTower([FieldInfo("x", "weird")], tiny_config())
+
+
+def test_config_rejects_bad_values() -> None:
+    from pydantic import ValidationError
+
+    from ralm.user.config import UserModelConfig
+
+    for bad in ({"mlp_hidden": [0]}, {"dim": 0}, {"merge": "sum"}, {"unknown": 1}):
+        with pytest.raises(ValidationError):
+            UserModelConfig(**bad)  # type: ignore[arg-type]
+    assert UserModelConfig().dim == 128 and UserModelConfig().n_negatives == 10

@@ -176,7 +176,11 @@ def train_lookalike(
         if out is None or not (out / "train_state" / "state.json").is_file():
             raise CheckpointError(f"nothing to resume: {out}/train_state/state.json not found")
         saved = ckpt.read_json(out / "config.json")
-        if saved.get("model") != cfg.model_dump() or saved.get("data") != data_meta:
+        try:  # fields added since the run started take their defaults
+            same_model = LookalikeConfig(**saved.get("model", {})) == cfg
+        except ValueError:
+            same_model = False
+        if not same_model or saved.get("data") != data_meta:
             raise CheckpointError(
                 f"{out / 'config.json'} was written for another model config or dataset; "
                 "resume with the same options or choose another --out"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class UserModelConfig(BaseModel):
@@ -93,6 +93,13 @@ class UserModelConfig(BaseModel):
     seed: int = Field(
         default=0, description="Seed of init, example selection and negative sampling."
     )
+
+    @field_validator("mlp_hidden")
+    @classmethod
+    def _positive_widths(cls, v: list[int]) -> list[int]:
+        if any(w < 1 for w in v):
+            raise ValueError(f"mlp_hidden sizes must be >= 1, got {v}")
+        return v
 
     def architecture(self) -> dict[str, object]:
         """The fields that determine parameter shapes (must match to load or resume)."""

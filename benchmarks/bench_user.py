@@ -46,7 +46,7 @@ def run_one(
     t0 = time.perf_counter()
     ds = EncodedDataset.load(path)
     users, items = positive_pairs(ds)
-    cfg = UserModelConfig(dim=dim, batch_size=batch_size, sparse_grad=not dense)
+    cfg = UserModelConfig(dim=dim, batch_size=batch_size, sparse_grad=False if dense else None)
     sampler = LogUniformSampler(ds.n_items, ds.item_popularity_rank())
     rng = np.random.default_rng(0)
     eu, ei = epoch_examples(users, items, cfg.max_pos_per_user, rng)
@@ -87,7 +87,7 @@ def run_one(
         "batch_size": batch_size,
         "dim": dim,
         "threads": threads,
-        "optimizer": "dense Adam" if dense else "lazy Adam",
+        "optimizer": "lazy Adam" if net.item_embedding.sparse else "dense Adam",
         "samples_per_s": round(steps * batch_size / train_s, 1),
         "ms_per_step": round(1000 * train_s / steps, 2),
         "data_ms_per_step": round(1000 * data_s / steps, 2),
@@ -107,7 +107,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    p.add_argument("--dense", action="store_true", help="dense Adam (sparse_grad=False)")
+    p.add_argument("--dense", action="store_true", help="force dense Adam (default: auto)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one dataset, print JSON
     a = p.parse_args()
     if a.one:

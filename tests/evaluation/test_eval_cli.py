@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from ralm.cli import app
@@ -47,3 +48,41 @@ def test_bad_config_is_a_clean_error(tmp_path):
     res = CliRunner().invoke(app, ["experiment", str(cfg)])
     assert res.exit_code != 0
     assert "models" in str(res.exception) or "models" in res.output
+
+
+@pytest.mark.slow  # trains a tiny stage 1 + stage 2
+def test_evaluate_from_trained_checkpoints(tmp_path, monkeypatch):
+    from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
+    from ralm.lookalike.train import train_lookalike
+    from ralm.user.config import UserModelConfig
+    from ralm.user.embed import embed_users
+    from ralm.user.train import train_user_model
+
+    ds = make_toy_dataset()
+    data = ds.save(tmp_path / "toy")
+    run = tmp_path / "run"
+    um = train_user_model(ds, UserModelConfig(dim=8, mlp_hidden=[16], epochs=2), run / "user")
+    universal = embed_users(um, ds)
+    train_lookalike(
+        ds,
+        LookalikeConfig(m=8, h=8, k=3),
+        universal,
+        lambda u, ex: embed_users(um, ds, u, ex),
+        out_dir=run / "lookalike",
+        train_cfg=LookalikeTrainConfig(epochs=1),
+    )
+    import ralm.lookalike.train
+    import ralm.user.train
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluating checkpoints must not train")
+
+    monkeypatch.setattr(ralm.lookalike.train, "train_lookalike", no_training)
+    monkeypatch.setattr(ralm.user.train, "train_user_model", no_training)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--data", str(data), "--out", str(out), "--run", str(run)]
+    res = CliRunner().invoke(app, [*args, "--models", "popularity,ralm", "--seeds", "0,1"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "results.json").read_text())["protocols"]["warm"]["summary"]
+    assert set(summary) == {"Popularity", "RALM"}
+    assert len(summary["RALM"]["prec@10"]["values"]) == 2

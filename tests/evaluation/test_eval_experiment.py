@@ -108,5 +108,7 @@ def test_paper_ordering_lines():
     assert lines[0].startswith("- LR < Yahoo look-alike on auc: does NOT hold")
     assert "holds (within noise)" in lines[1]  # RALM-average < RALM by less than one std
     assert len(lines) == 2  # no YouTube DNN: that claim is skipped
+    flagged = paper_ordering(summary, "auc", {"LR": "LR cannot embed ..."})
+    assert "[LR: fallback scores]" in flagged[0]
     table = markdown_table(summary, ["auc", "gauc"], "model")
     assert "| LR | 0.7000 ± 0.0100 | – |" in table

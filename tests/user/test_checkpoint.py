@@ -93,9 +93,17 @@ def test_resume_errors(toy: EncodedDataset, trained, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="architecture"):
         train_user_model(toy, tiny_config(epochs=4, dim=8), run, resume=True)
     with pytest.raises(CheckpointError, match="optimizer"):
-        train_user_model(toy, tiny_config(epochs=4, sparse_grad=False), run, resume=True)
+        train_user_model(toy, tiny_config(epochs=4, sparse_grad=True), run, resume=True)
     (run / "train_state.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="train_state"):
         train_user_model(toy, tiny_config(epochs=4), run, resume=True)
     with pytest.raises(CheckpointError, match="cannot resume"):
         train_user_model(toy, tiny_config(epochs=1), tmp_path / "empty", resume=True)
+
+
+def test_excluded_fields_survive_the_checkpoint(toy: EncodedDataset, tmp_path: Path) -> None:
+    cfg = tiny_config(epochs=1, exclude_fields=["group_hint"])
+    model = train_user_model(toy, cfg, tmp_path / "run")
+    loaded = load_user_model(tmp_path / "run", toy)
+    assert loaded.field_names == ["history", "continuous"]
+    np.testing.assert_array_equal(embed_users(model, toy), embed_users(loaded, toy))

@@ -102,3 +102,32 @@ def test_config_rejects_bad_values() -> None:
         with pytest.raises(ValidationError):
             UserModelConfig(**bad)  # type: ignore[arg-type]
     assert UserModelConfig().dim == 128 and UserModelConfig().n_negatives == 10
+
+
+def test_excluded_fields_are_ignored(toy: EncodedDataset) -> None:
+    torch.manual_seed(0)
+    tower = UserTower(toy.fields, tiny_config(exclude_fields=["history"]))
+    assert tower.field_names == ["group_hint", "continuous"]
+    a = tower(_batch([[3, 9], []], [1, 2], [0.2, 0.9]))
+    b = tower(_batch([[5], [1, 2, 3]], [1, 2], [0.2, 0.9]))  # only the history differs
+    torch.testing.assert_close(a, b)
+    no_cont = UserTower(toy.fields, tiny_config(exclude_fields=["age"]))
+    assert no_cont.field_names == ["group_hint", "history"]
+    with pytest.raises(ConfigError, match="nope"):
+        UserTower(toy.fields, tiny_config(exclude_fields=["nope"]))
+    with pytest.raises(ConfigError, match="no user feature"):
+        UserTower(toy.fields, tiny_config(exclude_fields=["age", "history", "group_hint"]))
+
+
+def test_sparse_gradients_auto_by_table_size(toy: EncodedDataset) -> None:
+    from ralm.user.config import SPARSE_AUTO_ROWS
+    from ralm.user.tower import UserItemModel
+
+    cfg = tiny_config()
+    assert cfg.sparse_grad is None
+    assert not cfg.use_sparse(SPARSE_AUTO_ROWS - 1) and cfg.use_sparse(SPARSE_AUTO_ROWS)
+    assert not UserItemModel(toy.fields, toy.n_items, cfg).item_embedding.sparse
+    big = UserItemModel(toy.fields, SPARSE_AUTO_ROWS, cfg)
+    assert big.item_embedding.sparse and big.tower.embedding.tables[1].sparse
+    forced = UserItemModel(toy.fields, toy.n_items, tiny_config(sparse_grad=True))
+    assert forced.item_embedding.sparse

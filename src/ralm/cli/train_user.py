@@ -24,6 +24,9 @@ def train_user(
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (paper: 0.001)."),
     dim: int = typer.Option(128, "--dim", help="Embedding dimension (paper: 128)."),
     merge: str = typer.Option("attention", "--merge", help="Field merge: attention | concat."),
+    exclude_field: list[str] = typer.Option(
+        [], "--exclude-field", help="Leave a dataset field out of the tower (repeatable)."
+    ),
     negatives: int = typer.Option(10, "--negatives", help="Negatives per positive (paper: 10)."),
     max_pos: int = typer.Option(50, "--max-pos-per-user", help="Positives/user/epoch (paper)."),
     logq: bool = typer.Option(True, "--logq/--no-logq", help="log-Q correction of logits."),
@@ -47,6 +50,7 @@ def train_user(
             lr=lr,
             dim=dim,
             merge=merge,  # type: ignore[arg-type]
+            exclude_fields=list(exclude_field),
             n_negatives=negatives,
             max_pos_per_user=max_pos,
             logq_correction=logq,

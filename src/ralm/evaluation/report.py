@@ -47,11 +47,14 @@ PAPER_ORDER = [("LR", "Yahoo look-alike"), ("Yahoo look-alike", "YouTube DNN"),
                ("RALM-average", "RALM")]  # fmt: skip
 
 
-def paper_ordering(summary: dict[str, dict[str, Any]], metric: str) -> list[str]:
+def paper_ordering(
+    summary: dict[str, dict[str, Any]], metric: str, notes: dict[str, str] | None = None
+) -> list[str]:
     """One line per pairwise claim of the paper (a < b) that both models of it were run.
 
     "holds" needs the means in the paper's order; "within noise" flags gaps smaller than
-    the larger of the two standard deviations.
+    the larger of the two standard deviations; models with a caveat in ``notes`` (e.g. a
+    cold-item fallback) are flagged.
     """
     lines = []
     for a, b in PAPER_ORDER:
@@ -61,6 +64,9 @@ def paper_ordering(summary: dict[str, dict[str, Any]], metric: str) -> list[str]
         verdict = "holds" if sa["mean"] < sb["mean"] else "does NOT hold"
         if abs(sa["mean"] - sb["mean"]) <= max(sa["std"], sb["std"]):
             verdict += " (within noise)"
+        flagged = [m for m in (a, b) if notes and m in notes]
+        if flagged:
+            verdict += f" [{' and '.join(flagged)}: fallback scores]"
         lines.append(f"- {a} < {b} on {metric}: {verdict} ({sa['mean']:.4f} vs {sb['mean']:.4f})")
     return lines
 
@@ -166,7 +172,7 @@ def write_report(root: Path, results: dict[str, Any], cfg: ExperimentConfig) -> 
         claims = [
             line
             for m in (f"prec@{min(cfg.ks)}", "auc")
-            for line in paper_ordering(block["summary"], m)
+            for line in paper_ordering(block["summary"], m, block["notes"])
         ]
         if claims:
             out += ["Paper's ordering (LR < Yahoo < YouTube DNN, RALM-average < RALM):", ""]

@@ -28,6 +28,8 @@ def check_batch(model: UserModel, batch: UserBatch) -> None:
         )
     b = len(batch)
     for f in model.fields:
+        if f.name in model.config.exclude_fields:
+            continue
         if f.kind == "univalent":
             codes = batch.univalent.get(f.name)
             if codes is None or codes.shape != (b,):

@@ -29,6 +29,8 @@ class FeatureEmbedding(nn.Module):
             the schema has continuous features).
         dim: embedding dimension ``m``.
         sparse: produce sparse gradients for the tables (for ``torch.optim.SparseAdam``).
+        exclude: names of fields left out (their batch entries are ignored), e.g. a field
+            derived from click history that would leak the training target.
 
     Example::
 
@@ -36,11 +38,28 @@ class FeatureEmbedding(nn.Module):
         h = emb(gather_users(ds, np.arange(4)))  # (4, n_fields, 128)
     """
 
-    def __init__(self, fields: list[FieldInfo], dim: int, sparse: bool = False) -> None:
+    def __init__(
+        self,
+        fields: list[FieldInfo],
+        dim: int,
+        sparse: bool = False,
+        exclude: list[str] | tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         self.dim = dim
-        self.categorical = [f for f in fields if f.kind in ("univalent", "multivalent")]
-        self.n_continuous = sum(1 for f in fields if f.kind == "continuous")
+        unknown = sorted(set(exclude) - {f.name for f in fields})
+        if unknown:
+            raise ConfigError(
+                f"excluded fields {unknown} are not fields of the dataset "
+                f"({[f.name for f in fields]})"
+            )
+        self.categorical = [
+            f for f in fields if f.kind in ("univalent", "multivalent") and f.name not in exclude
+        ]
+        continuous = [f for f in fields if f.kind == "continuous"]
+        self.n_continuous_in = len(continuous)
+        self.continuous_cols = [i for i, f in enumerate(continuous) if f.name not in exclude]
+        self.n_continuous = len(self.continuous_cols)
         for f in fields:
             if f.kind not in ("univalent", "multivalent", "continuous"):
                 raise ConfigError(f"field {f.name!r}: unknown kind {f.kind!r}")
@@ -57,7 +76,7 @@ class FeatureEmbedding(nn.Module):
             nn.init.normal_(t.weight, std=dim**-0.5)  # type: ignore[arg-type]
         self.continuous_fc = nn.Linear(self.n_continuous, dim) if self.n_continuous else None
         if not self.categorical and self.continuous_fc is None:
-            raise ConfigError("the dataset declares no user feature field")
+            raise ConfigError("no user feature field left (none declared, or all excluded)")
 
     @property
     def field_names(self) -> list[str]:
@@ -79,5 +98,8 @@ class FeatureEmbedding(nn.Module):
                 values, offsets = batch.multivalent[f.name]
                 vecs.append(table(values, offsets))  # (B, d), empty bag -> zeros
         if self.continuous_fc is not None:
-            vecs.append(self.continuous_fc(batch.continuous))  # (B, d)
+            x = batch.continuous  # (B, n_continuous_in)
+            if self.n_continuous != self.n_continuous_in:
+                x = x[:, self.continuous_cols]  # (B, n_continuous)
+            vecs.append(self.continuous_fc(x))  # (B, d)
         return torch.stack(vecs, dim=1)  # (B, n_fields, d)

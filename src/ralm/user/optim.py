@@ -22,15 +22,16 @@ class StageOneOptimizer:
 
     Args:
         net: the model (tower + item table).
-        cfg: ``lr``, ``weight_decay`` (dense parameters only) and ``sparse_grad``.
+        cfg: ``lr`` and ``weight_decay`` (dense parameters only). Tables built with
+            ``sparse=True`` get lazy Adam.
     """
 
     def __init__(self, net: nn.Module, cfg: UserModelConfig) -> None:
-        sparse: list[torch.Tensor] = []
-        if cfg.sparse_grad:
-            for m in net.modules():
-                if isinstance(m, nn.Embedding | nn.EmbeddingBag) and m.sparse:
-                    sparse.append(m.weight)
+        sparse: list[torch.Tensor] = [
+            m.weight
+            for m in net.modules()
+            if isinstance(m, nn.Embedding | nn.EmbeddingBag) and m.sparse
+        ]
         ids = {id(p) for p in sparse}
         dense = [p for p in net.parameters() if id(p) not in ids]
         self.optimizers: list[torch.optim.Optimizer] = [

@@ -29,7 +29,8 @@ class UserTower(nn.Module):
     Args:
         fields: field infos of the encoded dataset (``ds.fields``).
         config: model hyper-parameters (``dim``, ``attention_units``, ``merge``,
-            ``mlp_hidden``).
+            ``mlp_hidden``, ``exclude_fields``, ``sparse_grad``).
+        sparse: sparse table gradients; ``None`` resolves ``config.sparse_grad``.
 
     Example::
 
@@ -39,10 +40,16 @@ class UserTower(nn.Module):
         alpha = tower.field_attention(batch)  # (8, n_fields), rows sum to 1
     """
 
-    def __init__(self, fields: list[FieldInfo], config: UserModelConfig) -> None:
+    def __init__(
+        self, fields: list[FieldInfo], config: UserModelConfig, sparse: bool | None = None
+    ) -> None:
         super().__init__()
         self.config = config
-        self.embedding = FeatureEmbedding(fields, config.dim, sparse=config.sparse_grad)
+        if sparse is None:
+            sparse = config.use_sparse(max((f.vocab_size for f in fields), default=0))
+        self.embedding = FeatureEmbedding(
+            fields, config.dim, sparse=sparse, exclude=list(config.exclude_fields)
+        )
         self.merge: AttentionMerge | ConcatMerge
         if config.merge == "attention":
             self.merge = AttentionMerge(config.dim, config.attention_units)
@@ -83,8 +90,9 @@ class UserItemModel(nn.Module):
         super().__init__()
         if n_items < 1:
             raise ConfigError("the dataset has no items")
-        self.tower = UserTower(fields, config)
-        self.item_embedding = nn.Embedding(n_items, config.dim, sparse=config.sparse_grad)  # (I, d)
+        sparse = config.use_sparse(max([n_items, *(f.vocab_size for f in fields)]))
+        self.tower = UserTower(fields, config, sparse=sparse)
+        self.item_embedding = nn.Embedding(n_items, config.dim, sparse=sparse)  # (I, d)
         nn.init.normal_(self.item_embedding.weight, std=config.dim**-0.5)
 
     def forward(self, batch: UserBatch) -> torch.Tensor:

@@ -162,6 +162,7 @@ def train_user_model(
             rec["samples_per_s"],
             "" if improved else f" (no improvement for {loop['bad']} epoch(s))",
         )
+        _warn_if_leaking(rec, ds)
         if root is not None:
             _save_epoch(root, net, optimizer, cfg, ds, loop, improved)
 
@@ -176,6 +177,21 @@ def train_user_model(
         metrics=dict(loop["metrics"]),
         history=list(loop["history"]),
     )
+
+
+def _warn_if_leaking(rec: dict[str, float], ds: EncodedDataset) -> None:
+    """Warn when the training loss is far below the validation loss (sampled, same K)."""
+    if "val_loss" in rec and rec["train_loss"] < 0.5 * rec["val_loss"]:
+        others = [f.name for f in ds.fields if f.kind == "multivalent" and not f.item_history]
+        log.warning(
+            "train loss %.3f is far below validation loss %.3f: overfitting, or a user field "
+            "derived from click history that contains the training target (only the "
+            "item-history field has the target removed). Candidates: %s; try "
+            "--exclude-field / UserModelConfig.exclude_fields.",
+            rec["train_loss"],
+            rec["val_loss"],
+            others or "none",
+        )
 
 
 def _save_epoch(

@@ -112,3 +112,15 @@ def test_paper_ordering_lines():
     assert "[LR: fallback scores]" in flagged[0]
     table = markdown_table(summary, ["auc", "gauc"], "model")
     assert "| LR | 0.7000 ± 0.0100 | – |" in table
+
+
+def test_fixed_seeds_reproduce_every_number(tmp_path):
+    raw = {**TINY, "models": ["random", "popularity", "lr", "yahoo"], "ablations": None}
+    raw["lr"] = {"epochs": 2}
+    cfg = ExperimentConfig.model_validate(raw)
+    a, b = (
+        json.loads((run_experiment(cfg, out_dir=tmp_path / n) / "results.json").read_text())
+        for n in ("a", "b")
+    )
+    for proto in ("warm", "cold"):
+        assert a["protocols"][proto]["runs"] == b["protocols"][proto]["runs"]

@@ -250,6 +250,12 @@ def test_parquet_round_trips_through_ingestion(
         np.testing.assert_array_equal(ingested.multivalent[name][1], val)
     for name, vocab in fast.vocabs.items():
         np.testing.assert_array_equal(ingested.vocabs[name], vocab)
+    assert set(ingested.derived) == set(fast.derived) == {"categories"}
+    for name, info in fast.derived.items():
+        for part in ("counts", "item_offsets", "item_values"):
+            np.testing.assert_array_equal(
+                getattr(ingested.derived[name], part), getattr(info, part)
+            )
     np.testing.assert_allclose(ingested.continuous, fast.continuous, atol=1e-6)
 
 

@@ -28,6 +28,11 @@ def train_lookalike(
     size_prior: bool = typer.Option(
         True, "--size-prior/--no-size-prior", help="log(cluster size) in attention logits."
     ),
+    seed_prior: bool = typer.Option(
+        True,
+        "--seed-prior/--no-seed-prior",
+        help="Learnable gamma*log(1+n_seeds) in the score (off = the paper's cosine score).",
+    ),
     kmeans_backend: str = typer.Option(
         "faiss", "--kmeans-backend", help="faiss (per item) | torch (batched Lloyd)."
     ),
@@ -67,6 +72,7 @@ def train_lookalike(
             use_local=local,
             use_global=global_,
             size_prior=size_prior,
+            seed_prior=seed_prior,
             kmeans_backend=kmeans_backend,  # type: ignore[arg-type]
         )
         tc = LookalikeTrainConfig(

@@ -12,6 +12,11 @@ Layout of a dataset folder::
     features/<field>.npy           univalent codes, int64 (n_users,)
     features/<field>.offsets.npy   multivalent CSR offsets, int64 (n_users + 1,)
     features/<field>.values.npy    multivalent CSR values, int64 (nnz,)
+    features/<field>.counts.npy    derived attribute fields (optional): int64 (nnz,) parallel
+                                   to values, number of distinct TRAIN-clicked items of the
+                                   user that carry the code
+    features/<field>.item_offsets.npy / .item_values.npy
+                                   derived attribute fields (optional): item -> codes CSR
     features/continuous.npy        float32 (n_users, n_continuous), already in [0, 1]
     interactions/{user,item,ts,label,split}.npy   one row per event, sorted by ts
 
@@ -19,7 +24,11 @@ Codes: categorical code 0 is the explicit OOV / missing value; real values are
 1..vocab_size-1. A multivalent field whose ``item_history`` flag is set holds item
 indices + 1 (so 0 stays OOV); trainers remove the example's target item from it
 (see :func:`ralm.data.batching.exclude_targets`), which is how no training
-example ever sees its own target in its history input.
+example ever sees its own target in its history input. Multivalent fields derived from
+item attributes over the TRAIN clicks (``derived_from_items``, e.g. MovieLens ``genres``)
+carry a :class:`DerivedInfo` so that the same exclusion also drops the codes whose only
+source in the user's history is the target item. Datasets written before these arrays
+existed still load (``derived`` is then empty: no exclusion info for those fields).
 """
 
 from __future__ import annotations
@@ -58,9 +67,32 @@ class FieldInfo:
     item_history: bool = False  # multivalent field of item indices + 1
     min: float | None = None  # continuous only: training-split statistics
     max: float | None = None
+    derived_from_items: bool = False  # multivalent bag of item attributes over TRAIN clicks
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        out = {k: v for k, v in self.__dict__.items() if v is not None}
+        if not self.derived_from_items:  # keep older meta.json / checkpoint configs unchanged
+            del out["derived_from_items"]
+        return out
+
+
+@dataclass
+class DerivedInfo:
+    """Exclusion info of a multivalent field derived from item attributes.
+
+    Attributes:
+        counts: int64 (nnz,) parallel to the field's CSR values: how many distinct
+            TRAIN-clicked items of that user carry that code (>= 1).
+        item_offsets: int64 (n_items + 1,) item -> codes CSR offsets.
+        item_values: int64 (item_nnz,) codes of each item for this field (OOV 0 omitted).
+    """
+
+    counts: np.ndarray
+    item_offsets: np.ndarray
+    item_values: np.ndarray
+
+
+DERIVED_FILES = ("counts", "item_offsets", "item_values")
 
 
 @dataclass
@@ -94,6 +126,8 @@ class EncodedDataset:
     interactions: Interactions
     vocabs: dict[str, np.ndarray] = field(default_factory=dict)  # name -> raw values (str)
     extra: dict[str, Any] = field(default_factory=dict)  # split parameters, provenance
+    # derived attribute field -> counts + item CSR (target exclusion); optional on disk
+    derived: dict[str, DerivedInfo] = field(default_factory=dict)
 
     # ---- sizes -------------------------------------------------------------
     @property
@@ -149,6 +183,12 @@ class EncodedDataset:
         for name, (offsets, values) in self.multivalent.items():
             np.save(root / "features" / f"{name}.offsets.npy", np.asarray(offsets, np.int64))
             np.save(root / "features" / f"{name}.values.npy", np.asarray(values, np.int64))
+        for name, info in self.derived.items():
+            for part in DERIVED_FILES:
+                np.save(
+                    root / "features" / f"{name}.{part}.npy",
+                    np.asarray(getattr(info, part), np.int64),
+                )
         np.save(root / "features" / "continuous.npy", np.asarray(self.continuous, np.float32))
         for name, vocab in self.vocabs.items():
             np.save(root / "vocab" / f"{name}.npy", np.asarray(vocab).astype(str))
@@ -206,6 +246,17 @@ class EncodedDataset:
             for f in fields
             if f.kind == "multivalent"
         }
+        derived: dict[str, DerivedInfo] = {}
+        for f in fields:
+            paths = [root / "features" / f"{f.name}.{part}.npy" for part in DERIVED_FILES]
+            if f.kind == "multivalent" and all(p.is_file() for p in paths):
+                derived[f.name] = DerivedInfo(
+                    *(np.load(p, mmap_mode=mode, allow_pickle=False) for p in paths)
+                )
+        legacy = _legacy_derived_fields(meta)  # datasets written before the flag existed
+        for f in fields:
+            if f.name in legacy and f.kind == "multivalent" and not f.item_history:
+                f.derived_from_items = True
         vocabs = {
             p.name[: -len(".npy")]: np.load(p, allow_pickle=False)
             for p in sorted((root / "vocab").glob("*.npy"))
@@ -224,7 +275,34 @@ class EncodedDataset:
             interactions=inter,
             vocabs=vocabs,
             extra=meta.get("extra", {}),
+            derived=derived,
         )
         if ds.n_users != meta["n_users"] or ds.n_items != meta["n_items"]:
             raise ValueError(f"{root}: id maps do not match meta.json sizes; re-run prepare")
+        for name, info in derived.items():
+            if (
+                info.counts.shape != multivalent[name][1].shape
+                or info.item_offsets.shape != (ds.n_items + 1,)
+                or info.item_values.shape != (int(info.item_offsets[-1]),)
+            ):
+                raise ValueError(
+                    f"{root}: features/{name}.counts/item_* do not match the field; re-run prepare"
+                )
         return ds
+
+
+def _legacy_derived_fields(meta: dict[str, Any]) -> set[str]:
+    """Names of item-attribute fields of a dataset written without the flag.
+
+    Ingested datasets record their schema (``extra["schema"]["derived"]``); the synthetic
+    fast path always derives ``categories``.
+    """
+    extra = meta.get("extra") or {}
+    names = {
+        d["name"]
+        for d in (extra.get("schema") or {}).get("derived", [])
+        if isinstance(d, dict) and d.get("source") != "item_id" and "name" in d
+    }
+    if extra.get("source") == "ralm.data.synth":
+        names.add("categories")
+    return names

@@ -123,6 +123,41 @@ def csr_from_pairs(
     return offsets, values
 
 
+def csr_distinct_counts(
+    rows: np.ndarray, values: np.ndarray, n_rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (row, value) pairs as CSR, with how often each pair occurs.
+
+    Returns ``(offsets (n_rows+1,), values (nnz,), counts (nnz,))`` int64; offsets and
+    values equal ``csr_from_pairs(rows, values, n_rows, unique=True)``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    values = np.asarray(values, dtype=np.int64)
+    width = int(values.max()) + 1 if values.size else 1
+    s = np.sort(rows * width + values)
+    first = np.empty(s.size, dtype=bool)
+    if s.size:
+        first[0] = True
+        np.not_equal(s[1:], s[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    key = s[starts]
+    counts = np.diff(np.append(starts, s.size)).astype(np.int64)
+    offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(key // width, minlength=n_rows), out=offsets[1:])
+    return offsets, key % width, counts
+
+
+def item_codes_csr(
+    item: np.ndarray, codes: np.ndarray, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Item -> distinct non-OOV codes CSR (``codes == 0`` dropped), values sorted per item."""
+    item = np.asarray(item, dtype=np.int64)
+    codes = np.asarray(codes, dtype=np.int64)
+    known = codes > 0
+    offsets, values, _ = csr_distinct_counts(item[known], codes[known], n_items)
+    return offsets, values
+
+
 def list_elements(lists: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """Flatten a list array: (parent row int64 (nnz,), values) without null/empty values."""
     parents = pc.list_parent_indices(lists).to_numpy().astype(np.int64)

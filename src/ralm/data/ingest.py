@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ralm.data.encoded import EncodedDataset, FieldInfo, Interactions, Split
+from ralm.data.encoded import DerivedInfo, EncodedDataset, FieldInfo, Interactions, Split
 from ralm.data.features import map_ids
 from ralm.data.schema import DatasetSchema
 from ralm.data.splits import SplitConfig, assign_splits
@@ -183,8 +183,9 @@ def ingest(raw: RawData, split: SplitConfig | None = None) -> EncodedDataset:
         extra["users_without_features"] = n_users
 
     clicks = train & (label > 0)
+    derived: dict[str, DerivedInfo] = {}
     for d in schema.derived:
-        info, offsets_values, vocab_arr = derived_field(
+        info, offsets_values, vocab_arr, derived_info = derived_field(
             d,
             raw.items,
             raw.source("items"),
@@ -197,6 +198,8 @@ def ingest(raw: RawData, split: SplitConfig | None = None) -> EncodedDataset:
         fields.append(info)
         multivalent[d.name] = offsets_values
         vocabs[d.name] = vocab_arr
+        if derived_info is not None:
+            derived[d.name] = derived_info
         log.info("derived field %s: %d values", d.name, offsets_values[1].size)
 
     return EncodedDataset(
@@ -210,4 +213,5 @@ def ingest(raw: RawData, split: SplitConfig | None = None) -> EncodedDataset:
         interactions=Interactions(user, item, ts, label, split_codes),
         vocabs=vocabs,
         extra=extra,
+        derived=derived,
     )

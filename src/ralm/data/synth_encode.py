@@ -4,7 +4,8 @@ Produces the same fields ``dataset.toml`` of :func:`ralm.data.synth_parquet.writ
 declares, in the same order: ``gender``, ``city``, ``age_bucket`` (univalent), ``tags``
 (multivalent), ``age`` (continuous), then the derived ``history`` (item indices + 1 of
 the user's distinct TRAIN clicks, ``item_history=True``) and ``categories`` (the
-distinct topics of those TRAIN clicks). Codes: ``0`` = OOV/missing and
+distinct topics of those TRAIN clicks, ``derived_from_items=True``, with the per-code
+item counts and the item -> topic CSR that target exclusion uses). Codes: ``0`` = OOV/missing and
 ``vocabs[field][code - 1]`` is the raw string.
 
 Splits: by default the items born late (``SynthData.item_is_new``) are the cold items
@@ -28,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ralm.data.encoded import EncodedDataset, FieldInfo, Interactions, Split
-from ralm.data.features import minmax_normalise
+from ralm.data.encoded import DerivedInfo, EncodedDataset, FieldInfo, Interactions, Split
+from ralm.data.features import csr_distinct_counts, item_codes_csr, minmax_normalise
 from ralm.data.splits import SplitConfig, assign_splits
 from ralm.data.synth_sampling import sorted_unique
 from ralm.data.synth_types import AGE_BUCKET_NAMES, GENDER_NAMES, SynthData
@@ -157,11 +158,24 @@ def to_encoded(
     vocabs["history"] = item_ids
     fields.append(FieldInfo("history", "multivalent", vocab_size=n_items + 1, item_history=True))
 
-    owner = np.zeros(ci.shape[0], dtype=np.int64)  # every TRAIN click counts for the vocab
-    all_train = np.ones(1, dtype=bool)
-    cat, vocabs["categories"] = _encode(data.item_topic[ci], owner, data.topic_names, all_train)
-    multivalent["categories"] = csr_distinct(cu, cat, n_users)
-    fields.append(FieldInfo("categories", "multivalent", vocab_size=len(vocabs["categories"]) + 1))
+    # categories: vocabulary = topics of the items with a TRAIN click (as ingestion builds it)
+    trained = np.bincount(ci, minlength=n_items) > 0  # (n_items,)
+    items = np.arange(n_items)
+    item_cat, vocabs["categories"] = _encode(data.item_topic, items, data.topic_names, trained)
+    pair = sorted_unique(cu * n_items + ci)  # distinct (user, item) TRAIN clicks
+    pu, pi = pair // n_items, pair % n_items
+    cat_off, cat_val, cat_cnt = csr_distinct_counts(pu, item_cat[pi], n_users)
+    multivalent["categories"] = (cat_off, cat_val)
+    item_off, item_val = item_codes_csr(items, item_cat, n_items)
+    derived = {"categories": DerivedInfo(cat_cnt, item_off, item_val)}
+    fields.append(
+        FieldInfo(
+            "categories",
+            "multivalent",
+            vocab_size=len(vocabs["categories"]) + 1,
+            derived_from_items=True,
+        )
+    )
 
     log.info("encoded %s: %s", data.config.name, split_extra.get("counts"))
     return EncodedDataset(
@@ -186,6 +200,7 @@ def to_encoded(
             "synth": data.config.model_dump(),
             "truth_dir": "truth",
         },
+        derived=derived,
     )
 
 

@@ -5,13 +5,18 @@ reveals the group for a fraction of users, ``age`` (continuous) is correlated wi
 each group clicks mostly items of its own topic. The item-history field holds every user's
 TRAIN clicks (item index + 1). Splits: per-user chronological (last clicks -> VALID/TEST)
 plus a set of cold items whose clicks are split into COLD_SEED (earliest half) and COLD_TEST.
+With ``item_attributes=True`` a multivalent ``topics`` field derived from the TRAIN clicks'
+item attributes is added (``derived_from_items``, with its exclusion info): item ``j`` carries
+code ``topic(j) + 1`` and the "bucket" code ``n_groups + 1 + j % 7``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ralm.data.encoded import EncodedDataset, FieldInfo, Interactions, Split
+from ralm.data.batching import gather_csr
+from ralm.data.encoded import DerivedInfo, EncodedDataset, FieldInfo, Interactions, Split
+from ralm.data.features import csr_distinct_counts, item_codes_csr
 
 
 def make_toy_dataset(
@@ -23,6 +28,7 @@ def make_toy_dataset(
     p_in_group: float = 0.85,
     hint_rate: float = 0.7,
     seed: int = 0,
+    item_attributes: bool = False,
 ) -> EncodedDataset:
     """Build a toy dataset (a few ms). Deterministic in ``seed``."""
     rng = np.random.default_rng(seed)
@@ -83,13 +89,35 @@ def make_toy_dataset(
         FieldInfo("history", "multivalent", vocab_size=n_items + 1, item_history=True),
         FieldInfo("age", "continuous", min=0.0, max=1.0),
     ]
+    multivalent = {"history": (offsets, values)}
+    vocabs = {
+        "group_hint": np.asarray([f"g{g}" for g in range(n_groups)]),
+        "history": np.asarray([f"i{j}" for j in range(n_items)]),
+    }
+    derived: dict[str, DerivedInfo] = {}
+    if item_attributes:
+        j = np.arange(n_items)
+        item_off, item_val = item_codes_csr(
+            np.r_[j, j], np.r_[topic + 1, n_groups + 1 + j % 7], n_items
+        )
+        codes, lengths = gather_csr(item_off, item_val, hi)  # TRAIN (user, item) are distinct
+        t_off, t_val, t_cnt = csr_distinct_counts(np.repeat(hu, lengths), codes, n_users)
+        fields.insert(
+            2,
+            FieldInfo("topics", "multivalent", vocab_size=n_groups + 8, derived_from_items=True),
+        )
+        multivalent["topics"] = (t_off, t_val)
+        vocabs["topics"] = np.asarray(
+            [f"t{g}" for g in range(n_groups)] + [f"b{b}" for b in range(7)]
+        )
+        derived["topics"] = DerivedInfo(t_cnt, item_off, item_val)
     return EncodedDataset(
         name="toy",
         user_ids=np.asarray([f"u{u}" for u in range(n_users)]),
         item_ids=np.asarray([f"i{j}" for j in range(n_items)]),
         fields=fields,
         univalent={"group_hint": hint.astype(np.int64)},
-        multivalent={"history": (offsets, values)},
+        multivalent=multivalent,
         continuous=age.astype(np.float32)[:, None],
         interactions=Interactions(
             user=user.astype(np.int64),
@@ -98,9 +126,7 @@ def make_toy_dataset(
             label=np.ones(user.size, dtype=np.int8),
             split=split,
         ),
-        vocabs={
-            "group_hint": np.asarray([f"g{g}" for g in range(n_groups)]),
-            "history": np.asarray([f"i{j}" for j in range(n_items)]),
-        },
+        vocabs=vocabs,
         extra={"toy": {"group": group.tolist(), "topic": topic.tolist(), "cold": cold.tolist()}},
+        derived=derived,
     )

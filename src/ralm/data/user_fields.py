@@ -13,12 +13,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ralm.data.batching import gather_csr
-from ralm.data.encoded import FieldInfo
+from ralm.data.encoded import DerivedInfo, FieldInfo
 from ralm.data.features import (
     build_vocab,
+    csr_distinct_counts,
     csr_from_pairs,
     encode,
     index_of,
+    item_codes_csr,
     list_elements,
     minmax_normalise,
     unique_int,
@@ -122,18 +124,23 @@ def derived_field(
     ci: np.ndarray,
     item_ids: pa.Array,
     n_users: int,
-) -> tuple[FieldInfo, CSR, np.ndarray]:
+) -> tuple[FieldInfo, CSR, np.ndarray, DerivedInfo | None]:
     """A multivalent field from the TRAIN clicks ``(cu, ci)`` (user and item indices).
 
     The item-ID history holds item index + 1 of each distinct clicked item; an items-table
     field holds the distinct attribute codes over the user's clicked items (vocabulary:
-    the attribute values of items with a TRAIN click).
+    the attribute values of items with a TRAIN click), flagged ``derived_from_items``.
+
+    Returns:
+        ``(info, (offsets, values), vocab, derived)``; ``derived`` (``None`` for the
+        item-ID history) holds the number of distinct clicked items behind each code and
+        the item -> codes CSR, which target exclusion needs.
     """
     n_items = len(item_ids)
     if d.is_history:
         csr = csr_from_pairs(cu, ci + 1, n_users, unique=True)
         info = FieldInfo(d.name, "multivalent", n_items + 1, item_history=True)
-        return info, csr, _vocab_array(item_ids)
+        return info, csr, _vocab_array(item_ids), None
     col = d.item_column
     if items is None:
         raise DataError(f"derived field {d.name!r} needs an items table (column {col!r})")
@@ -147,9 +154,11 @@ def derived_field(
     elem_item, flat = elem_item[known], flat.filter(pa.array(known))
     trained = np.bincount(ci, minlength=n_items) > 0
     vocab = build_vocab(flat.filter(pa.array(trained[elem_item])))
-    item_off, item_val = csr_from_pairs(elem_item, encode(flat, vocab), n_items, unique=True)
+    item_off, item_val = item_codes_csr(elem_item, encode(flat, vocab), n_items)
     pair = unique_int(cu * n_items + ci)  # distinct (user, item) clicks
     pu, pi = pair // n_items, pair % n_items
-    values, lengths = gather_csr(item_off, item_val, pi)
-    csr = csr_from_pairs(np.repeat(pu, lengths), values, n_users, unique=True)
-    return FieldInfo(d.name, "multivalent", vocab_size=len(vocab) + 1), csr, _vocab_array(vocab)
+    values, lengths = gather_csr(item_off, item_val, pi)  # clicked items have no OOV code
+    offsets, values, counts = csr_distinct_counts(np.repeat(pu, lengths), values, n_users)
+    info = FieldInfo(d.name, "multivalent", vocab_size=len(vocab) + 1, derived_from_items=True)
+    derived = DerivedInfo(counts=counts, item_offsets=item_off, item_values=item_val)
+    return info, (offsets, values), _vocab_array(vocab), derived

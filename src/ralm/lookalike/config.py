@@ -19,6 +19,11 @@ class LookalikeConfig(BaseModel):
         variant: "ralm" (clusters + attention) or "average" (mean of seeds, k = 1).
         use_local: keep the local-attention term (ablation switch).
         use_global: keep the global-attention term (ablation switch).
+        seed_prior: add a learnable ``gamma * log(1 + n_seeds)`` to the score. The paper's
+            cosine score carries no information about how many users clicked an item, so
+            an item with two look-alike seeds outranks one with a thousand; the paper's
+            production system side-steps this by serving only items with ~100+ seeds.
+            ``False`` gives the paper's score exactly.
         init_scale: initial value of the learnable scale inside the sigmoid.
         kmeans_niter: Lloyd iterations of a cold-start k-means.
         kmeans_warm_niter: Lloyd iterations when warm-started from previous centroids.
@@ -53,6 +58,13 @@ class LookalikeConfig(BaseModel):
     size_prior: bool = Field(
         default=True,
         description="Add log(cluster size) to attention logits (a centroid weighs like its seeds).",
+    )
+    seed_prior: bool = Field(
+        default=True,
+        description=(
+            "Add a learnable gamma * log(1 + n_seeds) to the score (audience-size prior); "
+            "False = the paper's cosine score exactly."
+        ),
     )
     init_scale: float = Field(
         default=5.0, gt=0.0, description="Initial calibration scale in sigmoid."

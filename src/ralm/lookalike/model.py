@@ -40,6 +40,17 @@ class LookalikeModel(nn.Module):
         self.global_attention = GlobalAttention(config.h)
         self.scale = nn.Parameter(torch.tensor(float(config.init_scale)))
         self.bias = nn.Parameter(torch.tensor(0.0))
+        # gamma of the audience-size prior (config.seed_prior); starts at the paper's score
+        self.prior_weight = nn.Parameter(torch.tensor(0.0))
+
+    def param_groups(self, lr: float, scalar_lr_mult: float = 10.0) -> list[dict]:
+        """Optimiser groups: the calibration scalars (scale, bias) learn ``scalar_lr_mult``
+        times faster than the weights (and gamma), so the calibration settles within an
+        epoch."""
+        scalars = [self.scale, self.bias]
+        ids = {id(p) for p in scalars}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": rest, "lr": lr}, {"params": scalars, "lr": lr * scalar_lr_mult}]
 
     def transform(self, universal: torch.Tensor) -> torch.Tensor:
         """Universal embeddings (N, m) -> transformed embeddings (N, h)."""
@@ -55,6 +66,18 @@ class LookalikeModel(nn.Module):
                 "pass sizes, e.g. SeedIndex.sizes"
             )
         return log_sizes(sizes)
+
+    def seed_prior_term(self, sizes: torch.Tensor | None) -> torch.Tensor | None:
+        """``gamma * log(1 + n_seeds)`` per item from cluster sizes (..., k) -> (...)."""
+        if not self.config.seed_prior:
+            return None
+        if sizes is None:
+            raise ValueError(
+                "this look-alike model adds an audience-size prior (seed_prior=True): "
+                "pass sizes, e.g. SeedIndex.sizes"
+            )
+        n = sizes.to(torch.float32).clamp(min=0).sum(dim=-1)  # (...) seeds per item
+        return self.prior_weight * torch.log1p(n)
 
     def item_global(
         self, centroids: torch.Tensor, mask: torch.Tensor, sizes: torch.Tensor | None = None
@@ -72,12 +95,14 @@ class LookalikeModel(nn.Module):
         sizes: torch.Tensor | None = None,
         chunk_items: int = 4096,
     ) -> torch.Tensor:
-        """Raw scores (B, I) in [-1, 1] of users e_u (B, h) against I items.
+        """Scores (B, I) of users e_u (B, h) against I items.
 
-        ``sizes (I, k)`` (cluster sizes) is required when ``config.size_prior``.
+        ``s = alpha cos(E_u, E_global) + beta cos(E_u, E_local)`` in [-1, 1], plus
+        ``gamma log(1 + n_seeds)`` when ``config.seed_prior``. ``sizes (I, k)`` (cluster
+        sizes) is required when ``config.size_prior`` or ``config.seed_prior``.
         """
         cfg = self.config
-        return scorer.score_matrix(
+        s = scorer.score_matrix(
             e_u,
             self.local_attention.weight,
             centroids,
@@ -90,7 +115,9 @@ class LookalikeModel(nn.Module):
             gram=gram,
             log_prior=self.log_prior(sizes),
             chunk_items=chunk_items,
-        )
+        )  # (B, I)
+        prior = self.seed_prior_term(sizes)  # (I,)
+        return s if prior is None else s + prior[None, :]
 
     def score_pairs(
         self,
@@ -100,11 +127,15 @@ class LookalikeModel(nn.Module):
         global_vec: torch.Tensor | None = None,
         sizes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Raw score (B,) of row-aligned pairs; global_vec is computed when None."""
+        """Score (B,) of row-aligned pairs (same terms as :meth:`score`).
+
+        ``global_vec`` is computed when None; ``sizes (B, k)`` are the example's cluster
+        sizes (after leave-self-out in training).
+        """
         cfg = self.config
         if global_vec is None:
             global_vec = self.item_global(centroids, mask, sizes)  # (B, h)
-        return scorer.score_pairs(
+        s = scorer.score_pairs(
             e_u,
             self.local_attention.weight,
             centroids,
@@ -115,7 +146,9 @@ class LookalikeModel(nn.Module):
             use_local=cfg.use_local,
             use_global=cfg.use_global,
             log_prior=self.log_prior(sizes),
-        )
+        )  # (B,)
+        prior = self.seed_prior_term(sizes)  # (B,)
+        return s if prior is None else s + prior
 
     def logit(self, s: torch.Tensor) -> torch.Tensor:
         """Calibrated logit ``scale * s + bias`` (monotone in s: ranking unchanged)."""

@@ -166,7 +166,7 @@ def train_lookalike(
     data_meta = {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items}
     torch.manual_seed(tc.seed)
     model = LookalikeModel(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    opt = torch.optim.Adam(model.param_groups(tc.lr), lr=tc.lr)
     seeds = seed_sets(ds)
     show = progress_enabled()
     counters: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "bad": 0}

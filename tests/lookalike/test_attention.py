@@ -62,7 +62,7 @@ def test_item_with_fewer_seeds_than_k_scores_like_unpadded_reference() -> None:
 
 def test_average_variant_is_cosine_to_mean_seed() -> None:
     torch.manual_seed(0)
-    model = LookalikeModel(LookalikeConfig(m=8, h=8, variant="average"))
+    model = LookalikeModel(LookalikeConfig(m=8, h=8, variant="average", seed_prior=False))
     e_u = torch.relu(torch.randn(3, 8))
     mean = torch.relu(torch.randn(4, 1, 8))
     mask = torch.ones(4, 1, dtype=torch.bool)

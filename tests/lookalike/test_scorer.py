@@ -38,6 +38,9 @@ def naive_scores(model: LookalikeModel, e_u, cent, mask, glob, sizes) -> np.ndar
                 s += cfg.alpha * _cos(e_u[b], glob[i])
             if cfg.use_local:
                 s += cfg.beta * _cos(e_u[b], local)
+            if cfg.seed_prior:  # audience-size prior: gamma * log(1 + seeds of the item)
+                gamma = float(np.log1p(np.exp(float(model.prior_weight))))
+                s += gamma * float(np.log1p(float(sizes[i][mask[i]].sum())))
             out[b, i] = s
     return out
 
@@ -62,11 +65,14 @@ def _inputs(seed: int = 0, n_b: int = 5, n_i: int = 9, k: int = 6, h: int = 8):
         dict(use_global=False),
         dict(use_local=False),
         dict(alpha=0.5, beta=0.2),
+        dict(seed_prior=False),
     ],
 )
 def test_batched_matches_naive_loop(switches: dict) -> None:
     torch.manual_seed(0)
     model = LookalikeModel(LookalikeConfig(m=8, h=8, k=6, **switches))
+    with torch.no_grad():
+        model.prior_weight.fill_(-1.0)  # gamma = softplus(-1) ~ 0.31, a visible prior
     e_u, cent, mask, sizes = _inputs()
     with torch.no_grad():
         glob = model.item_global(cent, mask, sizes)
@@ -74,8 +80,9 @@ def test_batched_matches_naive_loop(switches: dict) -> None:
         ref = naive_scores(model, e_u, cent, mask, glob, sizes)
     np.testing.assert_allclose(fast, ref, atol=1e-5)
     assert fast.shape == (5, 9)
-    assert np.all(np.abs(fast) <= 1.0 + 1e-6)
-    assert np.allclose(fast[:, 4], 0.0)  # no seeds at all -> both cosines are 0
+    if not model.config.seed_prior:
+        assert np.all(np.abs(fast) <= 1.0 + 1e-6)  # the paper's score is in [-1, 1]
+    assert np.allclose(fast[:, 4], 0.0)  # no seeds at all -> both cosines and prior are 0
 
 
 def test_pairs_equal_matrix_diagonal_and_precomputed_gram() -> None:
@@ -138,7 +145,7 @@ def test_seed_prior_adds_gamma_log_seed_count_and_matches_pairs() -> None:
     e_u, cent, mask, _ = _inputs()
     sizes = torch.randint(1, 50, mask.shape) * mask.long()  # (I, k)
     with torch.no_grad():
-        model.prior_weight.fill_(0.25)
+        model.prior_weight.fill_(float(np.log(np.expm1(0.25))))  # gamma = 0.25
         g = model.item_global(cent, mask, sizes)
         s = model.score(e_u, cent, mask, g, sizes=sizes)  # (B, I)
         ref = paper.score(e_u, cent, mask, g, sizes=sizes)
@@ -161,7 +168,7 @@ def test_seed_prior_ranks_larger_audience_first_for_equal_similarity() -> None:
     mask2 = torch.ones(2, cent.shape[1], dtype=torch.bool)
     sizes = torch.stack([mask2[0].long(), mask2[0].long() * 40])  # 40x the audience
     with torch.no_grad():
-        model.prior_weight.fill_(0.1)
+        model.prior_weight.fill_(0.0)  # gamma = log 2
         s = model.score(e_u, cent2, mask2, model.item_global(cent2, mask2, sizes), sizes=sizes)
     # the size prior inside attention leaves similarity unchanged for uniform scaling, so
     # only the audience-size prior separates the two items

@@ -21,7 +21,15 @@ from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
 from ralm.user.config import UserModelConfig
 
 ModelName = Literal[
-    "random", "popularity", "lr", "yahoo", "youtube_dnn", "ralm_tower", "ralm_average", "ralm"
+    "random",
+    "popularity",
+    "lr",
+    "yahoo",
+    "youtube_dnn",
+    "ralm_tower",
+    "ralm_average",
+    "ralm_paper",
+    "ralm",
 ]
 ProtocolName = Literal["warm", "cold"]
 AttentionTerms = Literal["both", "local", "global"]

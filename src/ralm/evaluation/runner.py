@@ -34,6 +34,7 @@ DISPLAY = {
     "youtube_dnn": "YouTube DNN",
     "ralm_tower": "RALM stage-1 tower (dot)",
     "ralm_average": "RALM-average",
+    "ralm_paper": "RALM (paper score, no audience prior)",
     "ralm": "RALM",
 }
 
@@ -125,15 +126,18 @@ class RunContext:
             model = TowerDotProduct(name=DISPLAY[name], model=self.tower("concat", seed))
         elif name == "ralm_tower":
             model = TowerDotProduct(name=DISPLAY[name], model=self.tower("attention", seed))
-        elif name in ("ralm", "ralm_average"):
+        elif name in ("ralm", "ralm_average", "ralm_paper"):
             variant = "average" if name == "ralm_average" else "ralm"
+            update: dict[str, object] = {"variant": variant}
+            if name == "ralm_paper":
+                update["seed_prior"] = False  # the paper's cosine score exactly
             trained = None
             if name == "ralm" and cfg.run_dir is not None:
                 from ralm.lookalike.checkpoint import load_lookalike_model
 
                 trained = load_lookalike_model(cfg.run_dir / "lookalike")[0]
             model = RalmRecommender(
-                cfg.lookalike.model_copy(update={"variant": variant}),
+                cfg.lookalike.model_copy(update=update),
                 cfg.lookalike_train,
                 user_model=self.tower("attention", seed),
                 name=DISPLAY[name],

@@ -40,14 +40,15 @@ class LookalikeModel(nn.Module):
         self.global_attention = GlobalAttention(config.h)
         self.scale = nn.Parameter(torch.tensor(float(config.init_scale)))
         self.bias = nn.Parameter(torch.tensor(0.0))
-        # gamma of the audience-size prior (config.seed_prior); starts at the paper's score
-        self.prior_weight = nn.Parameter(torch.tensor(0.0))
+        # gamma = softplus(prior_weight) >= 0 of the audience-size prior (config.seed_prior):
+        # a larger audience never counts against an item. Starts near the paper's score.
+        self.prior_weight = nn.Parameter(torch.tensor(-4.0))
 
     def param_groups(self, lr: float, scalar_lr_mult: float = 10.0) -> list[dict]:
-        """Optimiser groups: the calibration scalars (scale, bias) learn ``scalar_lr_mult``
-        times faster than the weights (and gamma), so the calibration settles within an
-        epoch."""
-        scalars = [self.scale, self.bias]
+        """Optimiser groups: the scalars (scale, bias, gamma) learn ``scalar_lr_mult`` times
+        faster than the weight matrices, so calibration and the audience-size prior settle
+        within an epoch (at the base rate gamma moved 0.04 in two ML-100K epochs)."""
+        scalars = [self.scale, self.bias, self.prior_weight]
         ids = {id(p) for p in scalars}
         rest = [p for p in self.parameters() if id(p) not in ids]
         return [{"params": rest, "lr": lr}, {"params": scalars, "lr": lr * scalar_lr_mult}]
@@ -77,7 +78,12 @@ class LookalikeModel(nn.Module):
                 "pass sizes, e.g. SeedIndex.sizes"
             )
         n = sizes.to(torch.float32).clamp(min=0).sum(dim=-1)  # (...) seeds per item
-        return self.prior_weight * torch.log1p(n)
+        return self.gamma * torch.log1p(n)
+
+    @property
+    def gamma(self) -> torch.Tensor:
+        """Weight of the audience-size prior, ``softplus(prior_weight) >= 0``."""
+        return nn.functional.softplus(self.prior_weight)
 
     def item_global(
         self, centroids: torch.Tensor, mask: torch.Tensor, sizes: torch.Tensor | None = None

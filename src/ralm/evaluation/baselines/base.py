@@ -166,3 +166,26 @@ class ItemFallback:
             return None
         what = "seed-window popularity" if self.kind == "popularity" else "random scores"
         return f"{name} cannot embed items without TRAIN clicks; they get {what} (fallback)."
+
+
+class IdBasedRecommender(Recommender):
+    """A model that scores items by a learned item-ID parameter (LR, YouTube DNN).
+
+    Items without TRAIN clicks have no trained parameter; subclasses set
+    ``self.fallback`` in :meth:`fit` and pass their scores through
+    ``self.fallback.apply``. This class keeps the fallback in step with the protocol's
+    seed splits and reports it in the evaluation notes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fallback: ItemFallback | None = None
+
+    def set_seed_splits(self, splits: tuple[Split, ...]) -> None:
+        super().set_seed_splits(splits)
+        if self.fallback is not None:
+            self.fallback.set_seed_splits(splits)
+
+    def note(self) -> str | None:
+        assert self.fallback is not None
+        return self.fallback.note(self.name, Split.COLD_SEED in self.seed_splits)

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from ralm.data.encoded import EncodedDataset, Split
-from ralm.evaluation.baselines.base import FallbackKind, ItemFallback, Recommender, clicks
+from ralm.evaluation.baselines.base import FallbackKind, IdBasedRecommender, ItemFallback, clicks
 from ralm.evaluation.baselines.features import FeatureSpace
 from ralm.evaluation.progress import progress_disabled
 
@@ -57,7 +57,7 @@ def _sparse(x: sp.csr_matrix) -> torch.Tensor:
     ).coalesce()
 
 
-class LogisticRegression(Recommender):
+class LogisticRegression(IdBasedRecommender):
     """The paper's LR baseline: user features x item id.
 
     Args:
@@ -70,7 +70,6 @@ class LogisticRegression(Recommender):
         super().__init__()
         self.config = config or LRConfig()
         self.space: FeatureSpace | None = None
-        self.fallback: ItemFallback | None = None
         self.w = torch.zeros(0, 0)  # (D, n_items)
         self.b = torch.zeros(0)  # (n_items,)
 
@@ -120,15 +119,6 @@ class LogisticRegression(Recommender):
             if epoch == 0 or epoch + 1 == cfg.epochs:
                 log.info("LR epoch %d: weighted BCE %.4f", epoch + 1, total / norm)
         self.w, self.b = w.detach(), b.detach()
-
-    def set_seed_splits(self, splits: tuple[Split, ...]) -> None:
-        super().set_seed_splits(splits)
-        if self.fallback is not None:
-            self.fallback.set_seed_splits(splits)
-
-    def note(self) -> str | None:
-        assert self.fallback is not None
-        return self.fallback.note(self.name, Split.COLD_SEED in self.seed_splits)
 
     @torch.no_grad()
     def score_users(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

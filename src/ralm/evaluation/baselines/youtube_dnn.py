@@ -19,8 +19,8 @@ import logging
 
 import numpy as np
 
-from ralm.data.encoded import EncodedDataset, Split
-from ralm.evaluation.baselines.base import FallbackKind, ItemFallback, Recommender
+from ralm.data.encoded import EncodedDataset
+from ralm.evaluation.baselines.base import FallbackKind, IdBasedRecommender, ItemFallback
 from ralm.user.checkpoint import UserModel
 from ralm.user.config import UserModelConfig
 from ralm.user.embed import embed_users
@@ -28,7 +28,7 @@ from ralm.user.embed import embed_users
 log = logging.getLogger(__name__)
 
 
-class TowerDotProduct(Recommender):
+class TowerDotProduct(IdBasedRecommender):
     """A stage-1 user model used directly as a recommender: score = user · item embedding.
 
     Args:
@@ -50,7 +50,6 @@ class TowerDotProduct(Recommender):
         self.name = name
         self.fallback_kind: FallbackKind = fallback
         self.model = model
-        self.fallback: ItemFallback | None = None
         self.user_vec = np.zeros((0, 0), dtype=np.float32)
         self.item_vec = np.zeros((0, 0), dtype=np.float32)
 
@@ -64,15 +63,6 @@ class TowerDotProduct(Recommender):
         self.fallback = ItemFallback(ds, self.fallback_kind, seed)
         self.user_vec = embed_users(self.model, ds)  # (n_users, d)
         self.item_vec = self.model.item_embedding.detach().float().numpy()  # (n_items, d)
-
-    def set_seed_splits(self, splits: tuple[Split, ...]) -> None:
-        super().set_seed_splits(splits)
-        if self.fallback is not None:
-            self.fallback.set_seed_splits(splits)
-
-    def note(self) -> str | None:
-        assert self.fallback is not None
-        return self.fallback.note(self.name, Split.COLD_SEED in self.seed_splits)
 
     def score_users(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         assert self.fallback is not None

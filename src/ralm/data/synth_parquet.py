@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from ralm.common.progress import progress_disabled
 from ralm.data.synth_encode import write_truth
 from ralm.data.synth_types import AGE_BUCKET_NAMES, GENDER_NAMES, SynthData
 from ralm.errors import ConfigError
@@ -41,11 +40,6 @@ USER_FIELDS = (
     ("age", "continuous"),
 )
 DERIVED = (("history", "item_id"), ("categories", "item:category"))
-
-
-def progress_disabled() -> bool:
-    """True when progress bars should be off (not a TTY, or ``RALM_NO_PROGRESS=1``)."""
-    return os.environ.get("RALM_NO_PROGRESS") == "1" or not sys.stderr.isatty()
 
 
 def _names(codes: np.ndarray, names: np.ndarray | tuple[str, ...]) -> pa.Array:

@@ -15,11 +15,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ralm.common.progress import progress_disabled
 from ralm.evaluation.baselines.base import Recommender
 from ralm.evaluation.baselines.ralm import RalmRecommender
 from ralm.evaluation.baselines.youtube_dnn import TowerDotProduct
 from ralm.evaluation.evaluator import evaluate
-from ralm.evaluation.progress import progress_disabled
 from ralm.evaluation.runner import RunContext
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ralm.common.progress import progress_disabled
 from ralm.evaluation import metrics as M
 from ralm.evaluation.baselines.base import Recommender
-from ralm.evaluation.progress import progress_disabled
 from ralm.evaluation.protocols import EvalTask
 
 log = logging.getLogger(__name__)

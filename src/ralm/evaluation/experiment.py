@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ralm.common.progress import progress_disabled
 from ralm.evaluation.ablations import run_ablations
 from ralm.evaluation.config import ExperimentConfig, load_experiment_config
 from ralm.evaluation.evaluator import evaluate
-from ralm.evaluation.progress import progress_disabled
 from ralm.evaluation.report import write_report
 from ralm.evaluation.runner import DISPLAY, RunContext, load_dataset, split_counts
 

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ralm.common.keys import contains, pair_keys
+from ralm.common.sampling import rejection_sample
 
-def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
-    """Sorted unique int64 keys ``user * n_items + item`` for fast membership tests."""
-    return np.unique(np.asarray(users, np.int64) * n_items + np.asarray(items, np.int64))
-
-
-def contains(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Membership of ``query`` keys in the sorted ``keys`` array, bool like ``query``."""
-    if keys.size == 0:
-        return np.zeros(query.shape, dtype=bool)
-    pos = np.searchsorted(keys, query)
-    pos = np.minimum(pos, keys.size - 1)
-    return keys[pos] == query
+__all__ = ["contains", "pair_keys", "sample_negatives"]
 
 
 def sample_negatives(
@@ -44,16 +35,13 @@ def sample_negatives(
         (users (m,), items (m,)) with m <= n * n_per_user.
     """
     cand = np.asarray(candidates, dtype=np.int64)
-    u = np.repeat(np.asarray(users, dtype=np.int64), n_per_user)
-    if cand.size == 0 or u.size == 0:
+    if cand.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    items = cand[rng.integers(0, cand.size, u.size)]
-    bad = contains(forbidden, u * n_items + items)
-    for _ in range(max_rounds):
-        if not bad.any():
-            break
-        idx = np.flatnonzero(bad)
-        items[idx] = cand[rng.integers(0, cand.size, idx.size)]
-        bad[idx] = contains(forbidden, u[idx] * n_items + items[idx])
-    keep = ~bad
-    return u[keep], items[keep]
+    return rejection_sample(
+        users,
+        n_per_user,
+        lambda n: cand[rng.integers(0, cand.size, n)],
+        forbidden,
+        n_items,
+        max_rounds=max_rounds,
+    )

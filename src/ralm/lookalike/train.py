@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
+from ralm.common.progress import progress_enabled
 from ralm.data.encoded import EncodedDataset, Split
 from ralm.errors import CheckpointError, ConfigError
 from ralm.lookalike import checkpoint as ckpt
@@ -70,11 +69,6 @@ class LookalikeTrainResult:
     best_epoch: int = -1
     best_val_auc: float = float("nan")
     recluster_calls: int = 0
-
-
-def progress_enabled() -> bool:
-    """tqdm bars only on a TTY and unless ``RALM_NO_PROGRESS=1``."""
-    return sys.stderr.isatty() and os.environ.get("RALM_NO_PROGRESS", "0") != "1"
 
 
 def leave_self_out(

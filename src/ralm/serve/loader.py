@@ -98,7 +98,7 @@ def load_serving_model(run_dir: str | Path, data_dir: str | Path) -> ServingMode
         users, items = np.asarray(ds.user_ids), np.asarray(ds.item_ids)
         from tqdm.auto import tqdm
 
-        from ralm.serve.runtime import progress_enabled
+        from ralm.common.progress import progress_enabled
 
         starts = range(0, pos.size, 100_000)
         for lo in tqdm(

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ralm.common.progress import progress_enabled
 from ralm.serve.config import ServeConfig
 from ralm.serve.index_holder import IndexHolder, IndexSnapshot, ItemUpdate
 from ralm.serve.metrics import ServiceMetrics
-from ralm.serve.runtime import ServingModel, progress_enabled
+from ralm.serve.runtime import ServingModel
 from ralm.serve.store import ItemState, SeedStore
 
 log = logging.getLogger(__name__)

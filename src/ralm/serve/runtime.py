@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,11 +19,6 @@ import numpy as np
 import torch
 
 from ralm.lookalike.clustering import SeedClusters, average_seeds, cluster_seeds
-
-
-def progress_enabled() -> bool:
-    """tqdm bars only on a TTY and unless ``RALM_NO_PROGRESS=1``."""
-    return sys.stderr.isatty() and os.environ.get("RALM_NO_PROGRESS", "0") != "1"
 
 
 class Scorer(Protocol):

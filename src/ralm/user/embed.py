@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ralm.common.progress import progress_disabled
 from ralm.data.batching import UserBatch, gather_users
 from ralm.data.encoded import EncodedDataset
 from ralm.errors import DataError
 from ralm.user.checkpoint import UserModel
-from ralm.user.progress import progress_disabled
 
 
 def check_batch(model: UserModel, batch: UserBatch) -> None:

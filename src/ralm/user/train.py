@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ralm.common.progress import progress_disabled
 from ralm.data.batching import gather_users
 from ralm.data.encoded import EncodedDataset
 from ralm.errors import CheckpointError, DataError
@@ -23,7 +24,6 @@ from ralm.user import checkpoint as ckpt
 from ralm.user.config import UserModelConfig
 from ralm.user.examples import epoch_examples, positive_pairs
 from ralm.user.optim import StageOneOptimizer
-from ralm.user.progress import progress_disabled
 from ralm.user.sampled_softmax import sampled_softmax_loss
 from ralm.user.sampler import LogUniformSampler
 from ralm.user.tower import UserItemModel

@@ -29,10 +29,10 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
+from ralm.common.progress import progress_disabled
 from ralm.data.encoded import EncodedDataset, Split
 from ralm.evaluation.baselines.base import FallbackKind, IdBasedRecommender, ItemFallback, clicks
 from ralm.evaluation.baselines.features import FeatureSpace
-from ralm.evaluation.progress import progress_disabled
 
 log = logging.getLogger(__name__)
 

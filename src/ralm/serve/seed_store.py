@@ -1,0 +1,115 @@
+"""The seed-store interface: what the service and the re-clustering job need from storage.
+
+Per item the store keeps its most recent ``max_seeds`` distinct clickers (recency is
+event time ``ts``, then arrival order); a repeat click by the same user refreshes that
+seed instead of adding one, and re-sending the same ``(user, item, ts)`` changes nothing
+(idempotent). ``changed_seq > clustered_seq`` marks an item whose seeds changed since its
+last published clustering.
+
+Two implementations satisfy it: :class:`ralm.serve.store.SQLiteSeedStore` (embedded, the
+zero-set-up default) and a Redis store for several replicas. One contract suite
+(``tests/serve/test_store_contract.py``) runs against every implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Click:
+    """One click event.
+
+    Args:
+        user_id: raw user id.
+        item_id: raw item id (created on its first click).
+        ts: event time, unix seconds.
+    """
+
+    user_id: str
+    item_id: str
+    ts: float
+
+
+@dataclass(frozen=True)
+class ItemState:
+    """What the store knows about one item."""
+
+    item_id: str
+    n_seeds: int
+    first_seen: float
+    last_click: float
+    changed_seq: int
+    clustered_seq: int
+
+
+@runtime_checkable
+class SeedStore(Protocol):
+    """Durable per-item seed sets (see the module docstring for the semantics)."""
+
+    max_seeds: int
+
+    # ---- writes ----------------------------------------------------------------------
+    def add_clicks(self, clicks: Sequence[Click]) -> int:
+        """Store clicks durably in one atomic step; returns the number of new seeds."""
+        ...
+
+    def bulk_import(self, clicks: Iterable[tuple[str, str, float]]) -> int:
+        """Load historical (user_id, item_id, ts) clicks; returns seed rows afterwards."""
+        ...
+
+    def mark_clustered(self, covered: Mapping[str, int]) -> None:
+        """Record, per item, the ``changed_seq`` that a published clustering covered."""
+        ...
+
+    def mark_all_changed(self) -> None:
+        """Make every item pending for the next full cycle."""
+        ...
+
+    def put_user_features(self, user_id: str, features: Mapping[str, Any]) -> None:
+        """Remember the raw features of a user first seen online."""
+        ...
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value under ``key`` durably."""
+        ...
+
+    # ---- reads -----------------------------------------------------------------------
+    def get_meta(self, key: str, default: Any = None) -> Any: ...
+
+    def item(self, item_id: str) -> ItemState | None:
+        """State of one item, or None if it was never clicked."""
+        ...
+
+    def items(self, changed_only: bool = False) -> list[ItemState]:
+        """Every item (or those whose seeds changed since their last clustering)."""
+        ...
+
+    def seeds(self, item_id: str, limit: int | None = None) -> list[str]:
+        """User ids of one item's seeds, most recent first (at most ``limit``)."""
+        ...
+
+    def seeds_many(self, item_ids: Sequence[str], limit: int | None = None) -> dict[str, list[str]]:
+        """Seeds of many items in one call (most recent first); unknown items map to []."""
+        ...
+
+    def clicks_since(self, watermark: int, limit: int = 100_000) -> tuple[list[Click], int]:
+        """Seed events stored after ``watermark`` (a sequence number; 0 = from the start),
+        oldest first, at most ``limit``; returns them with the new watermark."""
+        ...
+
+    def items_of_user(self, user_id: str, limit: int = 100_000) -> list[str]:
+        """Items the user clicked (as stored seeds)."""
+        ...
+
+    def user_features(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Raw features stored for these users (absent users are left out)."""
+        ...
+
+    def n_items(self) -> int: ...
+
+    def n_seed_rows(self) -> int: ...
+
+    def close(self) -> None: ...

@@ -25,7 +25,8 @@ import torch
 
 from ralm.data.batching import UserBatch
 from ralm.data.encoded import EncodedDataset, FieldInfo
-from ralm.data.features import encode
+from ralm.data.features import encode, minmax_scale
+from ralm.data.transforms import apply_ops, apply_ops_one
 from ralm.errors import DataError
 
 
@@ -47,28 +48,10 @@ def _as_token(value: Any, where: str) -> str | None:
 def apply_transforms(token: str | None, ops: Sequence[Mapping[str, Any]]) -> str | None:
     """Replay a reader's raw-value transforms on one categorical value.
 
-    Ops (from ``extra["transforms"]``): ``upper``; ``prefix`` (first ``n`` characters);
-    ``bucket`` (numeric value -> ``labels[searchsorted(edges, x, "right")]``; non-numeric
-    values, e.g. an existing label, pass unchanged); ``map`` (``values`` lookup, other
-    values unchanged). Every op is idempotent, so already-transformed values pass too.
+    The ops and their engine are :mod:`ralm.data.transforms` (the same code the readers
+    ran at ingestion); :meth:`FeatureEncoder.batch` applies them to a whole column at once.
     """
-    for op in ops:
-        if token is None:
-            return None
-        kind = op.get("op")
-        if kind == "upper":
-            token = token.upper()
-        elif kind == "prefix":
-            token = token[: int(op["n"])]
-        elif kind == "bucket":
-            try:
-                x = float(token)
-            except ValueError:
-                continue
-            token = str(op["labels"][int(np.searchsorted(op["edges"], x, side="right"))])
-        elif kind == "map":
-            token = str(op["values"].get(token, token))
-    return token
+    return apply_ops_one(token, ops)
 
 
 class FeatureEncoder:
@@ -123,8 +106,7 @@ class FeatureEncoder:
             if v is None:
                 out.append([])
             elif isinstance(v, (list, tuple, np.ndarray)):
-                ops = self.transforms.get(f.name, [])
-                toks = (apply_transforms(_as_token(x, where), ops) for x in v)
+                toks = (_as_token(x, where) for x in v)
                 out.append([t for t in toks if t is not None])
             else:
                 raise DataError(f"{where}: multivalent field needs a list, got {v!r}")
@@ -136,11 +118,15 @@ class FeatureEncoder:
             return 0.0
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise DataError(f"record {r}, field {f.name!r}: expected a number, got {v!r}")
-        x = float(v)
-        if math.isnan(x) or f.min is None or f.max is None:
+        try:
+            x = float(v)
+        except OverflowError:  # e.g. a 400-digit integer
+            x = math.inf
+        if not math.isfinite(x):
+            raise DataError(f"record {r}, field {f.name!r}: {v!r} is not a finite number")
+        if f.min is None or f.max is None:
             return 0.0
-        scale = f.max - f.min if f.max > f.min else 1.0
-        return float(min(max((x - f.min) / scale, 0.0), 1.0))
+        return float(minmax_scale(np.array([x]), f.min, f.max)[0])
 
     def batch(self, records: Sequence[Mapping[str, Any]]) -> UserBatch:
         """Encode ``records`` (one per user) into a :class:`UserBatch`.
@@ -155,19 +141,20 @@ class FeatureEncoder:
         cont_cols: list[list[float]] = []
         for f in self.fields:
             if f.kind == "univalent":
-                ops = self.transforms.get(f.name, [])
                 toks = [
-                    apply_transforms(
-                        _as_token(rec.get(f.name), f"record {r}, field {f.name!r}"), ops
-                    )
+                    _as_token(rec.get(f.name), f"record {r}, field {f.name!r}")
                     for r, rec in enumerate(records)
                 ]
-                codes = encode(pa.array(toks, pa.string()), self._vocab[f.name])
+                raw = apply_ops(pa.array(toks, pa.string()), self.transforms.get(f.name, []))
+                codes = encode(raw, self._vocab[f.name])
                 uni[f.name] = torch.from_numpy(codes)  # (B,)
             elif f.kind == "multivalent":
                 bags = self._tokens(records, f)
                 lengths = np.array([len(b) for b in bags], dtype=np.int64)
-                flat = pa.array([t for b in bags for t in b], pa.string())
+                flat = apply_ops(
+                    pa.array([t for b in bags for t in b], pa.string()),
+                    self.transforms.get(f.name, []),
+                )
                 values = encode(flat, self._vocab[f.name])  # (nnz,)
                 offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if n else lengths
                 multi[f.name] = (

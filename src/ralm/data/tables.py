@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,8 @@ import pyarrow.parquet as pq
 from ralm.errors import DataError
 
 log = logging.getLogger(__name__)
+
+_INT64_LIMIT = 2.0**63  # float timestamps must be below this in magnitude
 
 
 @dataclass(frozen=True)
@@ -224,12 +227,48 @@ def to_ids(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) -> pa
     return out
 
 
-def to_float(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) -> pa.Array:
-    """Numeric column as float64 (nulls kept)."""
+NonFinite = Literal["error", "missing"]
+
+
+def _non_finite(
+    arr: pa.Array, raw: pa.Array, src: TableSource, column: str, rule: NonFinite
+) -> pa.Array:
+    """Apply the non-finite rule to a float64 column converted from ``raw``."""
+    x = arr.to_numpy(zero_copy_only=False)  # nulls -> NaN here, told apart below
+    bad = ~np.isfinite(x) & ~pc.is_null(arr).to_numpy(zero_copy_only=False)
+    if not bad.any():
+        return arr
+    if rule == "missing":
+        return pc.if_else(pa.array(bad), pa.scalar(None, pa.float64()), arr)
+    row = int(np.flatnonzero(bad)[0])
+    shown = _shown(raw[row].as_py())
+    spelled_inf = any(w in shown.lower() for w in ("inf", "nan"))
+    why = "is not a finite number" if spelled_inf or np.isnan(x[row]) else "overflows float64"
+    raise DataError(f"{src.at(row, column)}: {shown!r} {why} (non-finite values are rejected)")
+
+
+def _shown(value: object) -> str:
+    """A cell value for an error message, shortened when long."""
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def to_float(
+    col: pa.ChunkedArray | pa.Array, src: TableSource, column: str, non_finite: NonFinite = "error"
+) -> pa.Array:
+    """Numeric column as float64 (nulls kept).
+
+    Args:
+        col: the column (numbers, booleans or numeric strings).
+        src: its source (error messages).
+        column: its name (error messages).
+        non_finite: ``"error"``: NaN, +-inf and numbers beyond float64 (``1e400``) raise
+            a :class:`DataError` naming the row; ``"missing"``: they become nulls.
+    """
     arr = _combine(col)
     t = arr.type
     if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t):
-        return arr.cast(pa.float64())
+        return _non_finite(arr.cast(pa.float64()), arr, src, column, non_finite)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         arr = pc.utf8_trim_whitespace(arr.cast(pa.string()))
 
@@ -238,8 +277,8 @@ def to_float(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) -> 
 
         row = first_failing_row(arr, cast)
         if row is not None:
-            raise DataError(f"{src.at(row, column)}: {arr[row].as_py()!r} is not a number")
-        return cast(arr)
+            raise DataError(f"{src.at(row, column)}: {_shown(arr[row].as_py())!r} is not a number")
+        return _non_finite(cast(arr), arr, src, column, non_finite)
     raise DataError(f"{src.at(None, column)}: expected numbers, got type {t}")
 
 
@@ -248,7 +287,10 @@ def _parse_time(a: pa.Array) -> pa.Array:
     if pc.all(pc.match_substring_regex(a, r"^-?\d+$")).as_py() is not False:
         return a.cast(pa.int64())
     if pc.all(pc.match_substring_regex(a, r"^-?\d+\.\d*$")).as_py():
-        return pc.floor(a.cast(pa.float64())).cast(pa.int64())
+        x = a.cast(pa.float64())
+        if not pc.all(pc.less(pc.abs(x), _INT64_LIMIT)).as_py():
+            raise ValueError("timestamp beyond int64")
+        return pc.floor(x).cast(pa.int64())
     has_tz = pc.match_substring_regex(a, r"(Z|[+-]\d\d:?\d\d)$").to_numpy(zero_copy_only=False)
     out = np.empty(len(a), dtype=np.int64)
     if has_tz.any():
@@ -268,6 +310,14 @@ def to_timestamp(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str)
     if pa.types.is_integer(t):
         return arr.cast(pa.int64())
     if pa.types.is_floating(t):
+        x = arr.to_numpy(zero_copy_only=False)
+        bad = ~(np.abs(x) < _INT64_LIMIT)  # NaN, +-inf and beyond int64 seconds
+        if bad.any():
+            at = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{src.at(at, column)}: {x[at]!r} is not a timestamp (not a finite number "
+                "of seconds within int64)"
+            )
         return pc.floor(arr).cast(pa.int64())
     if pa.types.is_timestamp(t):
         return arr.cast(pa.timestamp("s", tz=t.tz), safe=False).cast(pa.int64())
@@ -277,9 +327,10 @@ def to_timestamp(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str)
         arr = pc.utf8_trim_whitespace(arr.cast(pa.string()))
         row = first_failing_row(arr, _parse_time)
         if row is not None:
+            shown = _shown(arr[row].as_py())
             raise DataError(
-                f"{src.at(row, column)}: {arr[row].as_py()!r} is not a timestamp "
-                "(expected unix seconds or ISO-8601)"
+                f"{src.at(row, column)}: {shown!r} is not a timestamp "
+                "(expected unix seconds within int64 or ISO-8601)"
             )
         return _parse_time(arr)
     raise DataError(f"{src.at(None, column)}: expected timestamps, got type {t}")

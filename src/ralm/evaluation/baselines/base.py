@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from ralm.data.clicks import seed_csr, split_clicks
 from ralm.data.encoded import EncodedDataset, Split
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,7 @@ FallbackKind = Literal["popularity", "random"]
 
 def clicks(ds: EncodedDataset, splits: tuple[Split, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Positive (user, item) rows of the given splits: int64 (n,), int64 (n,)."""
-    it = ds.interactions
-    m = it.mask(*splits) & (np.asarray(it.label) > 0)
-    return np.asarray(it.user[m], dtype=np.int64), np.asarray(it.item[m], dtype=np.int64)
+    return split_clicks(ds, splits)
 
 
 def item_seed_csr(ds: EncodedDataset, splits: tuple[Split, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -36,12 +35,7 @@ def item_seed_csr(ds: EncodedDataset, splits: tuple[Split, ...]) -> tuple[np.nda
 
     Each (user, item) pair counts once even when the log repeats it.
     """
-    u, i = clicks(ds, splits)
-    pair = np.unique(i * ds.n_users + u)  # sorted by item, then user
-    items, users = pair // ds.n_users, pair % ds.n_users
-    counts = np.bincount(items, minlength=ds.n_items)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return offsets, users.astype(np.int64)
+    return seed_csr(ds, splits)
 
 
 class Recommender(ABC):

@@ -118,3 +118,9 @@ def test_feature_encoder_rejects_non_finite_numbers(tmp_path: Path, value: float
     ds = ingest(load_raw(load_schema(write_tiny(tmp_path))), SPLIT)
     with pytest.raises(DataError, match=r"record 0, field 'age': .*not a finite number"):
         FeatureEncoder.from_dataset(ds).batch([{"age": value}])
+
+
+def test_exponent_timestamps_are_read(tmp_path: Path) -> None:
+    inter = "user_id,item_id,timestamp\nu1,i1,9.783e8\nu1,i2,978300761.5\n"
+    ds = ingest(load_raw(load_schema(write_tiny(tmp_path, interactions=inter))), SPLIT)
+    assert sorted(ds.interactions.ts.tolist()) == [978300000, 978300761]

@@ -76,10 +76,15 @@ def read_table(path: str | Path, role: str = "table") -> tuple[pa.Table, TableSo
 
 def _read_csv(p: Path) -> pa.Table:
     try:
-        with p.open(encoding="utf-8-sig", newline="") as fh:  # tolerate a UTF-8 BOM
-            header = next(csv.reader(fh), None)
-    except (OSError, UnicodeDecodeError) as e:
+        with p.open("rb") as fh:
+            first = fh.readline()
+    except OSError as e:
         raise DataError(f"{p}: cannot read CSV file: {e}") from e
+    try:
+        header_line = first.decode("utf-8-sig")  # tolerate a UTF-8 BOM
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}, line 1: not valid UTF-8 ({e.reason})") from e
+    header = next(csv.reader([header_line]), None)
     if not header:
         raise DataError(f"{p}: CSV file is empty (no header line)")
     dupes = sorted({c for c in header if header.count(c) > 1})
@@ -145,10 +150,25 @@ def read_delimited(
             ),
         )
     except (pa.ArrowException, OSError) as e:
+        line = _first_bad_utf8_line(source) if encoding == "utf-8" else None
+        if line is not None:
+            raise DataError(f"{label}, line {line}: not valid UTF-8") from e
         raise DataError(f"{label}: malformed file: {e}") from e
     if bad:
         raise DataError(f"malformed row: {bad[0]}")
     return table
+
+
+def _first_bad_utf8_line(source: str | Path | bytes) -> int | None:
+    """1-based line of the first invalid UTF-8 byte (error path only: reads the file)."""
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return data.count(b"\n", 0, e.start) + 1
+    except OSError:
+        return None
+    return None
 
 
 def require_columns(table: pa.Table, columns: list[str], src: TableSource, role: str) -> None:
@@ -286,7 +306,7 @@ def _parse_time(a: pa.Array) -> pa.Array:
     """Strings -> int64 unix seconds: integers, or ISO-8601 (with or without offset)."""
     if pc.all(pc.match_substring_regex(a, r"^-?\d+$")).as_py() is not False:
         return a.cast(pa.int64())
-    if pc.all(pc.match_substring_regex(a, r"^-?\d+\.\d*$")).as_py():
+    if pc.all(pc.match_substring_regex(a, r"^-?\d+(\.\d*)?([eE][+-]?\d+)?$")).as_py():
         x = a.cast(pa.float64())
         if not pc.all(pc.less(pc.abs(x), _INT64_LIMIT)).as_py():
             raise ValueError("timestamp beyond int64")

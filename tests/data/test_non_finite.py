@@ -124,3 +124,36 @@ def test_exponent_timestamps_are_read(tmp_path: Path) -> None:
     inter = "user_id,item_id,timestamp\nu1,i1,9.783e8\nu1,i2,978300761.5\n"
     ds = ingest(load_raw(load_schema(write_tiny(tmp_path, interactions=inter))), SPLIT)
     assert sorted(ds.interactions.ts.tolist()) == [978300000, 978300761]
+
+
+def test_out_of_range_parquet_numbers_are_data_errors_not_tracebacks(tmp_path: Path) -> None:
+    toml = write_tiny(tmp_path, "parquet")
+    big = pa.array([1, 2**64 - 1], pa.uint64())
+    pq.write_table(
+        pa.table({"user_id": big, "item_id": ["i1", "i2"], "timestamp": [1, 2]}),
+        tmp_path / "interactions.parquet",
+    )
+    ds = ingest(load_raw(load_schema(toml)), SPLIT)  # huge uint64 ids are kept as strings
+    assert str(2**64 - 1) in ds.user_ids.tolist()
+    pq.write_table(
+        pa.table({"user_id": ["u1", "u2"], "item_id": ["i1", "i2"], "timestamp": big}),
+        tmp_path / "interactions.parquet",
+    )
+    with pytest.raises(DataError, match=r"row 2, column 'timestamp': .*beyond int64"):
+        ingest(load_raw(load_schema(toml)), SPLIT)
+    users = pq.read_table(tmp_path / "users.parquet")
+    gender = pa.array([1.0, 1e300, math.inf, 2.0, 1.0])  # float categories, not integral ints
+    pq.write_table(users.set_column(1, "gender", gender), tmp_path / "users.parquet")
+    pq.write_table(
+        pa.table({"user_id": ["u1", "u2"], "item_id": ["i1", "i2"], "timestamp": [1, 2]}),
+        tmp_path / "interactions.parquet",
+    )
+    ingest(load_raw(load_schema(toml)), SPLIT)  # no OverflowError / ArrowInvalid
+
+
+def test_feature_encoder_huge_integer_category_is_a_data_error(tmp_path: Path) -> None:
+    ds = ingest(load_raw(load_schema(write_tiny(tmp_path))), SPLIT)
+    enc = FeatureEncoder.from_dataset(ds)
+    assert enc.batch([{"gender": 10**400}]).univalent["gender"].tolist() == [0]  # OOV
+    with pytest.raises(DataError, match=r"record 0, field 'gender': integer with too many"):
+        enc.batch([{"gender": 10**5000}])

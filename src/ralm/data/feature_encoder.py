@@ -39,10 +39,13 @@ def _as_token(value: Any, where: str) -> str | None:
     if isinstance(value, float):
         if math.isnan(value):
             return None
-        if not value.is_integer():
+        if not value.is_integer():  # also inf: the string "inf", an unknown value (OOV)
             return str(value)
         value = int(value)
-    return str(value).strip() or None
+    try:
+        return str(value).strip() or None
+    except ValueError as e:  # an integer beyond Python's str() digit limit
+        raise DataError(f"{where}: integer with too many digits") from e
 
 
 def apply_transforms(token: str | None, ops: Sequence[Mapping[str, Any]]) -> str | None:

@@ -199,6 +199,13 @@ def first_failing_row(arr: pa.Array, fn: Callable[[pa.Array], object]) -> int | 
     return lo
 
 
+def _fits_int64(arr: pa.Array) -> bool:
+    """An integer array casts to int64 without overflow (only uint64 can fail)."""
+    if arr.type != pa.uint64() or len(arr) == arr.null_count:
+        return True
+    return int(pc.max(arr).as_py()) <= 2**63 - 1
+
+
 def _combine(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
@@ -220,7 +227,8 @@ def to_string(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) ->
         return to_string(arr.cast(t.value_type), src, column)
     if pa.types.is_floating(t):
         valid = pc.drop_null(arr)
-        if len(valid) and pc.all(pc.equal(pc.floor(valid), valid)).as_py():
+        integral = pc.and_(pc.equal(pc.floor(valid), valid), pc.less(pc.abs(valid), 2.0**63))
+        if len(valid) and pc.all(integral).as_py():
             return arr.cast(pa.int64()).cast(pa.string())
         return arr.cast(pa.string())
     if pa.types.is_integer(t) or pa.types.is_boolean(t):
@@ -232,9 +240,9 @@ def to_ids(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) -> pa
     """Id column: int64 when integer typed (fast path), else strings; no nulls allowed."""
     arr = _combine(col)
     t = arr.type
-    if pa.types.is_integer(t):
+    if pa.types.is_integer(t) and _fits_int64(arr):
         out = arr.cast(pa.int64())
-    else:
+    else:  # strings (uint64 ids beyond int64 become their decimal strings)
         out = to_string(arr, src, column)
         if pa.types.is_floating(t) and pa.types.is_string(out.type):
             raise DataError(f"{src.at(None, column)}: ids must be integers or strings, not floats")
@@ -328,6 +336,9 @@ def to_timestamp(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str)
     check_not_null(arr, src, column)
     t = arr.type
     if pa.types.is_integer(t):
+        if not _fits_int64(arr):
+            big = int(pc.index(pc.greater(arr, pa.scalar(2**63 - 1, t)), True).as_py())
+            raise DataError(f"{src.at(big, column)}: {arr[big].as_py()} is beyond int64 seconds")
         return arr.cast(pa.int64())
     if pa.types.is_floating(t):
         x = arr.to_numpy(zero_copy_only=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ralm.common.keys import pair_keys
 from ralm.data.batching import gather_csr
 from ralm.data.encoded import DerivedInfo, EncodedDataset, FieldInfo, Interactions, Split
 from ralm.data.features import csr_distinct_counts, item_codes_csr
@@ -52,7 +53,7 @@ def make_toy_dataset(
     user = np.concatenate(users)
     item = np.concatenate(items)
     # dedupe (user, item) pairs, then timestamps
-    pair = np.unique(user * n_items + item)
+    pair = pair_keys(user, item, n_items)
     user, item = pair // n_items, pair % n_items
     ts = rng.integers(1_000_000, 2_000_000, user.size)
     order = np.argsort(ts, kind="stable")

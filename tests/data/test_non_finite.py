@@ -157,3 +157,23 @@ def test_feature_encoder_huge_integer_category_is_a_data_error(tmp_path: Path) -
     assert enc.batch([{"gender": 10**400}]).univalent["gender"].tolist() == [0]  # OOV
     with pytest.raises(DataError, match=r"record 0, field 'gender': integer with too many"):
         enc.batch([{"gender": 10**5000}])
+
+
+def test_cli_prepare_with_inf_exits_2_and_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's reproduction: ``inf`` in a continuous users.csv column."""
+    import sys
+
+    from ralm.cli import main
+
+    toml = write_tiny(tmp_path / "src", users=_users_with_age("inf"))
+    out = tmp_path / "enc"
+    monkeypatch.setattr(sys, "argv", ["ralm", "data", "prepare", str(toml), "--out", str(out)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "users.csv, row 3 (line 4), column 'age': 'inf' is not a finite number" in err
+    assert not out.exists()

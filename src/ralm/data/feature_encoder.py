@@ -25,7 +25,7 @@ import torch
 
 from ralm.data.batching import UserBatch
 from ralm.data.encoded import EncodedDataset, FieldInfo
-from ralm.data.features import encode, minmax_scale
+from ralm.data.features import minmax_scale
 from ralm.data.transforms import apply_ops, apply_ops_one
 from ralm.errors import DataError
 
@@ -78,13 +78,16 @@ class FeatureEncoder:
         self.transforms = {k: list(v) for k, v in (transforms or {}).items()}
         self._by_name = {f.name: f for f in self.fields}
         self._vocab: dict[str, pa.Array] = {}
+        self._code: dict[str, dict[str, int]] = {}  # raw value -> code (hash lookup per call)
         for f in self.fields:
             if f.kind == "continuous":
                 continue
             raw = item_ids if f.item_history else vocabs.get(f.name)
             if raw is None:
                 raise DataError(f"field {f.name!r}: the dataset has no vocabulary for it")
-            self._vocab[f.name] = pa.array(np.asarray(raw).astype(str).tolist(), pa.string())
+            values = np.asarray(raw).astype(str).tolist()
+            self._vocab[f.name] = pa.array(values, pa.string())
+            self._code[f.name] = {v: c for c, v in enumerate(values, start=1)}
 
     @classmethod
     def from_dataset(cls, ds: EncodedDataset) -> FeatureEncoder:
@@ -131,6 +134,17 @@ class FeatureEncoder:
             return 0.0
         return float(minmax_scale(np.array([x]), f.min, f.max)[0])
 
+    def _encode(self, name: str, values: pa.Array) -> np.ndarray:
+        """Codes of raw values (0 = unknown / missing), int64 like :func:`features.encode`."""
+        code = self._code[name]
+        return np.fromiter(
+            (code.get(v, 0) for v in values.to_pylist()), dtype=np.int64, count=len(values)
+        )
+
+    def _ops(self, name: str, values: pa.Array) -> pa.Array:
+        ops = self.transforms.get(name)
+        return apply_ops(values, ops) if ops else values
+
     def batch(self, records: Sequence[Mapping[str, Any]]) -> UserBatch:
         """Encode ``records`` (one per user) into a :class:`UserBatch`.
 
@@ -148,17 +162,14 @@ class FeatureEncoder:
                     _as_token(rec.get(f.name), f"record {r}, field {f.name!r}")
                     for r, rec in enumerate(records)
                 ]
-                raw = apply_ops(pa.array(toks, pa.string()), self.transforms.get(f.name, []))
-                codes = encode(raw, self._vocab[f.name])
+                raw = self._ops(f.name, pa.array(toks, pa.string()))
+                codes = self._encode(f.name, raw)
                 uni[f.name] = torch.from_numpy(codes)  # (B,)
             elif f.kind == "multivalent":
                 bags = self._tokens(records, f)
                 lengths = np.array([len(b) for b in bags], dtype=np.int64)
-                flat = apply_ops(
-                    pa.array([t for b in bags for t in b], pa.string()),
-                    self.transforms.get(f.name, []),
-                )
-                values = encode(flat, self._vocab[f.name])  # (nnz,)
+                flat = self._ops(f.name, pa.array([t for b in bags for t in b], pa.string()))
+                values = self._encode(f.name, flat)  # (nnz,)
                 offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if n else lengths
                 multi[f.name] = (
                     torch.from_numpy(values),

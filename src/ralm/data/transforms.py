@@ -47,12 +47,15 @@ def _as_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 def _bucket(arr: pa.Array, edges: Sequence[float], labels: Sequence[str]) -> pa.Array:
     if len(labels) != len(edges) + 1:
         raise ConfigError(f"bucket op: {len(labels)} labels for {len(edges)} edges")
-    is_num = pc.fill_null(pc.match_substring_regex(arr, _NUMBER_RE), False)
-    mask = is_num.to_numpy(zero_copy_only=False)  # (n,) bool
-    if not mask.any():
-        return arr
-    x = np.full(len(arr), np.nan)
-    x[mask] = arr.filter(is_num).cast(pa.float64()).to_numpy(zero_copy_only=False)
+    try:  # fast path: every value is a number (nulls -> NaN)
+        x = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:  # some labels or text: parse only the plain decimals
+        is_num = pc.fill_null(pc.match_substring_regex(arr, _NUMBER_RE), False)
+        mask = is_num.to_numpy(zero_copy_only=False)  # (n,) bool
+        if not mask.any():
+            return arr
+        x = np.full(len(arr), np.nan)
+        x[mask] = arr.filter(is_num).cast(pa.float64()).to_numpy(zero_copy_only=False)
     finite = np.isfinite(x)  # "1e999" parses to inf: not bucketed
     idx = np.searchsorted(np.asarray(edges, dtype=np.float64), np.nan_to_num(x), side="right")
     bucketed = pc.take(pa.array([str(v) for v in labels], pa.string()), pa.array(idx, mask=~finite))

@@ -210,3 +210,35 @@ def test_valid_extreme_numbers_give_finite_ranges_and_features(ages: list[float 
     assert all(v is None or math.isfinite(v) for v in (age.min, age.max))
     assert np.isfinite(ds.continuous).all()
     assert ds.continuous.min() >= 0.0 and ds.continuous.max() <= 1.0
+
+
+@SETTINGS
+@given(
+    column=st.sampled_from(["age", "timestamp", "label"]),
+    row=st.integers(0, 4),
+    bad=st.sampled_from([math.inf, -math.inf, math.nan]),
+)
+def test_parquet_non_finite_floats(column: str, row: int, bad: float) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        toml = write_tiny(root / "src", "parquet")
+        name = "users" if column == "age" else "interactions"
+        table = pq.read_table(root / "src" / f"{name}.parquet")
+        values = [float(v) if v is not None else None for v in table[column].to_pylist()]
+        values[row] = bad
+        i = table.column_names.index(column)
+        pq.write_table(
+            table.set_column(i, column, pa.array(values)), root / "src" / f"{name}.parquet"
+        )
+        out = root / "out"
+        try:
+            prepare(str(toml), out, SPLIT)
+        except RalmError as e:
+            assert "\n" not in str(e)
+            assert re.search(rf"{name}.parquet, row {row + 1}, column '{column}'", str(e)), str(e)
+        else:
+            raise AssertionError("a non-finite float was accepted")
+        assert not out.exists()

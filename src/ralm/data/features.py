@@ -175,7 +175,8 @@ def minmax_scale(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """
     span = hi / 2 - lo / 2
     scale = span if span > 0 else 0.5
-    return np.clip((np.asarray(x, np.float64) / 2 - lo / 2) / scale, 0.0, 1.0)
+    with np.errstate(over="ignore"):  # a tiny span can overflow to +-inf: clipped to 0 / 1
+        return np.clip((np.asarray(x, np.float64) / 2 - lo / 2) / scale, 0.0, 1.0)
 
 
 def minmax_normalise(

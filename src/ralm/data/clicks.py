@@ -16,6 +16,7 @@ import numpy as np
 
 from ralm.common.keys import pair_keys
 from ralm.data.encoded import EncodedDataset, Interactions, Split
+from ralm.data.features import csr_from_pairs
 
 
 def click_rows(inter: Interactions, splits: tuple[Split, ...]) -> np.ndarray:
@@ -51,11 +52,7 @@ def seed_csr(
         a (user, item) pair the log repeats counts once.
     """
     u, i = split_clicks(ds, splits)
-    pair = pair_keys(i, u, ds.n_users)  # sorted by item, then user
-    items, users = pair // ds.n_users, pair % ds.n_users
-    offsets = np.zeros(ds.n_items + 1, dtype=np.int64)
-    np.cumsum(np.bincount(items, minlength=ds.n_items), out=offsets[1:])
-    return offsets, users.astype(np.int64)
+    return csr_from_pairs(i, u, ds.n_items, unique=True)  # sorted by item, then user
 
 
 def fit_splits(ds: EncodedDataset) -> tuple[Split, ...]:

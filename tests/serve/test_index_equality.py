@@ -63,3 +63,38 @@ def test_serving_index_equals_training_index(backend: str, tmp_path: Path) -> No
         np.testing.assert_array_equal(got[name], getattr(trained, name)[has], err_msg=name)
     assert got["servable"].all() and trained.servable[has].all()
     assert not trained.servable[np.diff(seeds.offsets) == 0].any()
+
+
+class _CountingStore:
+    """A SQLite store with a batch read, counting how the job reads seeds."""
+
+    def __init__(self, inner: SeedStore) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def seeds(self, item_id: str, limit: int | None = None) -> list[str]:
+        self.calls.append("seeds")
+        return self.inner.seeds(item_id, limit)
+
+    def seeds_many(self, item_ids: list[str], limit: int | None = None) -> dict[str, list[str]]:
+        self.calls.append(f"seeds_many:{len(item_ids)}")
+        return {i: self.inner.seeds(i, limit) for i in item_ids}
+
+
+def test_the_job_reads_seeds_with_one_batch_call(tmp_path: Path) -> None:
+    from .conftest import background_clicks
+    from .planted import planted_model
+
+    inner = SeedStore(tmp_path / "seeds.sqlite3")
+    store = _CountingStore(inner)
+    inner.add_clicks(background_clicks())
+    model = planted_model()
+    holder = IndexHolder(SeedIndex.empty(model.k, model.h))
+    cfg = ServeConfig(state_dir=tmp_path, min_seeds=1)
+    job = Reclusterer(store, holder, model, cfg)  # type: ignore[arg-type]
+    assert job.run_full().n_items == 15
+    assert store.calls == ["seeds_many:15"]
+    inner.close()

@@ -207,10 +207,7 @@ class RalmService:
             if bool(found[0]):
                 return vec[0], "known"
         if features is not None:
-            vec = emb.embed_features([features])[0]
-            if user_id is not None:  # remember them: their clicks become embeddable seeds
-                self.store.put_user_features(user_id, features)
-            return vec, "features"
+            return emb.embed_features([features])[0], "features"  # a read never writes
         if user_id is not None:
             stored = self.store.user_features([user_id]).get(user_id)
             if stored is not None:
@@ -291,6 +288,14 @@ class RalmService:
         self.metrics.seeds_ingested.inc(len(clicks))
         self.metrics.new_seeds.inc(added)
         return added
+
+    def set_user_features(self, user_id: str, features: Mapping[str, Any]) -> None:
+        """Validate (embed once) and durably store a user's raw features.
+
+        Their clicks then become embeddable seeds (for users the model does not know).
+        """
+        self.model.embedder.embed_features([features])  # validates: DataError naming the field
+        self.store.put_user_features(user_id, features)
 
     def item_info(self, item_id: str) -> dict[str, Any]:
         """Seed count, cluster sizes, servability and last re-cluster time of an item."""

@@ -218,3 +218,11 @@ def test_openapi_error_schema_is_the_real_body(client: TestClient) -> None:
     assert "[-1, 1]" not in score["description"].split("plus")[-1]
     assert "prior" in score["description"]
     assert "413" in op["responses"] and "401" in spec["paths"]["/clicks"]["post"]["responses"]
+
+
+def test_unknown_query_parameters_are_422(client: TestClient) -> None:
+    r = client.post("/admin/recluster?kind=fast&knd=full", headers=AUTH)
+    assert r.status_code == 422 and r.json()["errors"] == [
+        {"field": "knd", "message": "unknown query parameter"}
+    ]
+    assert client.get("/healthz?verbose=1").status_code == 422

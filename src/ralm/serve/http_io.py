@@ -86,7 +86,8 @@ class StrictJSONRequest(Request):
 def route_class(token: str | None) -> type[APIRoute]:
     """Routes that check the token first (protected routes) and parse JSON strictly.
 
-    A route is protected when one of its dependencies is :func:`require_token`.
+    A route is protected when one of its dependencies is :func:`require_token`. Unknown
+    query parameters are a 422 (as unknown body fields are).
 
     Args:
         token: the service's bearer token (None: nothing is protected).
@@ -99,9 +100,16 @@ def route_class(token: str | None) -> type[APIRoute]:
                 d.dependency is require_token for d in self.dependencies
             )
 
+            allowed = {q.alias for q in self.dependant.query_params}
+
             async def handler(request: Request) -> Response:
                 if protected and not token_ok(token, request.headers.get("authorization")):
                     return error_response(401, UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
+                unknown = sorted(set(request.query_params) - allowed)
+                if unknown:  # strict like the bodies: a misspelt parameter is not ignored
+                    errs = [{"field": q, "message": "unknown query parameter"} for q in unknown]
+                    msg = "; ".join(f"{e['field']}: {e['message']}" for e in errs)
+                    return FastJSONResponse({"detail": msg, "errors": errs}, status_code=422)
                 return await inner(StrictJSONRequest(request.scope, request.receive))
 
             return handler

@@ -226,3 +226,5 @@ def test_unknown_query_parameters_are_422(client: TestClient) -> None:
         {"field": "knd", "message": "unknown query parameter"}
     ]
     assert client.get("/healthz?verbose=1").status_code == 422
+    spec = client.get("/openapi.json").json()
+    assert all("422" in op["responses"] for ops in spec["paths"].values() for op in ops.values())

@@ -55,10 +55,11 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing or wrong bearer token.",
         404: "Unknown user (no features) or item.",
         413: "Request body larger than max_body_bytes.",
-        422: "Validation error; `errors` names each field.",
+        422: "Validation error (body, path or query); `errors` names each field.",
         500: "Unexpected error (logged).",
     }
-    return {c: {"model": ErrorOut, "description": what[c]} for c in (*codes, 413, 500)}
+    every = (413, 422, 500)  # 422 too: an unknown query parameter is refused on any route
+    return {c: {"model": ErrorOut, "description": what[c]} for c in sorted({*codes, *every})}
 
 
 def create_app(service: RalmService, start_service: bool = True) -> FastAPI:

@@ -228,3 +228,43 @@ def test_unknown_query_parameters_are_422(client: TestClient) -> None:
     assert client.get("/healthz?verbose=1").status_code == 422
     spec = client.get("/openapi.json").json()
     assert all("422" in op["responses"] for ops in spec["paths"].values() for op in ops.values())
+
+
+def test_real_server_500_keeps_the_connection_and_logs_one_traceback(
+    svc: RalmService, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """Under uvicorn: an escaped error is one logged traceback and a JSON 500, and the
+    next request on the SAME keep-alive connection is answered (it used to be reset)."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    async def boom(**kw: object) -> None:
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(svc, "arecommend", boom)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(svc, start_service=False), port=0, log_config=None)
+    )
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        with (
+            caplog.at_level(logging.ERROR),
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c,
+        ):
+            r = c.post("/recommend", json={"user_id": "u1"})
+            assert r.status_code == 500 and r.json()["detail"].startswith("internal error")
+            assert c.get("/healthz").status_code == 200  # same connection, still served
+            assert c.post("/recommend", json={"user_id": "u1"}).status_code == 500
+    finally:
+        server.should_exit = True
+        th.join(10)
+    assert len([rec for rec in caplog.records if rec.exc_info]) == 2  # one per failed request
+    assert svc.metrics.requests.value(route="/recommend", status="500") == 2

@@ -189,7 +189,8 @@ def over_http(svc: Any, args: argparse.Namespace) -> dict[str, Any]:
             lat = []
             for _ in range(args.n_seq):
                 t0 = time.perf_counter()
-                r = await c.post("/recommend", json={"user_id": f"u{rng.integers(args.users)}"})
+                body = {"user_id": f"u{rng.integers(args.users)}", "n": 50}  # as in-process
+                r = await c.post("/recommend", json=body)
                 r.raise_for_status()
                 lat.append(time.perf_counter() - t0)
             out["p50_ms"], out["p99_ms"] = _pct(lat, 50), _pct(lat, 99)
@@ -328,6 +329,13 @@ def main() -> None:
         f"B={args.batch} {f[f'scorer_b{args.batch}_ms'] / f[f'matmul_b{args.batch}_ms']:.1f}x; "
         f"in-process p50 {report['in_process']['p50_ms']:.1f} ms vs one memory pass "
         f"{f['memory_pass_ms']:.1f} ms"
+    )
+    ip, hp = report["in_process"]["p50_ms"], report["http"]["p50_ms"]
+    target = 1.2 * ip + 2.0
+    print(
+        f"HTTP p50 {hp:.1f} ms vs in-process p50 {ip:.1f} ms: {hp / ip:.2f}x, overhead "
+        f"{hp - ip:+.1f} ms; target <= 1.2 x in-process + 2 ms = {target:.1f} ms: "
+        f"{'met' if hp <= target else 'not met'}"
     )
 
 

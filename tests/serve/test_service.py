@@ -43,7 +43,6 @@ def test_batched_results_equal_single_results(service: RalmService) -> None:
     users = [f"u{i}" for i in range(24)]
     single = {u: service.recommend(user_id=u, n=7).items for u in users}
     out: dict[str, list] = {}
-    sizes_before = service.metrics.batch_size.count()
 
     def go(u: str) -> None:
         out[u] = service.recommend(user_id=u, n=7).items
@@ -61,7 +60,8 @@ def test_batched_results_equal_single_results(service: RalmService) -> None:
         for r in out[u]:
             assert r.item_id in ref or r.score <= single[u][-1].score + 1e-5
             assert abs(ref.get(r.item_id, r.score) - r.score) <= 1e-5
-    assert service.metrics.batch_size.count() - sizes_before <= len(users)
+    # that concurrent requests are merged into fewer scorer calls, each getting its own
+    # rows, is asserted deterministically in test_batcher.py (a bound here cannot fail)
 
 
 def test_exclusions(service: RalmService) -> None:

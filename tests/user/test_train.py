@@ -80,6 +80,7 @@ def test_lazy_adam_first_step_equals_dense_adam(toy: EncodedDataset) -> None:
     """On the first step Adam leaves untouched rows at 0/(0+eps) = 0, like lazy Adam."""
     from ralm.user.optim import StageOneOptimizer
     from ralm.user.sampler import LogUniformSampler
+    from ralm.user.task import UserTrainTask
     from ralm.user.tower import UserItemModel
     from ralm.user.train import train_step
 
@@ -97,7 +98,8 @@ def test_lazy_adam_first_step_equals_dense_adam(toy: EncodedDataset) -> None:
         for o in opt.optimizers:  # SparseAdam scales eps by 1/sqrt(1 - beta2): make it moot
             for group in o.param_groups:
                 group["eps"] = 1e-30
-        train_step(net, opt, toy, users[:64], items[:64], neg, tc, sampler)
+        task = UserTrainTask(net, sampler, tc)
+        train_step(task, opt, task.make_batch(toy, users[:64], items[:64], neg=neg))
         states.append(net.state_dict())
     for k in states[0]:
         moved = [(s[k] != init[k]).any(dim=-1) if s[k].dim() == 2 else None for s in states]

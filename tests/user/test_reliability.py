@@ -94,3 +94,18 @@ def test_non_finite_loss_never_overwrites_a_good_checkpoint(toy, tmp_path: Path)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     again = load_user_model(run, toy)
     torch.testing.assert_close(again.item_embedding, good.item_embedding, rtol=0, atol=0)
+
+
+def test_format_1_folder_still_loads_unverified(toy, trained, tmp_path: Path, caplog) -> None:
+    """A run folder written before the config split and checksums (mixed config, no files)."""
+    run = _copy(trained[1], tmp_path)
+    meta = json.loads((run / "config.json").read_text())
+    meta["format_version"] = 1
+    meta["config"] = {**meta.pop("train"), **meta["config"]}
+    del meta["files"]
+    (run / "config.json").write_text(json.dumps(meta))
+    loaded = load_user_model(run, toy)
+    assert loaded.config.dim == trained[0].config.dim
+    assert loaded.train_config is not None and loaded.train_config.epochs == 3
+    torch.testing.assert_close(loaded.item_embedding, trained[0].item_embedding)
+    assert "without checksums" in caplog.text

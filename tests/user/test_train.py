@@ -113,3 +113,41 @@ def test_steps_per_epoch_caps_each_epoch(toy: EncodedDataset) -> None:
     assert [h["steps"] for h in model.history] == [3, 3]
     full = train_tiny(toy, epochs=1, batch_size=64)
     assert full.history[0]["steps"] == -(-positive_pairs(toy)[0].size // 64)
+
+
+def test_train_validation_gap_note_says_only_what_is_true(caplog) -> None:
+    """No "Candidates: none" leak warning: a leak is named only when a field could leak."""
+    import logging
+    from types import SimpleNamespace
+
+    from ralm.data.encoded import FieldInfo
+    from ralm.user.train import UserStage
+
+    def note(fields: list[FieldInfo], excluded: list[str]) -> list[logging.LogRecord]:
+        caplog.clear()
+        fake = SimpleNamespace(
+            ds=SimpleNamespace(fields=fields),
+            cfg=tiny_configs(exclude_fields=excluded)[0],
+            gap_noted=False,
+        )
+        with caplog.at_level(logging.INFO, logger="ralm.user.train"):
+            for epoch in (4, 5):  # said once, not every epoch
+                UserStage._note_generalisation_gap(  # type: ignore[arg-type]
+                    fake, {"epoch": epoch, "train_loss": 1.0, "val_loss": 3.0}
+                )
+            UserStage._note_generalisation_gap(  # type: ignore[arg-type]
+                SimpleNamespace(**{**vars(fake), "gap_noted": False}),
+                {"epoch": 6, "train_loss": 2.0, "val_loss": 3.0},  # no gap: nothing
+            )
+        return list(caplog.records)
+
+    history = FieldInfo("history", "multivalent", 10, item_history=True)
+    genres = FieldInfo("genres", "multivalent", 5, derived_from_items=True)
+    tags = FieldInfo("tags", "multivalent", 5)
+    safe = note([history, genres], [])
+    assert len(safe) == 1 and safe[0].levelno == logging.INFO
+    assert "overfitting" in safe[0].getMessage() and "Candidates" not in safe[0].getMessage()
+    risky = note([history, genres, tags], [])
+    assert len(risky) == 1 and risky[0].levelno == logging.WARNING
+    assert "['tags']" in risky[0].getMessage()
+    assert note([history, tags], ["tags"])[0].levelno == logging.INFO

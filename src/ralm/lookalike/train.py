@@ -189,6 +189,11 @@ class LookalikeStage:
     def recluster(self, prev: SeedClusters | None, epoch: int) -> None:
         """Re-transform every seed with the current weights and re-cluster them."""
         self.recluster_calls += 1
+        if prev is None:
+            log.info(
+                "stage 2: clustering %s seeds of %s items (k=%d)",
+                f"{self.seeds.users.size:,}", f"{self.seeds.n_items:,}", self.cfg.n_clusters,
+            )  # fmt: skip
         self.model.eval()
         self.seed_emb = transform_seeds(self.model, self.seed_universal, self.seeds.users)
         self.clusters = cluster_for_model(

@@ -26,6 +26,8 @@ class TrainLoopConfig(BaseModel):
         seed: seed of every random draw (initialisation, examples, negatives, k-means).
         threads: torch intra-op CPU threads while training (0 = leave torch's setting).
             The setting is restored when training returns.
+        eval_k: cut-off K of the validation recall@K (full-catalogue ranking).
+        val_max_users: at most this many VALID users ranked per epoch (seeded subset).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -57,6 +59,9 @@ class TrainLoopConfig(BaseModel):
         description="torch CPU threads while training (0 = torch's default). One thread is "
         "fastest for batches of a few hundred rows and never spin-waits on a shared host.",
     )
+
+    eval_k: int = Field(default=50, ge=1, description="K of validation recall@K.")
+    val_max_users: int = Field(default=5000, ge=1, description="Max VALID users ranked per epoch.")
 
     def examples_cap(self) -> int | None:
         """The per-epoch example cap implied by ``steps_per_epoch`` and ``max_train_examples``."""

@@ -14,6 +14,7 @@ class TrainLoopConfig(BaseModel):
     """Settings of the training loop itself (paper: Adam, lr 0.001, batch 256).
 
     Args:
+        epochs: maximum number of epochs (each stage's config sets its own default).
         batch_size: examples per optimisation step.
         lr: Adam learning rate.
         weight_decay: Adam L2 weight decay (dense parameters only in stage 1).
@@ -32,6 +33,7 @@ class TrainLoopConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    epochs: int = Field(ge=1, description="Maximum epochs.")
     batch_size: int = Field(default=256, ge=1, description="Examples per step (paper: 256).")
     lr: float = Field(default=1e-3, gt=0.0, description="Adam learning rate (paper: 0.001).")
     weight_decay: float = Field(default=0.0, ge=0.0, description="Adam L2 weight decay.")

@@ -83,6 +83,7 @@ def train_lookalike(
             neg_sampling=neg_sampling,  # type: ignore[arg-type]
             patience=patience,
             seed=seed,
+            threads=max(1, threads),
         )
     except ValidationError as e:
         raise ConfigError(f"invalid option: {e}") from e

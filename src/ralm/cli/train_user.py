@@ -35,22 +35,26 @@ def train_user(
     patience: int = typer.Option(3, "--patience", help="Early-stopping patience (0 = off)."),
     monitor: str = typer.Option("recall", "--monitor", help="Early stopping on recall | loss."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = torch default)."),
+    threads: int = typer.Option(
+        1, "--threads", help="torch CPU threads while training (0 = torch default)."
+    ),
 ) -> None:
     """Train the universal user embedding model (stage 1) with sampled softmax."""
     from ralm.data.encoded import EncodedDataset
-    from ralm.user.config import UserModelConfig
+    from ralm.user.config import UserModelConfig, UserTrainConfig
     from ralm.user.train import train_user_model
 
     try:
         cfg = UserModelConfig(
+            dim=dim,
+            merge=merge,  # type: ignore[arg-type]
+            exclude_fields=list(exclude_field),
+        )
+        tc = UserTrainConfig(
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             batch_size=batch_size,
             lr=lr,
-            dim=dim,
-            merge=merge,  # type: ignore[arg-type]
-            exclude_fields=list(exclude_field),
             n_negatives=negatives,
             max_pos_per_user=max_pos,
             logq_correction=logq,
@@ -58,17 +62,12 @@ def train_user(
             seed=seed,
             patience=patience,
             monitor=monitor,  # type: ignore[arg-type]
+            threads=threads,
         )
     except ValidationError as e:
         raise ConfigError(f"invalid option: {e}") from e
-    if threads < 0:
-        raise ConfigError("--threads must be >= 0")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     ds = load_dataset(data, EncodedDataset)
-    model = train_user_model(ds, cfg, out, resume=resume)
+    model = train_user_model(ds, cfg, out, tc, resume=resume)
     show_history(model.history, model.metrics)
     if cfg.merge == "attention":
         show_field_attention(model, ds)

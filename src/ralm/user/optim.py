@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ralm.user.config import UserModelConfig
+from ralm.user.config import UserTrainConfig
 
 
 class StageOneOptimizer:
@@ -26,7 +26,7 @@ class StageOneOptimizer:
             ``sparse=True`` get lazy Adam.
     """
 
-    def __init__(self, net: nn.Module, cfg: UserModelConfig) -> None:
+    def __init__(self, net: nn.Module, cfg: UserTrainConfig) -> None:
         sparse: list[torch.Tensor] = [
             m.weight
             for m in net.modules()
@@ -40,9 +40,9 @@ class StageOneOptimizer:
         if sparse:
             self.optimizers.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=set_to_none)
 
     def step(self) -> None:
         for opt in self.optimizers:

@@ -65,6 +65,7 @@ def test_item_knn_against_a_loop(tiny, protocol, k):
         for u in users:
             ref[u, j] = sum(s for i, s in neigh.items() if x[u, i] > 0)
     np.testing.assert_allclose(model.score_users(users, items), ref, atol=1e-12)
+    assert (model.note() is not None) == (protocol == "cold")  # "item-kNN with seeds"
     # a hypothetical new item: the same loop with its seed column
     seeds = np.array([0, 3, 5, 8, 13])
     col = np.zeros(tiny.n_users)

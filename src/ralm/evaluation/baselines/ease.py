@@ -77,6 +77,7 @@ class EASE(Recommender):
     def __init__(self, config: EASEConfig | None = None) -> None:
         super().__init__()
         self.config = config or EASEConfig()
+        self._built_for: tuple[Split, ...] | None = None
         self.lam = 0.0
 
     def fit(self, ds: EncodedDataset, seed: int = 0) -> None:
@@ -87,7 +88,7 @@ class EASE(Recommender):
                 f"~{3 * 8 * ds.n_items**2 / 1e9:.0f} GB); drop `ease` from the models or "
                 "raise [ease] max_items"
             )
-        self._ds = ds
+        self._ds, self._built_for = ds, None
         self.set_seed_splits((Split.TRAIN,))
 
     def note(self) -> str | None:
@@ -100,8 +101,9 @@ class EASE(Recommender):
 
     def set_seed_splits(self, splits: tuple[Split, ...]) -> None:
         super().set_seed_splits(splits)
-        if self._ds is None:
-            return
+        if self._ds is None or self._built_for == self.seed_splits:
+            return  # already built from these splits
+        self._built_for = self.seed_splits
         self.x = click_matrix(self.ds, self.seed_splits)  # (U, I)
         g = np.asarray((self.x.T @ self.x).toarray())  # (I, I)
         diag = np.diag(g)

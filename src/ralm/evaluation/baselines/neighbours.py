@@ -88,15 +88,17 @@ class ItemKNN(Recommender):
     def __init__(self, config: KNNConfig | None = None) -> None:
         super().__init__()
         self.config = config or KNNConfig()
+        self._built_for: tuple[Split, ...] | None = None
 
     def fit(self, ds: EncodedDataset, seed: int = 0) -> None:
-        self._ds = ds
+        self._ds, self._built_for = ds, None
         self.set_seed_splits((Split.TRAIN,))
 
     def set_seed_splits(self, splits: tuple[Split, ...]) -> None:
         super().set_seed_splits(splits)
-        if self._ds is None:
-            return
+        if self._ds is None or self._built_for == self.seed_splits:
+            return  # already built from these splits
+        self._built_for = self.seed_splits
         self.x = click_matrix(self.ds, self.seed_splits)  # (U, I)
         self.item_norm = _cosine_norm(np.asarray(self.x.sum(axis=0)).ravel())  # (I,)
         co = (self.x.T @ self.x).tocsr()  # (I, I) co-clicks
@@ -104,6 +106,14 @@ class ItemKNN(Recommender):
         d = sp.diags(self.item_norm)
         sim = (d @ co @ d).tocsr()  # (I, I) symmetric cosine
         self.neigh = prune_rows(sim, self.config.neighbours)  # row j: neighbours of item j
+
+    def note(self) -> str | None:
+        if Split.COLD_SEED in self.seed_splits:
+            return (
+                f"{self.name} links a cold item to the user's history through its seeds' "
+                "co-clicks (item-kNN with seeds; no retraining)."
+            )
+        return None
 
     def score_users(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)
@@ -134,15 +144,17 @@ class UserKNN(Recommender):
     def __init__(self, config: KNNConfig | None = None) -> None:
         super().__init__()
         self.config = config or KNNConfig()
+        self._built_for: tuple[Split, ...] | None = None
 
     def fit(self, ds: EncodedDataset, seed: int = 0) -> None:
-        self._ds = ds
+        self._ds, self._built_for = ds, None
         self.set_seed_splits((Split.TRAIN,))
 
     def set_seed_splits(self, splits: tuple[Split, ...]) -> None:
         super().set_seed_splits(splits)
-        if self._ds is None:
-            return
+        if self._ds is None or self._built_for == self.seed_splits:
+            return  # already built from these splits
+        self._built_for = self.seed_splits
         x = click_matrix(self.ds, self.seed_splits)  # (U, I)
         self.x = x
         self.xt = x.T.tocsr()  # (I, U): seeds of every item

@@ -407,3 +407,17 @@ def test_open_seed_store_picks_the_implementation(
     assert a.max_seeds == b.max_seeds == 7
     a.close()
     b.close()
+
+
+def test_ids_with_separators_and_unicode(maker: Maker) -> None:
+    st = maker.new(max_seeds=2)
+    odd = [Click("ü:1", "item:ä/x", 1.5), Click("12:ab", "item:ä/x", 2.25), Click("", "3:", 0.1)]
+    odd.append(Click("ü:1", "3:", 7.0))
+    st.add_clicks(odd)
+    assert st.seeds("item:ä/x") == ["12:ab", "ü:1"]
+    assert st.seeds_many(["3:"]) == {"3:": ["ü:1", ""]}
+    assert st.items_of_user("ü:1") == ["3:", "item:ä/x"]
+    got, _ = st.clicks_since(0)
+    assert got == odd
+    st.add_clicks([Click("new", "item:ä/x", 9.0)])  # trims ü:1 from item:ä/x
+    assert st.clicks_since(0)[0] == [odd[1], odd[2], odd[3], Click("new", "item:ä/x", 9.0)]

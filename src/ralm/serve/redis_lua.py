@@ -6,11 +6,12 @@ Key layout (``P`` is the store's key prefix, ``hex`` a seq as 16 hex digits)::
     P nseeds         string  number of stored seeds, all items
     P z:<item>       zset    member hex+user, score ts: the item's seeds; the zset order
                              (score, then member bytes) is exactly (ts, seq)
-    P u:<item>       hash    user -> hex of that user's seed on the item
+    P u:<item>       hash    user -> hex+ts of that user's seed on the item
     P i:<item>       hash    n_seeds, first_seen, last_click, changed_seq, clustered_seq
     P items          zset    item, score first_seen: every item in (first_seen, id) order
     P dirty          set     items with changed_seq > clustered_seq
-    P log            zset    member len(item):item+user, score seq: the seed events
+    P log            zset    member lp(item)+lp(user)+ts, score seq: the seed events
+                             (lp(s) = byte length, ':', s), so reading it needs no lookup
     P ui:<user>      set     items the user is a seed of
     P users          hash    user -> JSON raw features
     P meta           hash    key -> JSON value
@@ -26,6 +27,7 @@ ADD_CLICKS = """
 local P = ARGV[1]
 local N = tonumber(ARGV[2])
 local now = ARGV[3]
+local function lp(s) return #s .. ':' .. s end
 local written = {}
 local order = {}
 for k = 4, #ARGV, 3 do
@@ -34,17 +36,16 @@ for k = 4, #ARGV, 3 do
   local hk = P .. 'u:' .. i
   local zk = P .. 'z:' .. i
   local old = redis.call('HGET', hk, u)
-  local go = true
-  if old then
-    if tsn <= tonumber(redis.call('ZSCORE', zk, old .. u)) then go = false end
-  end
-  if go then
+  if not old or tsn > tonumber(string.sub(old, 17)) then
     local seq = redis.call('INCR', P .. 'seq')
     local hex = string.format('%016x', seq)
-    if old then redis.call('ZREM', zk, old .. u) end
+    if old then
+      redis.call('ZREM', zk, string.sub(old, 1, 16) .. u)
+      redis.call('ZREM', P .. 'log', lp(i) .. lp(u) .. string.sub(old, 17))
+    end
     redis.call('ZADD', zk, ts, hex .. u)
-    redis.call('HSET', hk, u, hex)
-    redis.call('ZADD', P .. 'log', seq, #i .. ':' .. i .. u)
+    redis.call('HSET', hk, u, hex .. ts)
+    redis.call('ZADD', P .. 'log', seq, lp(i) .. lp(u) .. ts)
     local w = written[i]
     if not w then
       w = {users = {}, new = {}, nnew = 0, maxts = tsn, maxts_s = ts}
@@ -72,8 +73,9 @@ for _, i in ipairs(order) do
     for _, m in ipairs(gone) do
       local u = string.sub(m, 17)
       removed[u] = true
+      local v = redis.call('HGET', hk, u)
+      redis.call('ZREM', P .. 'log', lp(i) .. lp(u) .. string.sub(v, 17))
       redis.call('HDEL', hk, u)
-      redis.call('ZREM', P .. 'log', #i .. ':' .. i .. u)
       redis.call('SREM', P .. 'ui:' .. u, i)
     end
     nremoved = #gone
@@ -102,26 +104,6 @@ for _, i in ipairs(order) do
   end
 end
 return added
-"""
-
-CLICKS_SINCE = """
-local P = ARGV[1]
-local rows = redis.call('ZRANGEBYSCORE', P .. 'log', '(' .. ARGV[2], '+inf', 'WITHSCORES',
-                        'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-for k = 1, #rows, 2 do
-  local m = rows[k]
-  local c = string.find(m, ':', 1, true)
-  local len = tonumber(string.sub(m, 1, c - 1))
-  local i = string.sub(m, c + 1, c + len)
-  local u = string.sub(m, c + len + 1)
-  local hex = redis.call('HGET', P .. 'u:' .. i, u)
-  out[#out + 1] = u
-  out[#out + 1] = i
-  out[#out + 1] = redis.call('ZSCORE', P .. 'z:' .. i, hex .. u)
-  out[#out + 1] = rows[k + 1]
-end
-return out
 """
 
 ITEMS = """

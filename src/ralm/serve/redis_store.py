@@ -65,6 +65,17 @@ def _ts(c: Click) -> str:
     return repr(t)
 
 
+def _parse_event(member: str) -> Click:
+    """Decode a ``log`` member: ``len:item`` + ``len:user`` + ts (lengths in bytes)."""
+    b = member.encode()
+    c = b.index(b":")
+    end = c + 1 + int(b[:c])
+    item = b[c + 1 : end]
+    c2 = b.index(b":", end)
+    end2 = c2 + 1 + int(b[end:c2])
+    return Click(b[c2 + 1 : end2].decode(), item.decode(), float(b[end2:]))
+
+
 class RedisSeedStore:
     """Durable per-item seed sets in Redis (most recent ``max_seeds`` distinct clickers).
 
@@ -92,7 +103,6 @@ class RedisSeedStore:
         self.prefix = prefix
         self.r = client if client is not None else connect(url)
         self._add = self.r.register_script(redis_lua.ADD_CLICKS)
-        self._since = self.r.register_script(redis_lua.CLICKS_SINCE)
         self._items = self.r.register_script(redis_lua.ITEMS)
         self._mark = self.r.register_script(redis_lua.MARK_CLUSTERED)
         self._mark_all = self.r.register_script(redis_lua.MARK_ALL_CHANGED)
@@ -231,12 +241,17 @@ class RedisSeedStore:
 
     def clicks_since(self, watermark: int, limit: int = 100_000) -> tuple[list[Click], int]:
         """Stored seed events with ``seq > watermark``, oldest first (at most ``limit``);
-        same semantics as the SQLite store. Returns them with the new watermark."""
+        same semantics as the SQLite store. Returns them with the new watermark.
+
+        One ``ZRANGEBYSCORE`` on the event log (atomic; members carry item, user and ts).
+        """
         if limit <= 0:
             return [], int(watermark)
-        flat = self._since(args=[self.prefix, str(int(watermark)), str(int(limit))])
-        clicks = [Click(flat[k], flat[k + 1], float(flat[k + 2])) for k in range(0, len(flat), 4)]
-        return clicks, (int(float(flat[-1])) if flat else int(watermark))
+        rows = self.r.zrangebyscore(
+            self._k("log"), f"({int(watermark)}", "+inf", start=0, num=int(limit), withscores=True
+        )
+        clicks = [_parse_event(m) for m, _ in rows]
+        return clicks, (int(rows[-1][1]) if rows else int(watermark))
 
     def items_of_user(self, user_id: str, limit: int = 100_000) -> list[str]:
         """Items the user clicked (as stored seeds), in item id order."""

@@ -56,3 +56,24 @@ def test_bad_settings(tmp_path: Path) -> None:
         SQLiteSeedStore(tmp_path / "s.db", synchronous="OFF")
     with pytest.raises(ValueError, match="max_seeds"):
         SQLiteSeedStore(tmp_path / "s.db", max_seeds=0)
+
+
+def test_two_writers_on_one_file_share_the_sequence(tmp_path: Path) -> None:
+    """Two processes (here: two stores) writing one file never hand out a seq twice."""
+    a = SQLiteSeedStore(tmp_path / "s.db")
+    b = SQLiteSeedStore(tmp_path / "s.db")
+    for k in range(6):
+        (a if k % 2 else b).add_clicks([Click(f"u{k}", "x", float(k)), Click(f"u{k}", "y", 1.0)])
+    b.bulk_import([("v", "z", 1.0)])
+    a.add_clicks([Click("w", "z", 2.0)])
+    events, mark = a.clicks_since(0)
+    assert len(events) == 14 and b.clicks_since(0) == (events, mark)
+    paged, w = [], 0
+    while page := a.clicks_since(w, limit=1)[0]:  # a seq handed out twice would be skipped
+        paged += page
+        w = a.clicks_since(w, limit=1)[1]
+    assert paged == events
+    assert a.seeds("x") == b.seeds("x") == [f"u{k}" for k in reversed(range(6))]
+    assert a.item("z").changed_seq == mark  # type: ignore[union-attr]
+    a.close()
+    b.close()

@@ -150,15 +150,3 @@ for _, i in ipairs(redis.call('ZRANGE', P .. 'items', 0, -1)) do
 end
 return 0
 """
-
-SEEDS_MANY = """
-local P = ARGV[1]
-local lim = tonumber(ARGV[2])
-local out = {}
-for k = 3, #ARGV do
-  local ms = redis.call('ZREVRANGE', P .. 'z:' .. ARGV[k], 0, lim - 1)
-  out[#out + 1] = #ms
-  for _, m in ipairs(ms) do out[#out + 1] = string.sub(m, 17) end
-end
-return out
-"""

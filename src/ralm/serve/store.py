@@ -145,6 +145,7 @@ class SQLiteSeedStore:
         with self._wlock:
             cur = self._w.cursor()
             cur.execute("BEGIN IMMEDIATE")
+            self._sync_seq(cur)  # another process may write the same file
             seq0 = self._seq
             try:
                 written: dict[str, dict[str, tuple[float, int, bool]]] = {}
@@ -225,6 +226,11 @@ class SQLiteSeedStore:
             )
         return added
 
+    def _sync_seq(self, cur: sqlite3.Cursor) -> None:
+        row = cur.execute("SELECT value FROM counters WHERE name = 'seq'").fetchone()
+        if row is not None:
+            self._seq = max(self._seq, int(row[0]))
+
     def _save_seq(self, cur: sqlite3.Cursor) -> None:
         cur.execute(
             "INSERT INTO counters(name, value) VALUES ('seq', ?) ON CONFLICT(name) "
@@ -244,6 +250,7 @@ class SQLiteSeedStore:
         with self._wlock:
             cur = self._w.cursor()
             cur.execute("BEGIN IMMEDIATE")
+            self._sync_seq(cur)  # another process may write the same file
             seq0 = self._seq
             try:
                 buf: list[tuple[str, str, float, int]] = []

@@ -23,6 +23,7 @@ from ralm.serve.coordination import (
     RedisLeaderLock,
     RedisVersionPointer,
     VersionPointer,
+    VersionWatcher,
     coordination_for,
     wait_newer,
 )
@@ -202,3 +203,48 @@ def test_file_lock_passes_when_the_holder_is_killed(tmp_path: Path) -> None:
 def test_bad_lock_settings(client: Any) -> None:
     with pytest.raises(ValueError, match="ttl_ms"):
         RedisLeaderLock(client, "k", ttl_ms=1)
+
+
+def _wait_for(cond: Any, timeout: float = 5.0) -> float:
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+def test_redis_watcher_is_woken_by_the_publish(client: Any, redis_server: RedisServer) -> None:
+    p = _key()
+    leader = RedisVersionPointer(client, prefix=p)
+    leader.publish(1, "v1")
+    got: list[int] = []
+    replica = RedisVersionPointer(redis_server.client(), prefix=p)
+    w = VersionWatcher(replica, lambda v: got.append(v.version), poll_s=30.0).start()
+    try:
+        _wait_for(lambda: got == [1])  # the first poll finds what was published before
+        time.sleep(0.1)  # the watcher is now waiting on the channel, not polling
+        leader.publish(2, "v2")
+        assert _wait_for(lambda: got == [1, 2]) < 5.0  # far less than poll_s
+    finally:
+        w.stop()
+
+
+def test_file_watcher_polls_and_retries_a_failed_load(tmp_path: Path) -> None:
+    ptr = FileVersionPointer(tmp_path / "CURRENT.json")
+    calls: list[int] = []
+
+    def load(v: Any) -> None:
+        calls.append(v.version)
+        if len(calls) == 1:
+            raise OSError("shared storage not there yet")
+
+    w = VersionWatcher(ptr, load, poll_s=0.02, seen=0).start()
+    try:
+        ptr.publish(1, "v1")
+        _wait_for(lambda: w.seen == 1)
+        assert calls[:2] == [1, 1]  # failed once, taken on the next poll
+        ptr.publish(2, "v2")
+        _wait_for(lambda: w.seen == 2)
+    finally:
+        w.stop()
+    assert not w.check()  # nothing newer

@@ -29,6 +29,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -340,6 +341,82 @@ class FileVersionPointer:
             return True
         finally:
             os.close(fd)  # closing drops the flock
+
+
+class VersionWatcher:
+    """A replica's side of the pointer: calls ``on_new`` whenever it names a newer version.
+
+    Polls every ``poll_s``; with a :class:`RedisVersionPointer` it also listens on the
+    pointer's channel, so a publish wakes it at once (the poll still catches what a
+    dropped subscription missed). When ``on_new`` raises, the version is tried again at
+    the next wake-up.
+
+    Args:
+        pointer: the pointer to follow.
+        on_new: called with each newer :class:`PublishedVersion`, from the watcher thread.
+        poll_s: seconds between polls.
+        seen: the version this replica already serves.
+    """
+
+    def __init__(
+        self,
+        pointer: VersionPointer,
+        on_new: Callable[[PublishedVersion], object],
+        poll_s: float = 1.0,
+        seen: int = 0,
+    ) -> None:
+        self.pointer = pointer
+        self.on_new = on_new
+        self.poll_s = float(poll_s)
+        self.seen = int(seen)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> VersionWatcher:
+        self._thread = threading.Thread(target=self._run, name="ralm-version-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def check(self) -> bool:
+        """One poll: hand a newer version to ``on_new``; True when one was taken."""
+        cur = self.pointer.current()
+        if cur is None or cur.version <= self.seen:
+            return False
+        self.on_new(cur)
+        self.seen = cur.version
+        return True
+
+    def _run(self) -> None:
+        sub = None
+        if isinstance(self.pointer, RedisVersionPointer):
+            sub = self.pointer.r.pubsub(ignore_subscribe_messages=True)
+            sub.subscribe(self.pointer.channel)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.check()
+                except Exception:
+                    log.exception("version watcher: taking the published version failed")
+                if sub is None:
+                    self._stop.wait(self.poll_s)
+                    continue
+                deadline = time.monotonic() + self.poll_s
+                try:  # wait for a message in short slices, so stop() is seen quickly
+                    while not self._stop.is_set() and time.monotonic() < deadline:
+                        left = deadline - time.monotonic()
+                        if sub.get_message(timeout=max(0.0, min(0.25, left))) is not None:
+                            break
+                except Exception:  # the subscription dropped: fall back to polling
+                    self._stop.wait(self.poll_s)
+        finally:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    sub.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
 
 
 def coordination_for(

@@ -101,6 +101,7 @@ class RedisSeedStore:
         self.url = url
         self.max_seeds = int(max_seeds)
         self.prefix = prefix
+        self._owns_client = client is None
         self.r = client if client is not None else connect(url)
         self._add = self.r.register_script(redis_lua.ADD_CLICKS)
         self._items = self.r.register_script(redis_lua.ITEMS)
@@ -132,8 +133,9 @@ class RedisSeedStore:
             )
 
     def close(self) -> None:
-        """Drop the client's connections (the data stays in Redis)."""
-        self.r.close()
+        """Drop the connections of a client this store created (the data stays in Redis)."""
+        if self._owns_client:
+            self.r.close()
 
     # ---- writes --------------------------------------------------------------------------
     def add_clicks(self, clicks: Sequence[Click]) -> int:

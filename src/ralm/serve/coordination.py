@@ -14,6 +14,10 @@
   can expire. One machine: an ``flock`` on a file in the state folder (the kernel releases
   it when the holder dies).
 
+The re-clustering leader's order of steps: write the version folder, ``publish(version,
+location, fence=lock)``, and only when that returned True ``store.mark_clustered(...)``:
+a deposed leader's publish is refused, so it must not mark items clean either.
+
 Redis keys (``P`` the prefix): ``P index:current`` (JSON ``{"version", "location",
 "published_at"}``), channel ``P index:published`` (the same JSON), ``P leader`` (the
 holder's token).

@@ -44,8 +44,9 @@ def print_tables(report_dir: Path) -> None:
 
 
 def experiment(
-    config: Path = typer.Argument(
-        ..., help="Experiment TOML (e.g. configs/experiment-ml100k-quick.toml)."
+    config: str = typer.Argument(
+        ...,
+        help="Experiment TOML file, or the name of a shipped one (e.g. experiment-ml100k-quick).",
     ),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default: out_dir/name)."),
     seeds: str | None = typer.Option(None, "--seeds", help="Override the seeds, e.g. 0,1,2."),
@@ -53,10 +54,11 @@ def experiment(
     no_ablations: bool = typer.Option(False, "--no-ablations", help="Skip the ablation grid."),
 ) -> None:
     """Run a full experiment (data -> stage 1 -> stage 2 -> baselines -> report) from a config."""
+    from ralm.config_files import resolve_config
     from ralm.evaluation.config import ExperimentConfig, load_experiment_config
     from ralm.evaluation.experiment import run_experiment
 
-    cfg = load_experiment_config(config)
+    cfg = load_experiment_config(resolve_config(config))
     update: dict[str, Any] = {}
     if seeds is not None:
         update["seeds"] = _csv(seeds, int)
@@ -84,8 +86,10 @@ def evaluate(
     protocols: str = typer.Option("warm,cold", "--protocols", help="warm and/or cold."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds (mean ± std over them)."),
     ks: str = typer.Option("10,50", "--ks", help="Top-K cut-offs."),
-    config: Path | None = typer.Option(
-        None, "--config", help="Experiment TOML for model hyper-parameters (data is --data)."
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        help="Experiment TOML (file or shipped name) for model hyper-parameters (data: --data).",
     ),
 ) -> None:
     """Evaluate models on a prepared dataset (its split as is) and write a report folder."""
@@ -94,7 +98,11 @@ def evaluate(
 
     if not (data / "meta.json").is_file():
         raise ConfigError(f"--data {data} is not an encoded dataset (no meta.json)")
-    base = load_experiment_config(config).model_dump() if config is not None else {}
+    from ralm.config_files import resolve_config
+
+    base = {}
+    if config is not None:
+        base = load_experiment_config(resolve_config(config)).model_dump()
     raw = {
         **base,
         "name": out.name,

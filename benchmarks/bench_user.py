@@ -35,7 +35,7 @@ def run_one(
     """Time ``steps`` training steps on the dataset at ``path``; returns the figures."""
     from ralm.data.batching import gather_users
     from ralm.data.encoded import EncodedDataset
-    from ralm.user.config import UserModelConfig
+    from ralm.user.config import UserModelConfig, UserTrainConfig
     from ralm.user.examples import epoch_examples, positive_pairs
     from ralm.user.optim import StageOneOptimizer
     from ralm.user.sampler import LogUniformSampler
@@ -46,14 +46,15 @@ def run_one(
     t0 = time.perf_counter()
     ds = EncodedDataset.load(path)
     users, items = positive_pairs(ds)
-    cfg = UserModelConfig(dim=dim, batch_size=batch_size, sparse_grad=False if dense else None)
+    cfg = UserModelConfig(dim=dim, sparse_grad=False if dense else None)
+    tc = UserTrainConfig(batch_size=batch_size)
     sampler = LogUniformSampler(ds.n_items, ds.item_popularity_rank())
     rng = np.random.default_rng(0)
-    eu, ei = epoch_examples(users, items, cfg.max_pos_per_user, rng)
+    eu, ei = epoch_examples(users, items, tc.max_pos_per_user, rng)
     prep_s = time.perf_counter() - t0
     torch.manual_seed(0)
     net = UserItemModel(ds.fields, ds.n_items, cfg)
-    opt = StageOneOptimizer(net, cfg)
+    opt = StageOneOptimizer(net, tc)
     n_rows = eu.size
 
     def rows(step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,19 +63,19 @@ def run_one(
 
     for s in range(warmup):
         bu, bi = rows(s)
-        train_step(net, opt, ds, bu, bi, sampler.sample((bu.size, 10), rng), cfg, sampler)
+        train_step(net, opt, ds, bu, bi, sampler.sample((bu.size, 10), rng), tc, sampler)
     t1 = time.perf_counter()
     losses = []
     for s in range(warmup, warmup + steps):
         bu, bi = rows(s)
-        neg = sampler.sample((bu.size, cfg.n_negatives), rng)
-        losses.append(train_step(net, opt, ds, bu, bi, neg, cfg, sampler))
+        neg = sampler.sample((bu.size, tc.n_negatives), rng)
+        losses.append(train_step(net, opt, ds, bu, bi, neg, tc, sampler))
     train_s = time.perf_counter() - t1
     t2 = time.perf_counter()
     for s in range(warmup, warmup + steps):
         bu, bi = rows(s)
         gather_users(ds, bu, exclude_items=bi)
-        sampler.sample((bu.size, cfg.n_negatives), rng)
+        sampler.sample((bu.size, tc.n_negatives), rng)
     data_s = time.perf_counter() - t2
     return {
         "dataset": ds.name,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import textwrap
 import tomllib
 import types
 import typing
@@ -252,7 +253,7 @@ def dump_toml(entries: Sequence[tuple[Section, BaseModel]], *, header: str = "")
         lines.append(f"[{section.name}]")
         for key, info in type(model).model_fields.items():
             if info.description:
-                lines.append(f"# {info.description}")
+                lines += [f"# {line}" for line in textwrap.wrap(info.description, 88)]
             value = getattr(model, key)
             if value is None:
                 lines.append(f"# {key} =   (unset)")

@@ -52,9 +52,12 @@ def capture(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], dict[str, 
     def fail(**kw: Any) -> Any:
         raise Captured(**kw)
 
+    monkeypatch.setattr(train_user_cli, "set_torch_threads", lambda n: None)
     monkeypatch.setattr(train_user_cli, "load_dataset", lambda path, cls: object())
     monkeypatch.setattr(
-        ralm.user.train, "train_user_model", lambda ds, cfg, out, resume: fail(user=cfg)
+        ralm.user.train,
+        "train_user_model",
+        lambda ds, cfg, out, tc, resume: fail(user=cfg, user_train=tc),
     )
     monkeypatch.setattr(ralm.user.checkpoint, "load_user_model", lambda path, ds: object())
     monkeypatch.setattr(

@@ -17,7 +17,7 @@ from ralm.config_files import Section, dump_toml, resolve_config, scalar_kind, s
 from ralm.errors import ConfigError
 from ralm.lookalike.config import LookalikeConfig
 from ralm.serve.config import ServeConfig
-from ralm.user.config import UserModelConfig
+from ralm.user.config import UserModelConfig, UserTrainConfig
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "src" / "ralm" / "configs"
 
@@ -109,12 +109,19 @@ def test_config_show_applies_a_file(tmp_path: Path) -> None:
 
 
 def test_dump_round_trips_non_defaults(tmp_path: Path) -> None:
-    sections = [Section("user", UserModelConfig), Section("lookalike", LookalikeConfig)]
+    sections = [
+        Section("user", UserModelConfig),
+        Section("user_train", UserTrainConfig),
+        Section("lookalike", LookalikeConfig),
+    ]
     values = [
-        UserModelConfig(dim=8, mlp_hidden=[4, 2], exclude_fields=['a "quoted" name'], lr=1e-5),
+        UserModelConfig(
+            dim=8, mlp_hidden=[4, 2], exclude_fields=['a "quoted" näme'], sparse_grad=False
+        ),
+        UserTrainConfig(lr=1e-5, steps_per_epoch=3, logq_correction=False),
         LookalikeConfig(m=8, alpha=0.25, kmeans_backend="torch", seed_prior=False),
     ]
     f = tmp_path / "x.toml"
     f.write_text(dump_toml(list(zip(sections, values, strict=True)), header="two\nlines"))
     loaded = load_sections(sections, f, {}, {})
-    assert [loaded["user"], loaded["lookalike"]] == values
+    assert [loaded[s.name] for s in sections] == values

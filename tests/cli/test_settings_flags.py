@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from ralm.cli import app
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
 from ralm.serve.config import ServeConfig
-from ralm.user.config import UserModelConfig
+from ralm.user.config import UserModelConfig, UserTrainConfig
 
 from .conftest import run_main
 
@@ -31,7 +31,8 @@ def _serve(paths: dict[str, str], *extra: str) -> list[str]:
 
 
 def test_no_flags_gives_the_model_defaults(capture, paths) -> None:
-    assert capture(_user(paths))["user"] == UserModelConfig()
+    got = capture(_user(paths))
+    assert (got["user"], got["user_train"]) == (UserModelConfig(), UserTrainConfig())
     got = capture(_lookalike(paths))
     assert got["lookalike"] == LookalikeConfig(m=16)  # m from the (patched) stage-1 model
     assert got["lookalike_train"] == LookalikeTrainConfig()
@@ -41,39 +42,38 @@ def test_no_flags_gives_the_model_defaults(capture, paths) -> None:
 
 # every flag named in tests/, README.md and docs/ before the config path, and its field
 HISTORICAL_USER = [
-    (["--epochs", "3"], "epochs", 3),
-    (["--steps-per-epoch", "7"], "steps_per_epoch", 7),
-    (["--batch-size", "64"], "batch_size", 64),
-    (["--lr", "0.01"], "lr", 0.01),
-    (["--dim", "8"], "dim", 8),
-    (["--merge", "concat"], "merge", "concat"),
-    (
-        ["--exclude-field", "history", "--exclude-field", "age"],
-        "exclude_fields",
-        ["history", "age"],
-    ),
-    (["--negatives", "5"], "n_negatives", 5),
-    (["--max-pos-per-user", "9"], "max_pos_per_user", 9),
-    (["--no-logq"], "logq_correction", False),
-    (["--weight-decay", "0.5"], "weight_decay", 0.5),
-    (["--seed", "2"], "seed", 2),
-    (["--patience", "0"], "patience", 0),
-    (["--monitor", "loss"], "monitor", "loss"),
-    (["--epochs", "1", "--epochs", "2"], "epochs", 2),  # the last value wins
+    (["--epochs", "3"], "user_train", "epochs", 3),
+    (["--steps-per-epoch", "7"], "user_train", "steps_per_epoch", 7),
+    (["--batch-size", "64"], "user_train", "batch_size", 64),
+    (["--lr", "0.01"], "user_train", "lr", 0.01),
+    (["--dim", "8"], "user", "dim", 8),
+    (["--merge", "concat"], "user", "merge", "concat"),
+    (["--exclude-field", "a", "--exclude-field", "b"], "user", "exclude_fields", ["a", "b"]),
+    (["--negatives", "5"], "user_train", "n_negatives", 5),
+    (["--max-pos-per-user", "9"], "user_train", "max_pos_per_user", 9),
+    (["--no-logq"], "user_train", "logq_correction", False),
+    (["--weight-decay", "0.5"], "user_train", "weight_decay", 0.5),
+    (["--seed", "2"], "user_train", "seed", 2),
+    (["--patience", "0"], "user_train", "patience", 0),
+    (["--monitor", "loss"], "user_train", "monitor", "loss"),
+    (["--threads", "0"], "user_train", "threads", 0),
+    (["--epochs", "1", "--epochs", "2"], "user_train", "epochs", 2),  # the last value wins
     # new flags, named after the field
-    (["--n-negatives", "6"], "n_negatives", 6),
-    (["--mlp-hidden", "32", "--mlp-hidden", "16"], "mlp_hidden", [32, 16]),
-    (["--no-remove-accidental-hits"], "remove_accidental_hits", False),
-    (["--sparse-grad"], "sparse_grad", True),
-    (["--val-max-users", "10"], "val_max_users", 10),
+    (["--n-negatives", "6"], "user_train", "n_negatives", 6),
+    (["--mlp-hidden", "32", "--mlp-hidden", "16"], "user", "mlp_hidden", [32, 16]),
+    (["--no-remove-accidental-hits"], "user_train", "remove_accidental_hits", False),
+    (["--sparse-grad"], "user", "sparse_grad", True),
+    (["--val-max-users", "10"], "user_train", "val_max_users", 10),
 ]
 
 
-@pytest.mark.parametrize(("flags", "field", "value"), HISTORICAL_USER)
-def test_train_user_flag_sets_one_field(capture, paths, flags, field, value) -> None:
-    cfg = capture(_user(paths, *flags))["user"]
-    assert getattr(cfg, field) == value
-    assert cfg.model_fields_set == {field}  # nothing else moved off its default
+@pytest.mark.parametrize(("flags", "section", "field", "value"), HISTORICAL_USER)
+def test_train_user_flag_sets_one_field(capture, paths, flags, section, field, value) -> None:
+    got = capture(_user(paths, *flags))
+    assert getattr(got[section], field) == value
+    assert got[section].model_fields_set == {field}  # nothing else moved off its default
+    other = {"user": "user_train", "user_train": "user"}[section]
+    assert got[other].model_fields_set == set()
 
 
 HISTORICAL_LOOKALIKE = [
@@ -94,6 +94,7 @@ HISTORICAL_LOOKALIKE = [
     (["--seed", "4"], "lookalike_train", "seed", 4),
     (["--patience", "1"], "lookalike_train", "patience", 1),
     (["--max-val-pos", "0"], "lookalike_train", "max_val_pos", 0),
+    (["--threads", "2"], "lookalike_train", "threads", 2),
 ]
 
 
@@ -137,13 +138,14 @@ def test_serve_token_from_environment(capture, paths, monkeypatch) -> None:
 def test_file_then_flags(capture, paths, tmp_path: Path) -> None:
     f = tmp_path / "run.toml"
     f.write_text(
-        "[user]\nepochs = 7\ndim = 16\nexclude_fields = ['history']\n"
+        "[user]\ndim = 16\nexclude_fields = ['history']\n[user_train]\nepochs = 7\n"
         "[lookalike]\nk = 5\n[lookalike_train]\nneg_ratio = 2\n"
         "[serve]\nmin_seeds = 4\nsynchronous = 'normal'\nstate_dir = 'st'\n[listen]\nport = 9001\n"
     )
-    cfg = capture(_user(paths, "--config", str(f), "--epochs", "3"))["user"]
-    assert (cfg.epochs, cfg.dim, cfg.exclude_fields) == (3, 16, ["history"])  # flag wins
-    assert cfg.model_fields_set == {"epochs", "dim", "exclude_fields"}
+    got = capture(_user(paths, "--config", str(f), "--epochs", "3", "--dim", "4"))
+    assert (got["user"].dim, got["user"].exclude_fields) == (4, ["history"])  # flag wins
+    assert got["user_train"].epochs == 3
+    assert got["user"].model_fields_set == {"dim", "exclude_fields"}
     got = capture(_lookalike(paths, "--config", str(f), "--k", "4"))
     assert (got["lookalike"].k, got["lookalike_train"].neg_ratio) == (4, 2)
     cfg = capture(_serve(paths, "--config", str(f)))["serve"]
@@ -191,9 +193,12 @@ def test_bad_flag_value_is_one_line(paths, capsys) -> None:
 
 def test_bad_file_is_one_line_naming_file_and_key(paths, tmp_path: Path, capsys) -> None:
     f = tmp_path / "bad.toml"
-    f.write_text("[user]\nepochz = 3\n")
+    f.write_text("[user_train]\nepochz = 3\n")
     line = _one_line_error(_user(paths, "--config", str(f)), capsys)
-    assert f"{f}: [user] epochz: unknown key" in line and "'epochs'" in line
+    assert f"{f}: [user_train] epochz: unknown key" in line and "'epochs'" in line
+    f.write_text("[user]\nepochs = 3\n")  # a training setting in the model's table
+    line = _one_line_error(_user(paths, "--config", str(f)), capsys)
+    assert f"{f}: [user] epochs: unknown key" in line
     f.write_text("[serve]\nsynchronous = 'WHATEVER'\n")
     line = _one_line_error(_serve(paths, "--config", str(f)), capsys)
     assert f"{f}: [serve] synchronous:" in line and "WHATEVER" in line

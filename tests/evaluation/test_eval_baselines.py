@@ -16,13 +16,18 @@ from ralm.evaluation.baselines.youtube_dnn import TowerDotProduct
 from ralm.evaluation.evaluator import evaluate
 from ralm.evaluation.protocols import build_task, training_view
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
-from ralm.user.config import UserModelConfig
+from ralm.user.config import UserModelConfig, UserTrainConfig
 
-SMALL_USER = {"dim": 16, "mlp_hidden": [32], "epochs": 8, "lr": 0.01, "patience": 0}
+SMALL_USER = {"dim": 16, "mlp_hidden": [32]}
+SMALL_USER_TRAIN = {"epochs": 8, "lr": 0.01, "patience": 0}
 
 
 def _tower(merge: str) -> Recommender:
-    return TowerDotProduct(UserModelConfig(merge=merge, **SMALL_USER), name=f"tower {merge}")
+    return TowerDotProduct(
+        UserModelConfig(merge=merge, **SMALL_USER),
+        name=f"tower {merge}",
+        train=UserTrainConfig(**SMALL_USER_TRAIN),
+    )
 
 
 def _ralm(variant: str) -> Recommender:
@@ -31,6 +36,7 @@ def _ralm(variant: str) -> Recommender:
         LookalikeTrainConfig(epochs=3),
         UserModelConfig(**SMALL_USER),
         name=variant,
+        user_train=UserTrainConfig(**SMALL_USER_TRAIN),
     )
 
 

@@ -54,14 +54,16 @@ def test_bad_config_is_a_clean_error(tmp_path):
 def test_evaluate_from_trained_checkpoints(tmp_path, monkeypatch):
     from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
     from ralm.lookalike.train import train_lookalike
-    from ralm.user.config import UserModelConfig
+    from ralm.user.config import UserModelConfig, UserTrainConfig
     from ralm.user.embed import embed_users
     from ralm.user.train import train_user_model
 
     ds = make_toy_dataset()
     data = ds.save(tmp_path / "toy")
     run = tmp_path / "run"
-    um = train_user_model(ds, UserModelConfig(dim=8, mlp_hidden=[16], epochs=2), run / "user")
+    um = train_user_model(
+        ds, UserModelConfig(dim=8, mlp_hidden=[16]), run / "user", UserTrainConfig(epochs=2)
+    )
     universal = embed_users(um, ds)
     train_lookalike(
         ds,

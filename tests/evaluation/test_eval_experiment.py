@@ -17,7 +17,8 @@ TINY = {
     "ks": [1, 5],
     "data": {"source": "toy"},
     "models": ["random", "popularity", "yahoo", "ralm"],
-    "user": {"dim": 8, "mlp_hidden": [16], "epochs": 2, "patience": 0},
+    "user": {"dim": 8, "mlp_hidden": [16]},
+    "user_train": {"epochs": 2, "patience": 0},
     "lookalike": {"h": 8, "k": 4},
     "lookalike_train": {"epochs": 1, "patience": 0},
     "ablations": {

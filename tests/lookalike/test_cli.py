@@ -17,13 +17,14 @@ from ralm.lookalike.seed_index import SeedIndex
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory, toy: EncodedDataset) -> Path:
-    from ralm.user.config import UserModelConfig
+    from ralm.user.config import UserModelConfig, UserTrainConfig
     from ralm.user.train import train_user_model
 
     root = tmp_path_factory.mktemp("run")
     toy.save(root / "data")
     ds = EncodedDataset.load(root / "data")
-    train_user_model(ds, UserModelConfig(dim=8, epochs=1, batch_size=64), root / "user")
+    tc = UserTrainConfig(epochs=1, batch_size=64)
+    train_user_model(ds, UserModelConfig(dim=8), root / "user", tc)
     return root
 
 

@@ -53,7 +53,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, l
     from ralm.data.toy import make_toy_dataset
     from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
     from ralm.lookalike.train import train_lookalike
-    from ralm.user.config import UserModelConfig
+    from ralm.user.config import UserModelConfig, UserTrainConfig
     from ralm.user.embed import embed_users
     from ralm.user.train import train_user_model
 
@@ -63,10 +63,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, l
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ucfg = UserModelConfig(
-            dim=16, attention_units=8, mlp_hidden=[16], epochs=3, batch_size=128, patience=0
-        )
-        um = train_user_model(ds, ucfg, root / "run" / "user")
+        ucfg = UserModelConfig(dim=16, attention_units=8, mlp_hidden=[16])
+        utc = UserTrainConfig(epochs=3, batch_size=128, patience=0)
+        um = train_user_model(ds, ucfg, root / "run" / "user", utc)
         uni = embed_users(um, ds)
         train_lookalike(
             ds,

@@ -10,9 +10,8 @@ import torch
 from ralm.data.encoded import EncodedDataset
 from ralm.data.toy import make_toy_dataset
 from ralm.user.checkpoint import UserModel
-from ralm.user.train import train_user_model
 
-from .helpers import tiny_config
+from .helpers import train_tiny
 
 torch.set_num_threads(1)
 
@@ -27,5 +26,5 @@ def trained(
     toy: EncodedDataset, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[UserModel, Path]:
     run = tmp_path_factory.mktemp("run") / "user"
-    model = train_user_model(toy, tiny_config(epochs=3), run)
+    model = train_tiny(toy, run, epochs=3)
     return model, run

@@ -15,9 +15,8 @@ from ralm.data.toy import make_toy_dataset
 from ralm.errors import CheckpointError
 from ralm.user.checkpoint import UserModel, load_user_model
 from ralm.user.embed import embed_users
-from ralm.user.train import train_user_model
 
-from .helpers import tiny_config
+from .helpers import train_tiny
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:
@@ -91,19 +90,18 @@ def test_dataset_mismatch(trained) -> None:
 def test_resume_errors(toy: EncodedDataset, trained, tmp_path: Path) -> None:
     run = _copy(trained[1], tmp_path)
     with pytest.raises(CheckpointError, match="architecture"):
-        train_user_model(toy, tiny_config(epochs=4, dim=8), run, resume=True)
+        train_tiny(toy, run, epochs=4, dim=8, resume=True)
     with pytest.raises(CheckpointError, match="optimizer"):
-        train_user_model(toy, tiny_config(epochs=4, sparse_grad=True), run, resume=True)
+        train_tiny(toy, run, epochs=4, sparse_grad=True, resume=True)
     (run / "train_state.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="train_state"):
-        train_user_model(toy, tiny_config(epochs=4), run, resume=True)
+        train_tiny(toy, run, epochs=4, resume=True)
     with pytest.raises(CheckpointError, match="cannot resume"):
-        train_user_model(toy, tiny_config(epochs=1), tmp_path / "empty", resume=True)
+        train_tiny(toy, tmp_path / "empty", epochs=1, resume=True)
 
 
 def test_excluded_fields_survive_the_checkpoint(toy: EncodedDataset, tmp_path: Path) -> None:
-    cfg = tiny_config(epochs=1, exclude_fields=["group_hint"])
-    model = train_user_model(toy, cfg, tmp_path / "run")
+    model = train_tiny(toy, tmp_path / "run", epochs=1, exclude_fields=["group_hint"])
     loaded = load_user_model(tmp_path / "run", toy)
     assert loaded.field_names == ["history", "continuous"]
     np.testing.assert_array_equal(embed_users(model, toy), embed_users(loaded, toy))

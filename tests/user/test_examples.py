@@ -10,7 +10,7 @@ from ralm.user import train as train_mod
 from ralm.user.examples import epoch_examples, positive_pairs
 from ralm.user.validation import ValidationSet, recall_at_k
 
-from .helpers import tiny_config
+from .helpers import train_tiny
 
 
 def test_cap_per_user_and_resampling() -> None:
@@ -46,7 +46,7 @@ def test_every_training_example_excludes_its_target(toy: EncodedDataset, monkeyp
         return batch
 
     monkeypatch.setattr(train_mod, "gather_users", spy)
-    train_mod.train_user_model(toy, tiny_config(epochs=1, val_max_users=10))
+    train_tiny(toy, epochs=1, val_max_users=10)
     assert seen and all(ex is not None and len(ex) == len(u) for u, ex in seen)
 
 

@@ -96,12 +96,12 @@ def test_no_fields_or_bad_kind_is_a_config_error() -> None:
 def test_config_rejects_bad_values() -> None:
     from pydantic import ValidationError
 
-    from ralm.user.config import UserModelConfig
+    from ralm.user.config import UserModelConfig, UserTrainConfig
 
-    for bad in ({"mlp_hidden": [0]}, {"dim": 0}, {"merge": "sum"}, {"unknown": 1}):
+    for bad in ({"mlp_hidden": [0]}, {"dim": 0}, {"merge": "sum"}, {"unknown": 1}, {"epochs": 3}):
         with pytest.raises(ValidationError):
             UserModelConfig(**bad)  # type: ignore[arg-type]
-    assert UserModelConfig().dim == 128 and UserModelConfig().n_negatives == 10
+    assert UserModelConfig().dim == 128 and UserTrainConfig().n_negatives == 10
 
 
 def test_excluded_fields_are_ignored(toy: EncodedDataset) -> None:

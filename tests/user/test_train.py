@@ -12,9 +12,8 @@ from ralm.data.encoded import EncodedDataset, Split
 from ralm.data.toy import make_toy_dataset
 from ralm.user.checkpoint import UserModel
 from ralm.user.examples import positive_pairs
-from ralm.user.train import train_user_model
 
-from .helpers import tiny_config
+from .helpers import tiny_configs, train_tiny
 
 
 def _state(model: UserModel) -> dict[str, torch.Tensor]:
@@ -24,10 +23,9 @@ def _state(model: UserModel) -> dict[str, torch.Tensor]:
 def test_tiny_model_overfits_tiny_dataset() -> None:
     ds = make_toy_dataset(n_users=40, n_items=30, clicks_per_user=6, n_cold_items=0, seed=3)
     ds.interactions.split[:] = Split.TRAIN  # no VALID rows: the last epoch is returned
-    cfg = tiny_config(
-        dim=32, mlp_hidden=[64], epochs=100, patience=0, lr=3e-2, n_negatives=29, batch_size=64
+    model = train_tiny(
+        ds, dim=32, mlp_hidden=[64], epochs=100, patience=0, lr=3e-2, n_negatives=29, batch_size=64
     )
-    model = train_user_model(ds, cfg)
     losses = [h["train_loss"] for h in model.history]
     assert len(losses) == 100 and losses[-1] < 0.25 * losses[0]
     # the trained model puts each training click in the user's top 5 (history bag minus target)
@@ -41,24 +39,24 @@ def test_tiny_model_overfits_tiny_dataset() -> None:
 
 def test_beats_popularity_on_planted_groups() -> None:
     ds = make_toy_dataset(n_users=1500, n_items=150, seed=1)
-    model = train_user_model(ds, tiny_config(epochs=6, patience=0))
+    model = train_tiny(ds, epochs=6, patience=0)
     assert model.metrics["recall"] > model.metrics["popularity_recall"] + 0.05
 
 
 def test_same_seed_same_weights_other_seed_differs(toy: EncodedDataset) -> None:
-    a = _state(train_user_model(toy, tiny_config(epochs=2, seed=4)))
-    b = _state(train_user_model(toy, tiny_config(epochs=2, seed=4)))
-    c = _state(train_user_model(toy, tiny_config(epochs=2, seed=5)))
+    a = _state(train_tiny(toy, epochs=2, seed=4))
+    b = _state(train_tiny(toy, epochs=2, seed=4))
+    c = _state(train_tiny(toy, epochs=2, seed=5))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
 def test_resume_continues_exactly(toy: EncodedDataset, tmp_path: Path) -> None:
-    cfg = tiny_config(epochs=3, patience=0, monitor="loss")
-    straight = train_user_model(toy, cfg, tmp_path / "a")
-    train_user_model(toy, tiny_config(epochs=1, patience=0, monitor="loss"), tmp_path / "b")
-    resumed = train_user_model(toy, cfg, tmp_path / "b", resume=True)
+    cfg = {"epochs": 3, "patience": 0, "monitor": "loss"}
+    straight = train_tiny(toy, tmp_path / "a", **cfg)
+    train_tiny(toy, tmp_path / "b", epochs=1, patience=0, monitor="loss")
+    resumed = train_tiny(toy, tmp_path / "b", resume=True, **cfg)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     np.testing.assert_allclose(
         [h["train_loss"] for h in resumed.history], [h["train_loss"] for h in straight.history]
@@ -70,7 +68,7 @@ def test_resume_continues_exactly(toy: EncodedDataset, tmp_path: Path) -> None:
 
 def test_early_stopping_keeps_best_epoch(toy: EncodedDataset) -> None:
     # a huge learning rate makes validation degrade quickly; patience 1 must stop early
-    model = train_user_model(toy, tiny_config(epochs=30, patience=1, lr=0.5))
+    model = train_tiny(toy, epochs=30, patience=1, lr=0.5)
     hist = model.history
     assert len(hist) < 30
     best = max(h["recall"] for h in hist)
@@ -90,16 +88,16 @@ def test_lazy_adam_first_step_equals_dense_adam(toy: EncodedDataset) -> None:
     neg = sampler.sample((64, 10), np.random.default_rng(0))
     states = []
     for sparse in (True, False):
-        cfg = tiny_config(sparse_grad=sparse)
+        cfg, tc = tiny_configs(sparse_grad=sparse)
         torch.manual_seed(0)
         net = UserItemModel(toy.fields, toy.n_items, cfg)
         init = {k: v.clone() for k, v in net.state_dict().items()}
-        opt = StageOneOptimizer(net, cfg)
+        opt = StageOneOptimizer(net, tc)
         assert len(opt.optimizers) == (2 if sparse else 1)
         for o in opt.optimizers:  # SparseAdam scales eps by 1/sqrt(1 - beta2): make it moot
             for group in o.param_groups:
                 group["eps"] = 1e-30
-        train_step(net, opt, toy, users[:64], items[:64], neg, cfg, sampler)
+        train_step(net, opt, toy, users[:64], items[:64], neg, tc, sampler)
         states.append(net.state_dict())
     for k in states[0]:
         moved = [(s[k] != init[k]).any(dim=-1) if s[k].dim() == 2 else None for s in states]
@@ -109,7 +107,7 @@ def test_lazy_adam_first_step_equals_dense_adam(toy: EncodedDataset) -> None:
 
 
 def test_steps_per_epoch_caps_each_epoch(toy: EncodedDataset) -> None:
-    model = train_user_model(toy, tiny_config(epochs=2, patience=0, steps_per_epoch=3))
+    model = train_tiny(toy, epochs=2, patience=0, steps_per_epoch=3)
     assert [h["steps"] for h in model.history] == [3, 3]
-    full = train_user_model(toy, tiny_config(epochs=1, batch_size=64))
+    full = train_tiny(toy, epochs=1, batch_size=64)
     assert full.history[0]["steps"] == -(-positive_pairs(toy)[0].size // 64)

@@ -32,6 +32,8 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # faiss logs which CPU build it loads at INFO, on every import
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ from ralm.config_files import (
 )
 
 # Every table a ralm config file may hold; one file can configure the whole pipeline.
-KNOWN_TABLES = ("user", "lookalike", "lookalike_train", "serve", "listen")
+KNOWN_TABLES = ("user", "user_train", "lookalike", "lookalike_train", "serve", "listen")
 
 CONFIG_HELP = (
     "TOML file (or the name of a shipped config) with the tables {tables}; flags override "

@@ -34,22 +34,20 @@ def train_lookalike(
     ),
     out: Path = typer.Option(..., "--out", help="Run folder for stage 2 (e.g. runs/x/lookalike)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out."),
-    threads: int = typer.Option(1, "--threads", min=1, help="torch intra-op threads."),
     *,
     lookalike: LookalikeConfig,
     lookalike_train: LookalikeTrainConfig,
 ) -> None:
     """Train the look-alike model (stage 2): iterative k-means + attention, val AUC per epoch."""
     import numpy as np
-    import torch
 
-    from ralm.cli.train_user import load_dataset
+    from ralm.cli.train_user import load_dataset, set_torch_threads
     from ralm.data.encoded import EncodedDataset
     from ralm.lookalike.train import train_lookalike as run
     from ralm.user.checkpoint import load_user_model
     from ralm.user.embed import embed_users
 
-    torch.set_num_threads(threads)
+    set_torch_threads(lookalike_train.threads)
     ds = load_dataset(data, EncodedDataset)
     umodel = load_user_model(user_model, ds)
     seed_universal = embed_users(umodel, ds)  # (n_users, m), no exclusion

@@ -11,19 +11,15 @@ from rich.table import Table
 
 from ralm.cli.options import with_settings
 from ralm.config_files import Section
-from ralm.user.config import UserModelConfig
+from ralm.user.config import UserModelConfig, UserTrainConfig
 
-USER = Section(
-    "user",
-    UserModelConfig,
-    flags={
-        "n_negatives": ("--negatives",),
-        "logq_correction": ("--logq",),
-        "exclude_fields": ("--exclude-field",),
-    },
+USER = Section("user", UserModelConfig, flags={"exclude_fields": ("--exclude-field",)})
+USER_TRAIN = Section(
+    "user_train",
+    UserTrainConfig,
+    flags={"n_negatives": ("--negatives",), "logq_correction": ("--logq",)},
 )
-
-USER_SECTIONS = (USER,)
+USER_SECTIONS = (USER, USER_TRAIN)
 
 
 @with_settings(*USER_SECTIONS)
@@ -31,24 +27,29 @@ def train_user(
     data: Path = typer.Option(..., "--data", help="Encoded dataset folder (ralm data prepare)."),
     out: Path = typer.Option(..., "--out", help="Run folder for checkpoints (e.g. runs/x/user)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out."),
-    threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0 = default)."),
     *,
     user: UserModelConfig,
+    user_train: UserTrainConfig,
 ) -> None:
     """Train the universal user embedding model (stage 1) with sampled softmax."""
     from ralm.data.encoded import EncodedDataset
     from ralm.user.train import train_user_model
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_torch_threads(user_train.threads)
     ds = load_dataset(data, EncodedDataset)
-    model = train_user_model(ds, user, out, resume=resume)
+    model = train_user_model(ds, user, out, user_train, resume=resume)
     show_history(model.history, model.metrics)
     if user.merge == "attention":
         show_field_attention(model, ds)
     typer.echo(f"saved best model (epoch {model.metrics.get('epoch', '?')}) to {out}")
+
+
+def set_torch_threads(threads: int) -> None:
+    """Use ``threads`` torch intra-op threads in this process (0 = leave torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def load_dataset(path: Path, cls: Any) -> Any:

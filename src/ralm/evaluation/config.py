@@ -18,7 +18,7 @@ from ralm.errors import ConfigError
 from ralm.evaluation.baselines.lr import LRConfig
 from ralm.evaluation.baselines.yahoo import YahooConfig
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
-from ralm.user.config import UserModelConfig
+from ralm.user.config import UserModelConfig, UserTrainConfig
 
 ModelName = Literal[
     "random",
@@ -113,7 +113,8 @@ class ExperimentConfig(BaseModel):
         max_test_users: evaluate a seeded subset of test users (None = all).
         long_tail_head: share of the most popular candidates forming the head.
         data: dataset source and split.
-        user: stage-1 config (YouTube DNN uses it with ``merge="concat"``).
+        user: stage-1 model config (YouTube DNN uses it with ``merge="concat"``).
+        user_train: stage-1 training loop (shared by RALM's tower and YouTube DNN).
         lookalike: stage-2 model config.
         lookalike_train: stage-2 training loop.
         lr: LR baseline.
@@ -140,7 +141,10 @@ class ExperimentConfig(BaseModel):
     max_test_users: int | None = Field(default=None, ge=1, description="Subsample test users.")
     long_tail_head: float = Field(default=0.2, gt=0, lt=1, description="Head share for long tail.")
     data: DataConfig = Field(default_factory=lambda: DataConfig(), description="Dataset.")
-    user: UserModelConfig = Field(default_factory=UserModelConfig, description="Stage 1.")
+    user: UserModelConfig = Field(default_factory=UserModelConfig, description="Stage-1 model.")
+    user_train: UserTrainConfig = Field(
+        default_factory=UserTrainConfig, description="Stage-1 training."
+    )
     lookalike: LookalikeConfig = Field(default_factory=LookalikeConfig, description="Stage 2.")
     lookalike_train: LookalikeTrainConfig = Field(
         default_factory=LookalikeTrainConfig, description="Stage-2 training."

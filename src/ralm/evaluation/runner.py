@@ -122,8 +122,9 @@ class RunContext:
             self.towers[key] = load_user_model(self.cfg.run_dir / "user", self.ds)
         if key not in self.towers:
             t0 = time.perf_counter()
-            cfg = self.cfg.user.model_copy(update={"merge": merge, "seed": seed})
-            self.towers[key] = train_user_model(self.view, cfg)
+            cfg = self.cfg.user.model_copy(update={"merge": merge})
+            tc = self.cfg.user_train.model_copy(update={"seed": seed})
+            self.towers[key] = train_user_model(self.view, cfg, train_cfg=tc)
             self.timings[f"stage1_{merge}_s"].append(time.perf_counter() - t0)
         return self.towers[key]
 

@@ -1,10 +1,13 @@
-"""Typed configuration of stage 2 (look-alike learning), with the paper's defaults."""
+"""Typed configuration of stage 2: the model (:class:`LookalikeConfig`) and its training
+(:class:`LookalikeTrainConfig`), with the paper's defaults written once here."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ralm.training.config import TrainLoopConfig
 
 
 class LookalikeConfig(BaseModel):
@@ -90,34 +93,33 @@ class LookalikeConfig(BaseModel):
         return 1 if self.variant == "average" else self.k
 
 
-class LookalikeTrainConfig(BaseModel):
-    """Stage-2 training loop settings (paper: Adam, lr 0.001, batch 256).
+class LookalikeTrainConfig(TrainLoopConfig):
+    """Stage-2 training: pointwise BCE on clicks vs sampled negatives, Adam, re-clustering.
+
+    The loop settings (``batch_size`` 256, ``lr`` 0.001 as in the paper, ``weight_decay``,
+    ``steps_per_epoch``, ``max_train_examples``, ``patience``, ``seed``, ``threads``) come
+    from :class:`ralm.training.config.TrainLoopConfig`.
 
     Args:
-        epochs: maximum number of epochs (one k-means re-clustering before each).
-        batch_size: examples per optimisation step.
-        lr: Adam learning rate.
+        epochs: maximum number of epochs (one k-means re-clustering after each).
         neg_ratio: sampled non-clicked items per positive.
         neg_sampling: "uniform" over warm items or "popularity" (proportional to TRAIN clicks).
-        patience: epochs without validation-AUC improvement before stopping (0 = never stop).
+        monitor: validation metric for early stopping and the best checkpoint.
         val_neg_ratio: sampled negatives per VALID click for the validation AUC.
         max_val_pos: cap on VALID positives used for the AUC (0 = all).
         target_cache_gib: precompute the (fixed) target embeddings of all TRAIN positives
             once when they fit in this many GiB, instead of calling stage 1 per batch.
-        seed: seed of every random choice (sampling, init, k-means).
     """
 
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(default=10, ge=1, description="Maximum epochs.")
-    batch_size: int = Field(default=256, ge=1, description="Examples per step (paper: 256).")
-    lr: float = Field(default=1e-3, gt=0.0, description="Adam learning rate (paper: 0.001).")
+    epochs: int = Field(default=10, ge=1, description="Maximum epochs (re-cluster after each).")
     neg_ratio: int = Field(default=4, ge=1, description="Sampled negatives per positive.")
     neg_sampling: Literal["uniform", "popularity"] = Field(
         default="uniform", description="Negative item distribution over items with TRAIN seeds."
     )
-    patience: int = Field(
-        default=3, ge=0, description="Early-stopping patience in epochs (0 = off)."
+    monitor: Literal["auc"] = Field(
+        default="auc",
+        description="Validation metric for early stopping: AUC of VALID clicks vs sampled "
+        "negatives.",
     )
     val_neg_ratio: int = Field(
         default=4, ge=1, description="Negatives per VALID click for the AUC."
@@ -128,4 +130,3 @@ class LookalikeTrainConfig(BaseModel):
         ge=0.0,
         description="Embed every TRAIN positive once (target excluded) if it fits in this.",
     )
-    seed: int = Field(default=0, description="Seed of sampling, initialisation and k-means.")

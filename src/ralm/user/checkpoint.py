@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from ralm.data.encoded import EncodedDataset, FieldInfo
 from ralm.errors import CheckpointError
-from ralm.user.config import UserModelConfig
+from ralm.user.config import UserModelConfig, UserTrainConfig, split_legacy_config
 from ralm.user.tower import UserItemModel, UserTower
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,12 @@ class UserModel:
     Attributes:
         tower: the user tower, in eval mode.
         item_embedding: float32 (n_items, d) item-ID embeddings.
-        config: the model/training configuration.
+        config: the model architecture.
         fields: field infos the tower was built for.
         item_digest: digest of the training dataset's item-id map.
         metrics: best validation metrics (``recall``, ``val_loss``, ``epoch``, ...).
         history: per-epoch training/validation records.
+        train_config: the training settings it was trained with (None when unknown).
     """
 
     tower: UserTower
@@ -72,6 +73,7 @@ class UserModel:
     item_digest: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    train_config: UserTrainConfig | None = None
 
     @property
     def n_items(self) -> int:
@@ -120,13 +122,15 @@ def save_config(
     ds: EncodedDataset,
     metrics: dict[str, float],
     history: list[dict[str, float]],
+    train_config: UserTrainConfig | None = None,
 ) -> None:
-    """Write ``config.json`` (config, field infos, item count/digest, metrics, history)."""
+    """Write ``config.json`` (configs, field infos, item count/digest, metrics, history)."""
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
         "dataset": ds.name,
         "config": config.model_dump(),
+        "train": train_config.model_dump() if train_config is not None else None,
         "fields": [f.to_json() for f in ds.fields],
         "n_items": ds.n_items,
         "item_digest": item_digest(ds.item_ids),
@@ -153,7 +157,12 @@ def read_config(path: str | Path) -> dict[str, Any]:
             f"{cfg_path}: format {meta.get('format_version')} unsupported (want {FORMAT_VERSION})"
         )
     try:
-        meta["config"] = UserModelConfig(**meta["config"])
+        raw = dict(meta["config"])
+        train = meta.get("train")
+        if "train" not in meta:  # written before the model/training split
+            raw, train = split_legacy_config(raw)
+        meta["config"] = UserModelConfig(**raw)
+        meta["train"] = UserTrainConfig(**train) if train is not None else None
         meta["fields"] = [FieldInfo(**f) for f in meta["fields"]]
         meta["n_items"] = int(meta["n_items"])
     except (KeyError, TypeError, ValueError, ValidationError) as e:
@@ -206,6 +215,7 @@ def load_user_model(path: str | Path, ds: EncodedDataset | None = None) -> UserM
         item_digest=str(meta.get("item_digest", "")),
         metrics=dict(meta.get("metrics", {})),
         history=list(meta.get("history", [])),
+        train_config=meta["train"],
     )
     if ds is not None:
         model.check_dataset(ds)

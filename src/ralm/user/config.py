@@ -1,4 +1,5 @@
-"""Typed configuration of the stage-1 user model and its training (paper defaults)."""
+"""Typed configuration of stage 1: the model (:class:`UserModelConfig`) and its training
+(:class:`UserTrainConfig`), with the paper's defaults written once here."""
 
 from __future__ import annotations
 
@@ -6,15 +7,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ralm.training.config import TrainLoopConfig
+
 SPARSE_AUTO_ROWS = 10_000
 
 
 class UserModelConfig(BaseModel):
-    """Hyper-parameters of the user tower, the item table and stage-1 training.
+    """Architecture of the user tower and the item table (what a checkpoint must match).
 
-    Defaults follow the paper (embedding dim 128, Adam, lr 0.001, batch 256, 10 negatives
-    per positive, at most 50 positives per user) where it states them, and common sampled
-    softmax practice where it is silent.
+    Defaults follow the paper (embedding dim 128, attention merge) where it states them.
 
     Args:
         dim: embedding dimension ``m`` of every field and of the universal user embedding.
@@ -23,24 +24,9 @@ class UserModelConfig(BaseModel):
         mlp_hidden: hidden layer sizes of the MLP after the merge (output is ``dim``).
         exclude_fields: dataset fields left out of the tower (ablations; a derived field
             that leaks the target, see docs/USER_MODEL.md).
-        n_negatives: sampled negatives per positive (paper: 10).
-        max_pos_per_user: positives kept per user per epoch, re-drawn each epoch (paper: 50).
-        remove_accidental_hits: mask negatives equal to the positive.
-        logq_correction: subtract log Q(item) from sampled logits (Bengio & Senecal); on by
-            default, the paper is silent.
-        sparse_grad: sparse gradients + lazy Adam (``SparseAdam``) for embedding tables,
-            dense Adam for the rest (weight decay applies to dense parameters only);
-            ``None`` = on when the largest table has >= ``SPARSE_AUTO_ROWS`` rows.
-        batch_size: training rows (one positive + negatives each) per step.
-        lr: Adam learning rate.
-        weight_decay: Adam L2 weight decay.
-        epochs: maximum number of epochs.
-        steps_per_epoch: optional cap on steps per epoch (examples are re-drawn per epoch).
-        patience: epochs without validation improvement before stopping (0 = never stop).
-        monitor: validation metric for early stopping and the best checkpoint.
-        eval_k: cut-off K of the validation recall@K.
-        val_max_users: at most this many VALID users evaluated per epoch (seeded subset).
-        seed: seed of every random draw (init, example selection, negatives).
+        sparse_grad: how the embedding tables are built: sparse gradients + lazy Adam
+            (``SparseAdam``) for the tables, dense Adam for the rest; ``None`` = on when the
+            largest table has >= ``SPARSE_AUTO_ROWS`` rows. Changes no parameter shape.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -62,47 +48,11 @@ class UserModelConfig(BaseModel):
         description="Dataset fields left out of the tower (ablation, or a field derived from "
         "click history that contains the training target).",
     )
-    n_negatives: int = Field(default=10, ge=1, description="Negatives per positive (paper: 10).")
-    max_pos_per_user: int = Field(
-        default=50, ge=1, description="Positives per user per epoch (paper)."
-    )
-    remove_accidental_hits: bool = Field(
-        default=True, description="Mask negatives equal to the positive."
-    )
-    logq_correction: bool = Field(
-        default=True,
-        description="Subtract log Q(item) from sampled logits (without it the model learns "
-        "p(item|user)/Q(item), which ranks popular items too low over the full catalogue).",
-    )
     sparse_grad: bool | None = Field(
         default=None,
         description="Sparse gradients + lazy Adam (SparseAdam) for embedding tables: only rows "
         "used in a step move. None = auto: on when the largest table has >= "
         "10,000 rows (5.8x faster at 43.5k items; dense Adam is faster on small tables).",
-    )
-    batch_size: int = Field(
-        default=256, ge=1, description="Rows per optimisation step (paper: 256)."
-    )
-    lr: float = Field(default=1e-3, gt=0, description="Adam learning rate (paper: 0.001).")
-    weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay.")
-    epochs: int = Field(default=20, ge=1, description="Maximum epochs.")
-    steps_per_epoch: int | None = Field(
-        default=None,
-        ge=1,
-        description="Cap on optimisation steps per epoch (None = all examples); validation "
-        "and checkpoints then come every that many steps on very large data.",
-    )
-    patience: int = Field(
-        default=3, ge=0, description="Early-stopping patience in epochs (0 = off)."
-    )
-    monitor: Literal["recall", "loss"] = Field(
-        default="recall",
-        description="Validation metric for early stopping: recall@K or sampled loss.",
-    )
-    eval_k: int = Field(default=50, ge=1, description="K of validation recall@K.")
-    val_max_users: int = Field(default=5000, ge=1, description="Max VALID users scored per epoch.")
-    seed: int = Field(
-        default=0, description="Seed of init, example selection and negative sampling."
     )
 
     @field_validator("mlp_hidden")
@@ -127,3 +77,60 @@ class UserModelConfig(BaseModel):
             "mlp_hidden": list(self.mlp_hidden),
             "exclude_fields": sorted(self.exclude_fields),
         }
+
+
+class UserTrainConfig(TrainLoopConfig):
+    """Stage-1 training: sampled softmax over log-uniform negatives (paper eq. 3), Adam.
+
+    Defaults follow the paper (Adam, lr 0.001, batch 256, 10 negatives per positive, at most
+    50 positives per user) where it states them, and common sampled-softmax practice where it
+    is silent. The loop settings (``batch_size``, ``lr``, ``weight_decay``,
+    ``steps_per_epoch``, ``max_train_examples``, ``patience``, ``seed``, ``threads``) come
+    from :class:`ralm.training.config.TrainLoopConfig`.
+
+    Args:
+        epochs: maximum number of epochs.
+        n_negatives: sampled negatives per positive (paper: 10).
+        max_pos_per_user: positives kept per user per epoch, re-drawn each epoch (paper: 50).
+        remove_accidental_hits: mask negatives equal to the positive.
+        logq_correction: subtract log Q(item) from sampled logits (Bengio & Senecal); on by
+            default, the paper is silent.
+        monitor: validation metric for early stopping and the best checkpoint.
+        eval_k: cut-off K of the validation recall@K.
+        val_max_users: at most this many VALID users evaluated per epoch (seeded subset).
+    """
+
+    epochs: int = Field(default=20, ge=1, description="Maximum epochs.")
+    n_negatives: int = Field(default=10, ge=1, description="Negatives per positive (paper: 10).")
+    max_pos_per_user: int = Field(
+        default=50, ge=1, description="Positives per user per epoch (paper)."
+    )
+    remove_accidental_hits: bool = Field(
+        default=True, description="Mask negatives equal to the positive."
+    )
+    logq_correction: bool = Field(
+        default=True,
+        description="Subtract log Q(item) from sampled logits (without it the model learns "
+        "p(item|user)/Q(item), which ranks popular items too low over the full catalogue).",
+    )
+    monitor: Literal["recall", "loss"] = Field(
+        default="recall",
+        description="Validation metric for early stopping: recall@K or sampled loss.",
+    )
+    eval_k: int = Field(default=50, ge=1, description="K of validation recall@K.")
+    val_max_users: int = Field(default=5000, ge=1, description="Max VALID users scored per epoch.")
+
+
+def split_legacy_config(raw: dict[str, object]) -> tuple[dict[str, object], dict[str, object]]:
+    """Split a pre-split ``UserModelConfig`` dict into (model fields, training fields).
+
+    Args:
+        raw: a config dict that may mix model and training settings (checkpoints written
+            before the split, format version 1).
+    """
+    model = {k: v for k, v in raw.items() if k in UserModelConfig.model_fields}
+    train = {k: v for k, v in raw.items() if k in UserTrainConfig.model_fields}
+    unknown = sorted(set(raw) - set(model) - set(train))
+    if unknown:
+        raise ValueError(f"unknown stage-1 config fields {unknown}")
+    return model, train

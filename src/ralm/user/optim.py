@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ralm.user.config import UserModelConfig
+from ralm.user.config import UserTrainConfig
 
 
 class StageOneOptimizer:
@@ -26,7 +26,7 @@ class StageOneOptimizer:
             ``sparse=True`` get lazy Adam.
     """
 
-    def __init__(self, net: nn.Module, cfg: UserModelConfig) -> None:
+    def __init__(self, net: nn.Module, cfg: UserTrainConfig) -> None:
         sparse: list[torch.Tensor] = [
             m.weight
             for m in net.modules()

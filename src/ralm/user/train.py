@@ -21,7 +21,7 @@ from ralm.data.batching import gather_users
 from ralm.data.encoded import EncodedDataset
 from ralm.errors import CheckpointError, DataError
 from ralm.user import checkpoint as ckpt
-from ralm.user.config import UserModelConfig
+from ralm.user.config import UserModelConfig, UserTrainConfig
 from ralm.user.examples import epoch_examples, positive_pairs
 from ralm.user.optim import StageOneOptimizer
 from ralm.user.sampled_softmax import sampled_softmax_loss
@@ -39,20 +39,20 @@ def train_step(
     users: np.ndarray,
     pos: np.ndarray,
     neg: np.ndarray,
-    cfg: UserModelConfig,
+    tc: UserTrainConfig,
     sampler: LogUniformSampler,
 ) -> float:
     """One optimisation step on rows (user, positive, negatives); returns the loss."""
     batch = gather_users(ds, users, exclude_items=pos)  # leakage guard: target not in history
     user_vec = net(batch)  # (B, d)
-    pos_q = torch.from_numpy(sampler.log_prob(pos)) if cfg.logq_correction else None
-    neg_q = torch.from_numpy(sampler.log_prob(neg)) if cfg.logq_correction else None
+    pos_q = torch.from_numpy(sampler.log_prob(pos)) if tc.logq_correction else None
+    neg_q = torch.from_numpy(sampler.log_prob(neg)) if tc.logq_correction else None
     loss = sampled_softmax_loss(
         user_vec,
         net.item_embedding,
         torch.from_numpy(pos),
         torch.from_numpy(neg),
-        remove_accidental_hits=cfg.remove_accidental_hits,
+        remove_accidental_hits=tc.remove_accidental_hits,
         pos_log_q=pos_q,
         neg_log_q=neg_q,
     )
@@ -70,6 +70,7 @@ def train_user_model(
     ds: EncodedDataset,
     cfg: UserModelConfig,
     out_dir: str | Path | None = None,
+    train_cfg: UserTrainConfig | None = None,
     *,
     resume: bool = False,
 ) -> ckpt.UserModel:
@@ -77,25 +78,27 @@ def train_user_model(
 
     Args:
         ds: the encoded dataset.
-        cfg: model and training configuration.
+        cfg: model architecture.
         out_dir: run folder for checkpoints (``model.safetensors`` = best epoch,
             ``config.json``, resume state); ``None`` trains in memory only.
+        train_cfg: training settings (epochs, batch, lr, negatives, patience, seed, ...).
         resume: continue from the resume state in ``out_dir`` (same architecture needed).
 
     Returns:
-        The best model (by ``cfg.monitor`` on VALID; the last epoch without VALID rows).
+        The best model (by ``tc.monitor`` on VALID; the last epoch without VALID rows).
     """
-    torch.manual_seed(cfg.seed)
+    tc = train_cfg or UserTrainConfig()
+    torch.manual_seed(tc.seed)
     users, items = positive_pairs(ds)
     if users.size == 0:
         raise DataError(f"dataset {ds.name!r} has no positive (label > 0) TRAIN interactions")
     net = UserItemModel(ds.fields, ds.n_items, cfg)
-    optimizer = StageOneOptimizer(net, cfg)
+    optimizer = StageOneOptimizer(net, tc)
     sampler = LogUniformSampler(ds.n_items, ds.item_popularity_rank())
-    vs = build_validation(ds, sampler, cfg.n_negatives, cfg.val_max_users, cfg.seed)
-    pop = popularity_recall(ds, vs, cfg.eval_k) if vs is not None else float("nan")
+    vs = build_validation(ds, sampler, tc.n_negatives, tc.val_max_users, tc.seed)
+    pop = popularity_recall(ds, vs, tc.eval_k) if vs is not None else float("nan")
     if vs is not None:
-        log.info("popularity recall@%d on %d VALID users: %.4f", cfg.eval_k, vs.users.size, pop)
+        log.info("popularity recall@%d on %d VALID users: %.4f", tc.eval_k, vs.users.size, pop)
     root = Path(out_dir) if out_dir is not None else None
     loop: dict[str, Any] = {"epoch": 0, "best": None, "bad": 0, "history": [], "metrics": {}}
     if root is not None:
@@ -110,26 +113,26 @@ def train_user_model(
         ckpt.load_weights(best_net, root / ckpt.MODEL_FILE)
         best_state = best_net.state_dict()
 
-    for epoch in range(int(loop["epoch"]), cfg.epochs):
-        if cfg.patience and loop["bad"] >= cfg.patience:
+    for epoch in range(int(loop["epoch"]), tc.epochs):
+        if tc.patience and loop["bad"] >= tc.patience:
             log.info("early stopping: no improvement for %d epochs", loop["bad"])
             break
-        rng = np.random.default_rng([cfg.seed, epoch])
-        eu, ei = epoch_examples(users, items, cfg.max_pos_per_user, rng)
-        n_steps = -(-eu.size // cfg.batch_size)
-        if cfg.steps_per_epoch is not None:
-            n_steps = min(n_steps, cfg.steps_per_epoch)
-            eu, ei = eu[: n_steps * cfg.batch_size], ei[: n_steps * cfg.batch_size]
+        rng = np.random.default_rng([tc.seed, epoch])
+        eu, ei = epoch_examples(users, items, tc.max_pos_per_user, rng)
+        n_steps = -(-eu.size // tc.batch_size)
+        if tc.steps_per_epoch is not None:
+            n_steps = min(n_steps, tc.steps_per_epoch)
+            eu, ei = eu[: n_steps * tc.batch_size], ei[: n_steps * tc.batch_size]
         net.train()
         t0, total = time.perf_counter(), 0.0
         bar = tqdm(
-            range(n_steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=progress_disabled()
+            range(n_steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=progress_disabled()
         )
         for step in bar:
-            lo = step * cfg.batch_size
-            bu, bi = eu[lo : lo + cfg.batch_size], ei[lo : lo + cfg.batch_size]
-            neg = sampler.sample((bu.size, cfg.n_negatives), rng)  # (B, K)
-            loss = train_step(net, optimizer, ds, bu, bi, neg, cfg, sampler)
+            lo = step * tc.batch_size
+            bu, bi = eu[lo : lo + tc.batch_size], ei[lo : lo + tc.batch_size]
+            neg = sampler.sample((bu.size, tc.n_negatives), rng)  # (B, K)
+            loss = train_step(net, optimizer, ds, bu, bi, neg, tc, sampler)
             total += loss * bu.size
             rate = (lo + bu.size) / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:,.0f}")
@@ -143,11 +146,11 @@ def train_user_model(
             "seconds": secs,
         }
         if vs is not None:
-            rec.update(validate(net, ds, vs, cfg.eval_k, sampler, cfg.logq_correction))
+            rec.update(validate(net, ds, vs, tc.eval_k, sampler, tc.logq_correction))
             rec["popularity_recall"] = pop
-        improved = vs is None or loop["best"] is None or _score(rec, cfg.monitor) > loop["best"]
+        improved = vs is None or loop["best"] is None or _score(rec, tc.monitor) > loop["best"]
         if improved:
-            loop["best"] = _score(rec, cfg.monitor) if vs is not None else None
+            loop["best"] = _score(rec, tc.monitor) if vs is not None else None
             loop["bad"], loop["metrics"] = 0, rec
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         else:
@@ -164,7 +167,7 @@ def train_user_model(
         )
         _warn_if_leaking(rec, ds)
         if root is not None:
-            _save_epoch(root, net, optimizer, cfg, ds, loop, improved)
+            _save_epoch(root, net, optimizer, cfg, tc, ds, loop, improved)
 
     net.load_state_dict(best_state)
     net.eval()
@@ -172,6 +175,7 @@ def train_user_model(
         tower=net.tower,
         item_embedding=net.item_embedding.weight.detach().clone(),
         config=cfg,
+        train_config=tc,
         fields=list(ds.fields),
         item_digest=ckpt.item_digest(ds.item_ids),
         metrics=dict(loop["metrics"]),
@@ -199,6 +203,7 @@ def _save_epoch(
     net: UserItemModel,
     optimizer: StageOneOptimizer,
     cfg: UserModelConfig,
+    tc: UserTrainConfig,
     ds: EncodedDataset,
     loop: dict[str, Any],
     improved: bool,
@@ -207,7 +212,7 @@ def _save_epoch(
         ckpt.save_weights(net, root / ckpt.MODEL_FILE)
     ckpt.save_weights(net, root / ckpt.LAST_FILE)
     ckpt.save_train_state(root / ckpt.STATE_FILE, optimizer, loop)
-    ckpt.save_config(root, cfg, ds, loop["metrics"], loop["history"])
+    ckpt.save_config(root, cfg, ds, loop["metrics"], loop["history"], tc)
 
 
 def _resume(

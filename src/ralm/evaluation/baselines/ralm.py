@@ -26,7 +26,7 @@ from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
 from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.seed_index import SeedIndex, build_seed_index
 from ralm.user.checkpoint import UserModel
-from ralm.user.config import UserModelConfig
+from ralm.user.config import UserModelConfig, UserTrainConfig
 from ralm.user.embed import embed_users
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,13 @@ class RalmRecommender(Recommender):
         lookalike: stage-2 model config (variant ``ralm`` or ``average``, k, alpha, beta...);
             ``m`` is set from the user model.
         train: stage-2 loop settings (its seed is replaced by the seed given to ``fit``).
-        user: stage-1 config, used only when no ``user_model`` is given.
+        user: stage-1 model config, used only when no ``user_model`` is given.
         user_model: an already trained stage-1 model (shared between RALM variants).
         name: label in reports.
         eval_k: clusters per item when indexing for evaluation (default: the model's k).
         lookalike_model: an already trained stage-2 model (then ``fit`` trains nothing).
+        user_train: stage-1 training settings, used only when no ``user_model`` is given
+            (its seed is replaced by the seed given to ``fit``).
     """
 
     def __init__(
@@ -55,11 +57,13 @@ class RalmRecommender(Recommender):
         name: str = "RALM",
         eval_k: int | None = None,
         lookalike_model: LookalikeModel | None = None,
+        user_train: UserTrainConfig | None = None,
     ) -> None:
         super().__init__()
         self.lookalike = lookalike or LookalikeConfig()
         self.train_cfg = train or LookalikeTrainConfig()
         self.user_cfg = user or UserModelConfig()
+        self.user_train_cfg = user_train or UserTrainConfig()
         self.user_model = user_model
         self.name = name
         self.eval_k = eval_k
@@ -76,7 +80,8 @@ class RalmRecommender(Recommender):
         self._ds = ds
         self.seed = seed
         if self.user_model is None:
-            self.user_model = train_user_model(ds, self.user_cfg.model_copy(update={"seed": seed}))
+            tc = self.user_train_cfg.model_copy(update={"seed": seed})
+            self.user_model = train_user_model(ds, self.user_cfg, train_cfg=tc)
         um = self.user_model
         self.universal = embed_users(um, ds)  # (n_users, m)
 

@@ -22,7 +22,7 @@ import numpy as np
 from ralm.data.encoded import EncodedDataset
 from ralm.evaluation.baselines.base import FallbackKind, IdBasedRecommender, ItemFallback
 from ralm.user.checkpoint import UserModel
-from ralm.user.config import UserModelConfig
+from ralm.user.config import UserModelConfig, UserTrainConfig
 from ralm.user.embed import embed_users
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,12 @@ class TowerDotProduct(IdBasedRecommender):
     """A stage-1 user model used directly as a recommender: score = user · item embedding.
 
     Args:
-        config: stage-1 configuration (the merge decides YouTube DNN vs. the RALM tower).
+        config: stage-1 model configuration (the merge decides YouTube DNN vs. the RALM
+            tower).
         fallback: score rule for items without TRAIN clicks.
         name: label in reports.
         model: an already trained stage-1 model to reuse instead of training in :meth:`fit`.
+        train: stage-1 training settings (its seed is replaced by the seed given to ``fit``).
     """
 
     def __init__(
@@ -44,9 +46,11 @@ class TowerDotProduct(IdBasedRecommender):
         fallback: FallbackKind = "popularity",
         name: str = "YouTube DNN",
         model: UserModel | None = None,
+        train: UserTrainConfig | None = None,
     ) -> None:
         super().__init__()
         self.config = config or UserModelConfig(merge="concat")
+        self.train_cfg = train or UserTrainConfig()
         self.name = name
         self.fallback_kind: FallbackKind = fallback
         self.model = model
@@ -58,8 +62,8 @@ class TowerDotProduct(IdBasedRecommender):
 
         self._ds = ds
         if self.model is None:
-            cfg = self.config.model_copy(update={"seed": seed})
-            self.model = train_user_model(ds, cfg)
+            tc = self.train_cfg.model_copy(update={"seed": seed})
+            self.model = train_user_model(ds, self.config, train_cfg=tc)
         self.fallback = ItemFallback(ds, self.fallback_kind, seed)
         self.user_vec = embed_users(self.model, ds)  # (n_users, d)
         self.item_vec = self.model.item_embedding.detach().float().numpy()  # (n_items, d)

@@ -269,3 +269,21 @@ def test_every_field_has_a_flag_with_its_default() -> None:
                 if name not in section.computed:
                     shown = f"[default: {format_value(field_default(info))}]"
                     assert shown in text, (command, name, shown)
+
+
+def test_data_prepare_split_flags(monkeypatch, tmp_path: Path) -> None:
+    import ralm.data.prepare
+    from ralm.data.splits import SplitConfig
+
+    seen: dict[str, SplitConfig] = {}
+
+    def fake(source, out, cfg, cache_dir=None):
+        seen["split"] = cfg
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(ralm.data.prepare, "prepare", fake)
+    argv = ["data", "prepare", "src.toml", "--out", str(tmp_path), "--split", "global_time"]
+    CliRunner().invoke(app, [*argv, "--test-frac", "0.2", "--cold-min-clicks", "4"])
+    assert seen["split"] == SplitConfig(method="global_time", test_frac=0.2, cold_min_clicks=4)
+    CliRunner().invoke(app, ["data", "prepare", "src.toml", "--out", str(tmp_path)])
+    assert seen["split"] == SplitConfig()

@@ -78,13 +78,14 @@ def _decls(section: Section, name: str, is_bool: bool) -> list[str]:
 
 
 def derive_flags(
-    sections: Sequence[Section], taken: set[str]
+    sections: Sequence[Section], taken: set[str], *, tables: bool = True
 ) -> tuple[list[DerivedFlag], list[inspect.Parameter]]:
     """The flags (and signature parameters) of every flag-able field of ``sections``.
 
     Args:
         sections: the command's sections.
         taken: flag names already used by the command's own options.
+        tables: the sections are tables of a config file (named so in the help).
 
     Raises:
         ValueError: two fields (or a field and an own option) would share a flag name; this
@@ -94,7 +95,8 @@ def derive_flags(
     params: list[inspect.Parameter] = []
     used = set(taken)
     for section in sections:
-        panel = escape(f"[{section.name}] settings ({section.model.__name__})")
+        title = f"[{section.name}]" if tables else section.name
+        panel = escape(f"{title} settings ({section.model.__name__})")
         for name, info in section.model.model_fields.items():
             kind = scalar_kind(info.annotation)
             if name in section.skip or kind is None:
@@ -162,14 +164,17 @@ def _same(value: Any) -> Any:
     return value
 
 
-def with_settings(*sections: Section) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def with_settings(
+    *sections: Section, config_file: bool = True
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a command taking one argument per section (named like the section).
 
-    The decorated function gets ``--config`` and the derived flags in place of those
-    arguments, and is called with the validated models.
+    The decorated function gets ``--config`` (unless ``config_file`` is false: flags only)
+    and the derived flags in place of those arguments, and is called with the validated
+    models.
     """
     for s in sections:
-        if s.name not in KNOWN_TABLES:
+        if config_file and s.name not in KNOWN_TABLES:
             raise ValueError(f"section {s.name!r} missing from KNOWN_TABLES")
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -180,7 +185,7 @@ def with_settings(*sections: Section) -> Callable[[Callable[..., Any]], Callable
         if missing:
             raise ValueError(f"{func.__name__} has no parameter for sections {sorted(missing)}")
         taken = _own_flags(own) | {"--config", "--help"}
-        flags, derived = derive_flags(sections, taken)
+        flags, derived = derive_flags(sections, taken, tables=config_file)
         tables = ", ".join(f"[{s.name}]" for s in sections)
         config_param = inspect.Parameter(
             "config",
@@ -192,7 +197,7 @@ def with_settings(*sections: Section) -> Callable[[Callable[..., Any]], Callable
         )
 
         def command(**kwargs: Any) -> Any:
-            config = kwargs.pop("config")
+            config = kwargs.pop("config", None)
             overrides: dict[str, dict[str, Any]] = {s.name: {} for s in sections}
             flag_names: dict[str, dict[str, str]] = {s.name: {} for s in sections}
             for f in flags:
@@ -204,7 +209,7 @@ def with_settings(*sections: Section) -> Callable[[Callable[..., Any]], Callable
             settings = load_sections(sections, config, overrides, flag_names)
             return func(**kwargs, **settings)
 
-        params = [*own, config_param, *derived]
+        params = [*own, *([config_param] if config_file else []), *derived]
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
         command.__doc__ = func.__doc__

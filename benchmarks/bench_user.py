@@ -39,6 +39,7 @@ def run_one(
     from ralm.user.examples import epoch_examples, positive_pairs
     from ralm.user.optim import StageOneOptimizer
     from ralm.user.sampler import LogUniformSampler
+    from ralm.user.task import UserTrainTask
     from ralm.user.tower import UserItemModel
     from ralm.user.train import train_step
 
@@ -55,6 +56,7 @@ def run_one(
     torch.manual_seed(0)
     net = UserItemModel(ds.fields, ds.n_items, cfg)
     opt = StageOneOptimizer(net, tc)
+    task = UserTrainTask(net, sampler, tc)
     n_rows = eu.size
 
     def rows(step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,13 +65,12 @@ def run_one(
 
     for s in range(warmup):
         bu, bi = rows(s)
-        train_step(net, opt, ds, bu, bi, sampler.sample((bu.size, 10), rng), tc, sampler)
+        train_step(task, opt, task.make_batch(ds, bu, bi, rng))
     t1 = time.perf_counter()
     losses = []
     for s in range(warmup, warmup + steps):
         bu, bi = rows(s)
-        neg = sampler.sample((bu.size, tc.n_negatives), rng)
-        losses.append(train_step(net, opt, ds, bu, bi, neg, tc, sampler))
+        losses.append(train_step(task, opt, task.make_batch(ds, bu, bi, rng)))
     train_s = time.perf_counter() - t1
     t2 = time.perf_counter()
     for s in range(warmup, warmup + steps):

@@ -287,3 +287,55 @@ def test_data_prepare_split_flags(monkeypatch, tmp_path: Path) -> None:
     assert seen["split"] == SplitConfig(method="global_time", test_frac=0.2, cold_min_clicks=4)
     CliRunner().invoke(app, ["data", "prepare", "src.toml", "--out", str(tmp_path)])
     assert seen["split"] == SplitConfig()
+
+
+def test_evaluate_list_flags_default_to_the_config(monkeypatch, tmp_path: Path, capsys) -> None:
+    """`ralm evaluate --config F` uses F's models/seeds unless a flag is given."""
+    import ralm.evaluation.experiment
+
+    seen = {}
+
+    def fake(cfg, out_dir=None):
+        seen["cfg"] = cfg
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(ralm.evaluation.experiment, "run_experiment", fake)
+    data = tmp_path / "enc"
+    data.mkdir()
+    (data / "meta.json").write_text("{}")
+    f = tmp_path / "exp.toml"
+    f.write_text("models = ['popularity', 'lr']\nseeds = [4]\n")
+    base = ["evaluate", "--data", str(data), "--out", str(tmp_path / "rep")]
+    CliRunner().invoke(app, [*base, "--config", str(f), "--ks", "5"])
+    cfg = seen["cfg"]
+    assert (cfg.models, cfg.seeds, cfg.ks, cfg.protocols) == (
+        ["popularity", "lr"],
+        [4],
+        [5],
+        ["warm", "cold"],
+    )
+    assert cfg.data.encoded == data and cfg.ablations is None
+    CliRunner().invoke(app, base)
+    from ralm.evaluation.config import ExperimentConfig
+
+    assert seen["cfg"].models == ExperimentConfig().models
+    line = _one_line_error([*base, "--models", "popularity,foo"], capsys)
+    assert "--models" in line and "foo" in line
+
+
+def test_data_synth_split_flags(monkeypatch, tmp_path: Path) -> None:
+    import ralm.data.synth
+    from ralm.data.splits import SplitConfig
+
+    seen = {}
+
+    def fake(data, out, split):
+        seen["split"] = split
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(ralm.data.synth, "write_encoded", fake)
+    argv = ["data", "synth", "--preset", "tiny", "--out", str(tmp_path), "--format", "encoded"]
+    CliRunner().invoke(
+        app, [*argv, "--seed", "3", "--split", "random_per_user", "--test-frac", "0.2"]
+    )
+    assert seen["split"] == SplitConfig(method="random_per_user", test_frac=0.2, seed=3)

@@ -169,3 +169,58 @@ def test_resume_accepts_config_saved_before_new_fields(
     (tmp_path / "config.json").write_text(json.dumps(meta))
     res = train_lookalike(toy, cfg, universal, lookup, tmp_path, FAST, resume=True)
     assert [r["epoch"] for r in res.history] == [0, 1]
+
+
+def test_overwritten_bytes_in_lookalike_weights_are_refused(
+    toy: EncodedDataset, universal, lookup, tmp_path: Path
+) -> None:
+    from ralm.lookalike.checkpoint import load_lookalike_model
+
+    cfg = LookalikeConfig(m=M, h=8, k=3)
+    train_lookalike(toy, cfg, universal, lookup, tmp_path, FAST.model_copy(update={"epochs": 1}))
+    load_lookalike_model(tmp_path)
+    path = tmp_path / "model.safetensors"
+    blob = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(blob[:8], "little")  # tensor data after the JSON header
+    n = min(1000, len(blob) - start)
+    blob[start : start + n] = (bytes(range(256)) * 4)[:n]
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*sha256"):
+        load_lookalike_model(tmp_path)
+
+
+def test_lookalike_non_finite_loss_keeps_the_good_checkpoint(
+    toy: EncodedDataset, universal, lookup, tmp_path: Path
+) -> None:
+    from ralm.errors import RalmError
+
+    cfg = LookalikeConfig(m=M, h=8, k=3)
+    train_lookalike(toy, cfg, universal, lookup, tmp_path, FAST.model_copy(update={"epochs": 1}))
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in files}
+
+    def nan_target(users: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+        return np.full((users.size, M), np.nan, dtype=np.float32)
+
+    with pytest.raises(RalmError, match=r"stage 2: .*nan at epoch 2/2, step 1/"):
+        train_lookalike(toy, cfg, universal, nan_target, tmp_path, FAST, resume=True)
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == files
+    assert all(p.read_bytes() == before[p] for p in files)
+
+
+def test_steps_per_epoch_and_max_train_examples_cap_each_epoch(
+    toy: EncodedDataset, universal, lookup
+) -> None:
+    cfg = LookalikeConfig(m=M, h=8, k=3)
+    steps = train_lookalike(
+        toy, cfg, universal, lookup, train_cfg=FAST.model_copy(update={"steps_per_epoch": 2})
+    )
+    assert [r["steps"] for r in steps.history] == [2, 2]
+    capped = FAST.model_copy(update={"max_train_examples": 300, "batch_size": 64})
+    res = train_lookalike(toy, cfg, universal, lookup, train_cfg=capped)
+    assert [r["steps"] for r in res.history] == [5, 5]  # ceil(300 / 64)
+    full = train_lookalike(toy, cfg, universal, lookup, train_cfg=FAST)
+    n = full.history[0]["steps"]
+    assert n > 2 and n == -(-len(training_examples(
+        toy, seed_sets(toy), FAST.neg_ratio, FAST.neg_sampling, np.random.default_rng([0, 0])
+    )[0]) // FAST.batch_size)  # fmt: skip

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ralm.data.encoded import EncodedDataset, Split
-from ralm.user import train as train_mod
+from ralm.user import task as task_mod
 from ralm.user.examples import epoch_examples, positive_pairs
 from ralm.user.validation import ValidationSet, recall_at_k
 
@@ -34,7 +34,7 @@ def test_positive_pairs_are_train_clicks(toy: EncodedDataset) -> None:
 
 def test_every_training_example_excludes_its_target(toy: EncodedDataset, monkeypatch) -> None:
     seen: list[tuple[np.ndarray, np.ndarray | None]] = []
-    real = train_mod.gather_users
+    real = task_mod.gather_users
 
     def spy(ds, users, exclude_items=None):  # type: ignore[no-untyped-def]
         seen.append((np.asarray(users), exclude_items))
@@ -45,7 +45,7 @@ def test_every_training_example_excludes_its_target(toy: EncodedDataset, monkeyp
             assert int(exclude_items[r]) + 1 not in values[offsets[r] : ends[r]].tolist()
         return batch
 
-    monkeypatch.setattr(train_mod, "gather_users", spy)
+    monkeypatch.setattr(task_mod, "gather_users", spy)
     train_tiny(toy, epochs=1, val_max_users=10)
     assert seen and all(ex is not None and len(ex) == len(u) for u, ex in seen)
 

@@ -80,6 +80,7 @@ def test_lazy_adam_first_step_equals_dense_adam(toy: EncodedDataset) -> None:
     """On the first step Adam leaves untouched rows at 0/(0+eps) = 0, like lazy Adam."""
     from ralm.user.optim import StageOneOptimizer
     from ralm.user.sampler import LogUniformSampler
+    from ralm.user.task import UserTrainTask
     from ralm.user.tower import UserItemModel
     from ralm.user.train import train_step
 
@@ -97,7 +98,8 @@ def test_lazy_adam_first_step_equals_dense_adam(toy: EncodedDataset) -> None:
         for o in opt.optimizers:  # SparseAdam scales eps by 1/sqrt(1 - beta2): make it moot
             for group in o.param_groups:
                 group["eps"] = 1e-30
-        train_step(net, opt, toy, users[:64], items[:64], neg, tc, sampler)
+        task = UserTrainTask(net, sampler, tc)
+        train_step(task, opt, task.make_batch(toy, users[:64], items[:64], neg=neg))
         states.append(net.state_dict())
     for k in states[0]:
         moved = [(s[k] != init[k]).any(dim=-1) if s[k].dim() == 2 else None for s in states]
@@ -111,3 +113,41 @@ def test_steps_per_epoch_caps_each_epoch(toy: EncodedDataset) -> None:
     assert [h["steps"] for h in model.history] == [3, 3]
     full = train_tiny(toy, epochs=1, batch_size=64)
     assert full.history[0]["steps"] == -(-positive_pairs(toy)[0].size // 64)
+
+
+def test_train_validation_gap_note_says_only_what_is_true(caplog) -> None:
+    """No "Candidates: none" leak warning: a leak is named only when a field could leak."""
+    import logging
+    from types import SimpleNamespace
+
+    from ralm.data.encoded import FieldInfo
+    from ralm.user.train import UserStage
+
+    def note(fields: list[FieldInfo], excluded: list[str]) -> list[logging.LogRecord]:
+        caplog.clear()
+        fake = SimpleNamespace(
+            ds=SimpleNamespace(fields=fields),
+            cfg=tiny_configs(exclude_fields=excluded)[0],
+            gap_noted=False,
+        )
+        with caplog.at_level(logging.INFO, logger="ralm.user.train"):
+            for epoch in (4, 5):  # said once, not every epoch
+                UserStage._note_generalisation_gap(  # type: ignore[arg-type]
+                    fake, {"epoch": epoch, "train_loss": 1.0, "val_loss": 3.0}
+                )
+            UserStage._note_generalisation_gap(  # type: ignore[arg-type]
+                SimpleNamespace(**{**vars(fake), "gap_noted": False}),
+                {"epoch": 6, "train_loss": 2.0, "val_loss": 3.0},  # no gap: nothing
+            )
+        return list(caplog.records)
+
+    history = FieldInfo("history", "multivalent", 10, item_history=True)
+    genres = FieldInfo("genres", "multivalent", 5, derived_from_items=True)
+    tags = FieldInfo("tags", "multivalent", 5)
+    safe = note([history, genres], [])
+    assert len(safe) == 1 and safe[0].levelno == logging.INFO
+    assert "overfitting" in safe[0].getMessage() and "Candidates" not in safe[0].getMessage()
+    risky = note([history, genres, tags], [])
+    assert len(risky) == 1 and risky[0].levelno == logging.WARNING
+    assert "['tags']" in risky[0].getMessage()
+    assert note([history, tags], ["tags"])[0].levelno == logging.INFO

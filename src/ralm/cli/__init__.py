@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from ralm.cli import config, data, demo, evaluate, export, train
+from ralm.cli import config, data, demo, export, train
 from ralm.cli.lazy import lazy_group
 from ralm.errors import RalmError
 
@@ -15,13 +15,17 @@ app = typer.Typer(
     help="RALM: real-time attention-based look-alike recommendation.",
     no_args_is_help=True,
     add_completion=False,
-    cls=lazy_group({"serve": "ralm.cli.serve:serve"}),
+    cls=lazy_group(
+        {
+            "evaluate": "ralm.cli.evaluate:evaluate",
+            "experiment": "ralm.cli.evaluate:experiment",
+            "serve": "ralm.cli.serve:serve",
+        }
+    ),
 )
 app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
 app.command("export")(export.export)
-app.command("evaluate")(evaluate.evaluate)
-app.command("experiment")(evaluate.experiment)
 app.command("demo")(demo.demo)
 app.add_typer(config.app, name="config")
 

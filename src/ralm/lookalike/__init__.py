@@ -6,6 +6,7 @@ Public API (see docs/LOOKALIKE.md)::
     LookalikeModel                             transform / item_global / score / score_pairs
     cluster_seeds, SeedClusters                per-item faiss k-means of seed embeddings
     SeedIndex, build_seed_index                serving artifact and the (re-)clustering job
+    LookalikeTrainTask, LookalikeBatch         forward(batch) -> loss (through score_pairs)
     train_lookalike                            iterative k-means + gradient training
     load_lookalike_model                       a trained run folder -> (model, config)
 """
@@ -16,13 +17,16 @@ from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
 from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.samples import SeedSets, seed_sets
 from ralm.lookalike.seed_index import SeedIndex, build_seed_index
+from ralm.lookalike.task import LookalikeBatch, LookalikeTrainTask
 from ralm.lookalike.train import LookalikeTrainResult, train_lookalike
 
 __all__ = [
+    "LookalikeBatch",
     "LookalikeConfig",
     "LookalikeModel",
     "LookalikeTrainConfig",
     "LookalikeTrainResult",
+    "LookalikeTrainTask",
     "SeedClusters",
     "SeedIndex",
     "SeedSets",

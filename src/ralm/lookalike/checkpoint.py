@@ -2,55 +2,49 @@
 
 Model folder (``runs/<name>/lookalike/``)::
 
-    config.json          format_version, model config, train config, data sizes
-    model.safetensors    best weights (by validation AUC)
+    config.json          format_version, model config, train config, data sizes, and the
+                         sha256 of model.safetensors ("files")
+    model.safetensors    best weights (by the monitored validation metric)
     seed_index/          SeedIndex of the best epoch (see ralm.lookalike.seed_index)
     history.json         one record per epoch
-    train_state/         last epoch: weights, Adam state, clusters, loop counters (resume)
+    train_state/         last epoch: weights, Adam state, clusters, loop counters (resume);
+                         state.json records the sha256 of state.safetensors
 
-Every file is written to a temporary name and renamed into place, so a crash never leaves
-a half-written file; a corrupt or mismatching file raises :class:`CheckpointError`.
+Every file is written atomically and durably (``ralm.common.atomic``), so a crash never
+leaves a half-written file. Loading verifies the recorded sha256 and that every weight is
+finite; a corrupt, changed or mismatching file raises :class:`CheckpointError` naming it.
+Folders of format 1 (before checksums) still load, unverified, with a warning.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
+from ralm.common.atomic import atomic_write_text as _atomic_write_text
+from ralm.common.checksum import sha256_file
 from ralm.errors import CheckpointError
 from ralm.lookalike.clustering import SeedClusters
 from ralm.lookalike.config import LookalikeConfig
 from ralm.lookalike.model import LookalikeModel
+from ralm.training.weights import load_tensors, save_tensors
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before checksums
+MODEL_FILE = "model.safetensors"
+STATE_TENSORS = "state.safetensors"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temporary name and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} is missing")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises several types on bad bytes
-        raise CheckpointError(f"{path} is corrupted or not a safetensors file: {e}") from e
+    """Write a text file atomically and durably (``ralm.common.atomic``)."""
+    _atomic_write_text(path, text)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -74,10 +68,10 @@ def write_config(out_dir: Path, config: dict[str, Any]) -> None:
     )
 
 
-def save_model(out_dir: Path, model: LookalikeModel) -> None:
-    """Write ``model.safetensors`` atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_save_tensors(out_dir / "model.safetensors", model.state_dict())
+def save_model(out_dir: Path, model: LookalikeModel) -> str:
+    """Write ``model.safetensors`` atomically; returns its sha256 (for ``config.json``)."""
+    save_tensors(out_dir / MODEL_FILE, model.state_dict())
+    return sha256_file(out_dir / MODEL_FILE)
 
 
 def _load_state_into(model: LookalikeModel, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -91,7 +85,7 @@ def load_lookalike_model(path: str | Path) -> tuple[LookalikeModel, LookalikeCon
     """Load a trained look-alike model folder (eval mode) and its config."""
     root = Path(path)
     meta = read_json(root / "config.json")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{root / 'config.json'}: format {meta.get('format_version')} is not supported "
             f"(expected {FORMAT_VERSION})"
@@ -101,7 +95,15 @@ def load_lookalike_model(path: str | Path) -> tuple[LookalikeModel, LookalikeCon
     except Exception as e:
         raise CheckpointError(f"{root / 'config.json'}: invalid model config: {e}") from e
     model = LookalikeModel(cfg)
-    _load_state_into(model, _load_tensors(root / "model.safetensors"), root / "model.safetensors")
+    files = meta.get("files")
+    if files is None:
+        log.warning("%s was saved without checksums (format 1): not verified", root)
+        tensors = load_tensors(root / MODEL_FILE)
+    elif not isinstance(files, dict):
+        raise CheckpointError(f"{root / 'config.json'}: 'files' is not a name -> sha256 map")
+    else:
+        tensors = load_tensors(root / MODEL_FILE, files.get(MODEL_FILE), root / "config.json")
+    _load_state_into(model, tensors, root / MODEL_FILE)
     model.eval()
     return model, cfg
 
@@ -123,11 +125,12 @@ def save_train_state(
     for name in ("centroids", "mask", "sizes", "assign"):
         arr = np.ascontiguousarray(getattr(clusters, name))
         tensors[f"clusters.{name}"] = torch.from_numpy(arr)
-    _atomic_save_tensors(state_dir / "state.safetensors", tensors)
+    save_tensors(state_dir / STATE_TENSORS, tensors)
     meta = {
         **counters,
         "param_groups": opt["param_groups"],
         "inertia": clusters.inertia,
+        "files": {STATE_TENSORS: sha256_file(state_dir / STATE_TENSORS)},
     }
     atomic_write_text(state_dir / "state.json", json.dumps(meta, indent=2))
 
@@ -137,8 +140,12 @@ def load_train_state(
 ) -> tuple[SeedClusters, dict[str, Any]]:
     """Restore model and optimizer in place; return the clusters and loop counters."""
     meta = read_json(state_dir / "state.json")
-    path = state_dir / "state.safetensors"
-    tensors = _load_tensors(path)
+    path = state_dir / STATE_TENSORS
+    files = meta.get("files")
+    if isinstance(files, dict):
+        tensors = load_tensors(path, files.get(STATE_TENSORS), state_dir / "state.json")
+    else:  # format 1
+        tensors = load_tensors(path)
     _load_state_into(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, val in tensors.items():

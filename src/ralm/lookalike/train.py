@@ -1,31 +1,32 @@
-"""Stage-2 training loop: iterative k-means + gradient training (paper section 4.2.4).
+"""Stage-2 training: iterative k-means + gradient training (paper section 4.2.4).
 
-Each epoch: (1) sample negatives, (2) train on (user, item, label) with leave-self-out
-centroids, (3) re-transform every seed with the updated transforming layer and re-cluster
+The loop (epochs, caps, early stopping, best epoch, resume, progress, non-finite guard) is
+:class:`ralm.training.Trainer` running :class:`~ralm.lookalike.task.LookalikeTrainTask`;
+this module supplies the stage-2 parts (:class:`LookalikeStage`). Each epoch: (1) sample
+negatives, (2) train on (user, item, label) with leave-self-out centroids, (3) between
+epochs, re-transform every seed with the updated transforming layer and re-cluster
 (warm-started from the previous centroids), logging k-means time and inertia change,
-(4) validation AUC on VALID clicks vs sampled negatives with TRAIN seeds, (5) checkpoint,
-early stopping on the AUC. Stage 1 enters only through its outputs:
-``seed_universal (n_users, m)`` and ``target_universal(users, exclude_items) -> (B, m)``.
+(4) validation AUC (``ralm.evaluation.metrics.auc``) on VALID clicks vs sampled negatives
+with TRAIN seeds, (5) checkpoint, early stopping on the AUC. Stage 1 enters only through
+its outputs: ``seed_universal (n_users, m)`` and ``target_universal(users, exclude_items)
+-> (B, m)``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
-from tqdm.auto import tqdm
 
 from ralm.common.progress import progress_enabled
 from ralm.data.encoded import EncodedDataset, Split
 from ralm.errors import CheckpointError, ConfigError
+from ralm.evaluation import metrics
 from ralm.lookalike import checkpoint as ckpt
 from ralm.lookalike.clustering import SeedClusters
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
@@ -44,8 +45,26 @@ from ralm.lookalike.seed_index import (
     transform_seeds,
 )
 from ralm.lookalike.targets import TargetEmbeddings, TargetFn
+from ralm.lookalike.task import (
+    LookalikeEpochData,
+    LookalikeTrainTask,
+    leave_self_out,
+    make_batch,
+)
+from ralm.training.threads import torch_threads
+from ralm.training.trainer import LoopState, Monitor, State, Trainer
 
 log = logging.getLogger(__name__)
+
+MONITORS = {"auc": Monitor("val_auc")}
+
+__all__ = [
+    "LookalikeStage",
+    "LookalikeTrainResult",
+    "leave_self_out",
+    "score_examples",
+    "train_lookalike",
+]
 
 
 @dataclass
@@ -71,36 +90,6 @@ class LookalikeTrainResult:
     recluster_calls: int = 0
 
 
-def leave_self_out(
-    clusters: SeedClusters,
-    seed_emb: np.ndarray,
-    seeds: SeedSets,
-    users: np.ndarray,
-    items: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-example centroids (B, k, h), mask (B, k), sizes (B, k) without the target user.
-
-    Centroids are exact means of their members, so removing seed row r of cluster j with
-    n members gives ``(n c_j - e_r) / (n - 1)``; a cluster of one is masked instead.
-    """
-    cent = clusters.centroids[items].copy()  # (B, k, h)
-    mask = clusters.mask[items].copy()  # (B, k)
-    sizes = clusters.sizes[items].copy()  # (B, k)
-    rows = seeds.find(users, items)  # (B,) seed row or -1
-    b = np.flatnonzero(rows >= 0)
-    if b.size:
-        r = rows[b]
-        j = clusters.assign[r]
-        n = clusters.sizes[items[b], j].astype(np.float32)  # (b,)
-        multi = n > 1
-        bm, jm, nm = b[multi], j[multi], n[multi, None]
-        cent[bm, jm] = (nm * cent[bm, jm] - seed_emb[r[multi]]) / (nm - 1)
-        cent[b[~multi], j[~multi]] = 0.0
-        mask[b[~multi], j[~multi]] = False
-        sizes[b, j] -= 1
-    return cent, mask, sizes
-
-
 @torch.no_grad()
 def score_examples(
     model: LookalikeModel,
@@ -113,14 +102,13 @@ def score_examples(
     batch: int = 4096,
 ) -> np.ndarray:
     """Raw scores (N,) of (user, item) pairs, leave-self-out applied; target_emb is (N, m)."""
+    task = LookalikeTrainTask(model)
     out = np.empty(users.size, dtype=np.float32)
+    labels = np.zeros(users.size, dtype=np.float32)  # unused by the scores
     for lo in range(0, users.size, batch):
         sl = slice(lo, lo + batch)
-        cent, mask, sizes = leave_self_out(clusters, seed_emb, seeds, users[sl], items[sl])
-        e_u = model.transform(torch.from_numpy(target_emb[sl]))  # (b, h)
-        c, m, n = (torch.from_numpy(a) for a in (cent, mask, sizes))
-        s = model.score_pairs(e_u, c, m, sizes=n)
-        out[sl] = s.numpy()
+        b = make_batch(clusters, seed_emb, seeds, target_emb[sl], users[sl], items[sl], labels[sl])
+        out[sl] = task.scores(b).numpy()
     return out
 
 
@@ -130,6 +118,194 @@ def _check_inputs(ds: EncodedDataset, cfg: LookalikeConfig, seed_universal: np.n
             f"seed_universal has shape {seed_universal.shape}, expected "
             f"(n_users={ds.n_users}, m={cfg.m}) for dataset {ds.name}"
         )
+
+
+class LookalikeStage:
+    """The stage-2 hooks of the shared :class:`~ralm.training.Trainer`.
+
+    Args:
+        ds: encoded dataset.
+        cfg: model config.
+        tc: training settings.
+        task: the task (wraps the model).
+        optimizer: Adam over the model's parameter groups.
+        seed_universal: float32 (n_users, m) universal embeddings without exclusion.
+        target_universal: stage-1 embeddings with an item excluded.
+        out: run folder or None.
+    """
+
+    def __init__(
+        self,
+        ds: EncodedDataset,
+        cfg: LookalikeConfig,
+        tc: LookalikeTrainConfig,
+        task: LookalikeTrainTask,
+        optimizer: torch.optim.Optimizer,
+        seed_universal: np.ndarray,
+        target_universal: TargetFn,
+        out: Path | None,
+    ) -> None:
+        self.ds, self.cfg, self.tc, self.out = ds, cfg, tc, out
+        self.task, self.model, self.optimizer = task, task.model, optimizer
+        self.seed_universal = seed_universal
+        self.data_meta = {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items}
+        self.seeds = seed_sets(ds)
+        show = progress_enabled()
+        vrng = np.random.default_rng([tc.seed, 1_000_003])
+        self.vu, self.vi, self.vy = validation_examples(
+            ds, self.seeds, tc.val_neg_ratio, tc.neg_sampling, vrng, tc.max_val_pos
+        )
+        v_exclude = np.where(self.vy > 0, self.vi, -1)
+        self.v_target = np.asarray(target_universal(self.vu, v_exclude), dtype=np.float32)
+        pos_keys = click_keys(ds, (Split.TRAIN,))
+        fits = pos_keys.size * cfg.m * 4 <= tc.target_cache_gib * 2**30
+        self.targets = TargetEmbeddings(
+            seed_universal, target_universal, ds.n_items, pos_keys if fits else None, progress=show
+        )
+        self.clusters: SeedClusters | None = None
+        self.seed_emb = np.zeros((0, cfg.h), dtype=np.float32)
+        self.best_clusters: SeedClusters | None = None
+        self.best_index: SeedIndex | None = None
+        self.recluster_calls = 0
+        self.files: dict[str, str] = {}
+
+    def start(self) -> None:
+        """A fresh run: write ``config.json`` (no model file yet)."""
+        if self.out is not None:
+            self._write_config()
+
+    def _write_config(self) -> None:
+        assert self.out is not None
+        ckpt.write_config(
+            self.out,
+            {
+                "model": self.cfg.model_dump(),
+                "train": self.tc.model_dump(),
+                "data": self.data_meta,
+                "files": self.files,
+            },
+        )
+
+    def recluster(self, prev: SeedClusters | None, epoch: int) -> None:
+        """Re-transform every seed with the current weights and re-cluster them."""
+        self.recluster_calls += 1
+        if prev is None:
+            log.info(
+                "stage 2: clustering %s seeds of %s items (k=%d)",
+                f"{self.seeds.users.size:,}", f"{self.seeds.n_items:,}", self.cfg.n_clusters,
+            )  # fmt: skip
+        self.model.eval()
+        self.seed_emb = transform_seeds(self.model, self.seed_universal, self.seeds.users)
+        self.clusters = cluster_for_model(
+            self.model, self.seed_emb, self.seeds.offsets, init=prev, seed=self.tc.seed + epoch
+        )
+
+    def epoch_data(self, epoch: int) -> LookalikeEpochData:
+        if self.clusters is None:
+            self.recluster(None, 0)
+        assert self.clusters is not None
+        rng = np.random.default_rng([self.tc.seed, epoch])
+        tc = self.tc
+        users, items, labels = training_examples(
+            self.ds, self.seeds, tc.neg_ratio, tc.neg_sampling, rng
+        )
+        return LookalikeEpochData(
+            self.clusters, self.seed_emb, self.seeds, self.targets, users, items, labels
+        )
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        assert self.clusters is not None
+        prev_inertia = self.clusters.inertia
+        self.recluster(self.clusters, epoch + 1)
+        cl = self.clusters
+        assert cl is not None
+        self.model.eval()
+        vs = score_examples(
+            self.model, cl, self.seed_emb, self.seeds, self.v_target, self.vu, self.vi
+        )
+        auc = metrics.auc(self.vy, vs) if 0 < self.vy.sum() < self.vy.size else float("nan")
+        log.info(
+            "stage 2 after epoch %d: k-means %.2fs, inertia %.4g (%+.4g), val_auc %.4f",
+            epoch + 1, cl.seconds, cl.inertia, cl.inertia - prev_inertia, auc,
+        )  # fmt: skip
+        return {
+            "val_auc": auc,
+            "kmeans_s": cl.seconds,
+            "inertia": cl.inertia,
+            "inertia_change": cl.inertia - prev_inertia,
+        }
+
+    def on_improved(self, epoch: int) -> None:
+        self.best_clusters, self.best_index = self.clusters, None
+
+    def save(self, state: LoopState, improved: bool) -> None:
+        out = self.out
+        if out is None:
+            return
+        assert self.clusters is not None
+        if improved:
+            self.files[ckpt.MODEL_FILE] = ckpt.save_model(out, self.model)
+            index_from_clusters(
+                self.model, self.clusters, self.seeds.offsets, self.ds.item_ids
+            ).save(out / "seed_index")
+            self._write_config()
+        ckpt.save_train_state(
+            out / "train_state", self.model, self.optimizer, self.clusters, state.to_json()
+        )
+        ckpt.atomic_write_text(out / "history.json", json.dumps(state.history, indent=2))
+
+    def resume(self) -> tuple[LoopState, State | None]:
+        out = self.out
+        if out is None or not (out / "train_state" / "state.json").is_file():
+            raise CheckpointError(f"nothing to resume: {out}/train_state/state.json not found")
+        saved = ckpt.read_json(out / "config.json")
+        try:  # fields added since the run started take their defaults
+            same_model = LookalikeConfig(**saved.get("model", {})) == self.cfg
+        except ValueError:
+            same_model = False
+        if not same_model or saved.get("data") != self.data_meta:
+            raise CheckpointError(
+                f"{out / 'config.json'} was written for another model config or dataset; "
+                "resume with the same options or choose another --out"
+            )
+        files = saved.get("files")
+        self.files = dict(files) if isinstance(files, dict) else {}
+        clusters, raw = ckpt.load_train_state(out / "train_state", self.model, self.optimizer)
+        state = _loop_state(raw)
+        # the saved clusters were built from the saved weights: same embeddings
+        self.clusters = clusters
+        self.model.eval()
+        self.seed_emb = transform_seeds(self.model, self.seed_universal, self.seeds.users)
+        best: State | None = None
+        if state.best_epoch >= 0:
+            best_model, _ = ckpt.load_lookalike_model(out)
+            best = {f"model.{k}": v for k, v in best_model.state_dict().items()}
+            self.best_index, self.best_clusters = SeedIndex.load(out / "seed_index"), None
+        log.info("resuming %s after epoch %d", out, state.epoch)
+        return state, best
+
+    def best_seed_index(self) -> SeedIndex:
+        """Seed index of the best epoch (built from its clusters, or the saved one)."""
+        if self.best_clusters is not None:
+            return index_from_clusters(
+                self.model, self.best_clusters, self.seeds.offsets, self.ds.item_ids
+            )
+        if self.best_index is not None:
+            return self.best_index
+        assert self.clusters is not None  # no epoch ran: the initial clustering
+        return index_from_clusters(self.model, self.clusters, self.seeds.offsets, self.ds.item_ids)
+
+
+def _loop_state(raw: dict[str, Any]) -> LoopState:
+    """Loop state from ``state.json`` (also the pre-trainer layout with ``best_auc``)."""
+    state = LoopState.from_json(raw)
+    if "best_auc" in raw and not state.best_record:  # written before the shared trainer
+        hist = state.history
+        if 0 <= state.best_epoch < len(hist):
+            state.best_record = dict(hist[state.best_epoch])
+        auc = float(raw["best_auc"])
+        state.best = auc if np.isfinite(auc) and auc >= 0 else None
+    return state
 
 
 def train_lookalike(
@@ -150,150 +326,48 @@ def train_lookalike(
         target_universal: ``f(users (B,), exclude_items (B,)) -> (B, m)``; called with the
             target item excluded from the history for every positive example.
         out_dir: checkpoint folder (model, config, seed index, resumable state).
-        train_cfg: loop settings (epochs, batch, lr, negatives, patience, seed).
+        train_cfg: loop settings (epochs, caps, batch, lr, negatives, patience, seed, ...).
         resume: continue from ``out_dir/train_state`` instead of starting over.
+
+    Raises:
+        NonFiniteLossError: the loss or a weight became NaN/inf (nothing saved for it).
+        CheckpointError: ``resume`` without a (matching, intact) resume state.
     """
     tc = train_cfg or LookalikeTrainConfig()
     seed_universal = np.ascontiguousarray(seed_universal, dtype=np.float32)
     _check_inputs(ds, cfg, seed_universal)
     out = Path(out_dir) if out_dir is not None else None
-    data_meta = {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items}
-    torch.manual_seed(tc.seed)
-    model = LookalikeModel(cfg)
-    opt = torch.optim.Adam(model.param_groups(tc.lr), lr=tc.lr)
-    seeds = seed_sets(ds)
-    show = progress_enabled()
-    counters: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "bad": 0}
-    history: list[dict[str, Any]] = []
-    clusters: SeedClusters | None = None
-    if resume:
-        if out is None or not (out / "train_state" / "state.json").is_file():
-            raise CheckpointError(f"nothing to resume: {out}/train_state/state.json not found")
-        saved = ckpt.read_json(out / "config.json")
-        try:  # fields added since the run started take their defaults
-            same_model = LookalikeConfig(**saved.get("model", {})) == cfg
-        except ValueError:
-            same_model = False
-        if not same_model or saved.get("data") != data_meta:
-            raise CheckpointError(
-                f"{out / 'config.json'} was written for another model config or dataset; "
-                "resume with the same options or choose another --out"
-            )
-        clusters, counters = ckpt.load_train_state(out / "train_state", model, opt)
-        history = list(counters.get("history", []))
-        log.info("resuming %s after epoch %d", out, counters["epoch"])
-    elif out is not None:
-        ckpt.write_config(
-            out, {"model": cfg.model_dump(), "train": tc.model_dump(), "data": data_meta}
+    if resume and (out is None or not (out / "train_state" / "state.json").is_file()):
+        raise CheckpointError(f"nothing to resume: {out}/train_state/state.json not found")
+    with torch_threads(tc.threads):
+        torch.manual_seed(tc.seed)
+        model = LookalikeModel(cfg)
+        task = LookalikeTrainTask(model)
+        opt = torch.optim.Adam(model.param_groups(tc.lr), lr=tc.lr, weight_decay=tc.weight_decay)
+        stage = LookalikeStage(ds, cfg, tc, task, opt, seed_universal, target_universal, out)
+        if not resume:
+            stage.start()
+        trainer = Trainer(
+            task,
+            opt,
+            stage,
+            tc,
+            MONITORS[tc.monitor],
+            name="stage 2",
+            first_epoch=0,
+            loss_key="loss",
+            log_keys=("val_auc",),
         )
-
-    vrng = np.random.default_rng([tc.seed, 1_000_003])
-    vu, vi, vy = validation_examples(
-        ds, seeds, tc.val_neg_ratio, tc.neg_sampling, vrng, tc.max_val_pos
-    )
-    v_target = np.asarray(target_universal(vu, np.where(vy > 0, vi, -1)), dtype=np.float32)
-    pos_keys = click_keys(ds, (Split.TRAIN,))
-    fits = pos_keys.size * cfg.m * 4 <= tc.target_cache_gib * 2**30
-    targets = TargetEmbeddings(
-        seed_universal, target_universal, ds.n_items, pos_keys if fits else None, progress=show
-    )
-    recluster_calls = 0
-
-    def recluster(prev: SeedClusters | None, epoch: int) -> tuple[SeedClusters, np.ndarray]:
-        nonlocal recluster_calls
-        recluster_calls += 1
-        model.eval()
-        emb = transform_seeds(model, seed_universal, seeds.users)  # (S, h)
-        new = cluster_for_model(model, emb, seeds.offsets, init=prev, seed=tc.seed + epoch)
-        return new, emb
-
-    if clusters is None:
-        clusters, seed_emb = recluster(None, 0)
-    else:  # the saved clusters were built from the saved weights: same embeddings
-        model.eval()
-        seed_emb = transform_seeds(model, seed_universal, seeds.users)
-    best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    best_clusters: SeedClusters | None = clusters
-    best_index: SeedIndex | None = None
-    if resume and out is not None and counters["best_epoch"] >= 0:
-        best_state = ckpt.load_lookalike_model(out)[0].state_dict()
-        best_index, best_clusters = SeedIndex.load(out / "seed_index"), None
-
-    for epoch in range(int(counters["epoch"]), tc.epochs):
-        if tc.patience and counters["bad"] >= tc.patience:
-            break
-        rng = np.random.default_rng([tc.seed, epoch])
-        users, items, labels = training_examples(ds, seeds, tc.neg_ratio, tc.neg_sampling, rng)
-        model.train()
-        t0, total = time.perf_counter(), 0.0
-        steps = range(0, users.size, tc.batch_size)
-        for lo in tqdm(steps, desc=f"epoch {epoch}", disable=not show, leave=False):
-            u, i, y = (a[lo : lo + tc.batch_size] for a in (users, items, labels))
-            tu = targets(u, i, y)  # (B, m)
-            cent, mask, sizes = leave_self_out(clusters, seed_emb, seeds, u, i)
-            e_u = model.transform(torch.from_numpy(tu))  # (B, h)
-            c, m, n = (torch.from_numpy(a) for a in (cent, mask, sizes))
-            s = model.score_pairs(e_u, c, m, sizes=n)  # (B,)
-            loss = F.binary_cross_entropy_with_logits(model.logit(s), torch.from_numpy(y))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * u.size
-        train_s = time.perf_counter() - t0
-        prev_inertia = clusters.inertia
-        clusters, seed_emb = recluster(clusters, epoch + 1)
-        model.eval()
-        vs = score_examples(model, clusters, seed_emb, seeds, v_target, vu, vi)
-        auc = float(roc_auc_score(vy, vs)) if 0 < vy.sum() < vy.size else float("nan")
-        rec = {
-            "epoch": epoch,
-            "loss": total / max(users.size, 1),
-            "val_auc": auc,
-            "samples_per_s": users.size / max(train_s, 1e-9),
-            "kmeans_s": clusters.seconds,
-            "inertia": clusters.inertia,
-            "inertia_change": clusters.inertia - prev_inertia,
-        }
-        history.append(rec)
-        log.info(
-            "epoch %d loss %.4f val_auc %.4f | %.0f samples/s | k-means %.2fs inertia %.4g (%+.4g)",
-            epoch, rec["loss"], auc, rec["samples_per_s"], clusters.seconds,
-            clusters.inertia, rec["inertia_change"],
-        )  # fmt: skip
-        improved = auc > counters["best_auc"] or np.isnan(auc)
-        if improved:
-            counters.update(best_auc=auc, best_epoch=epoch, bad=0)
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            best_clusters = clusters
-        else:
-            counters["bad"] += 1
-        counters["epoch"] = epoch + 1
-        counters["history"] = history
-        if out is not None:
-            if improved:
-                ckpt.save_model(out, model)
-                index_from_clusters(model, clusters, seeds.offsets, ds.item_ids).save(
-                    out / "seed_index"
-                )
-            ckpt.save_train_state(out / "train_state", model, opt, clusters, counters)
-            ckpt.atomic_write_text(out / "history.json", json.dumps(history, indent=2))
-        if tc.patience and counters["bad"] >= tc.patience:
-            log.info("early stopping after epoch %d (best %d)", epoch, counters["best_epoch"])
-            break
-
-    model.load_state_dict(best_state)
-    model.eval()
-    if best_clusters is not None:
-        index = index_from_clusters(model, best_clusters, seeds.offsets, ds.item_ids)
-    else:
-        assert best_index is not None
-        index = best_index
+        state = trainer.fit(resume=resume)
+        if stage.clusters is None:  # epochs already done before the resume
+            stage.recluster(None, 0)
+        index = stage.best_seed_index()
     return LookalikeTrainResult(
         model=model,
         config=cfg,
         seed_index=index,
-        history=history,
-        best_epoch=int(counters["best_epoch"]),
-        best_val_auc=float(counters["best_auc"]),
-        recluster_calls=recluster_calls,
+        history=list(state.history),
+        best_epoch=int(state.best_epoch),
+        best_val_auc=float(state.best_record.get("val_auc", float("nan"))),
+        recluster_calls=stage.recluster_calls,
     )

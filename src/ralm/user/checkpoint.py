@@ -3,13 +3,19 @@
 A run folder (``runs/<name>/user/``) holds::
 
     model.safetensors   best weights (tower.* and item_embedding.weight)
-    config.json         format version, UserModelConfig, field infos, item count and an
-                        item-id digest, best validation metrics, per-epoch history
+    config.json         format version, UserModelConfig ("config"), UserTrainConfig
+                        ("train"), field infos, item count and an item-id digest, best
+                        validation metrics, per-epoch history, and the sha256 of every
+                        other file ("files")
     last.safetensors    weights after the last finished epoch         (resume only)
     train_state.pt      optimizer state, epoch, early-stopping state  (resume only,
                         loaded with ``torch.load(weights_only=True)``)
 
-Nothing is unpickled: weights are safetensors, metadata is JSON.
+Nothing is unpickled: weights are safetensors, metadata is JSON. Every file is written
+atomically and durably (``ralm.common.atomic``); loading verifies each file's sha256 and
+that every weight is finite, so a changed byte or a NaN weight is a
+:class:`CheckpointError` naming the file, never a silently broken model. Folders of format
+1 (before checksums) still load, unverified, with a warning.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,16 +30,19 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import ValidationError
-from safetensors.torch import load_file, save_file
 
+from ralm.common.atomic import atomic_write, atomic_write_text
+from ralm.common.checksum import sha256_file, verify_checksum
 from ralm.data.encoded import EncodedDataset, FieldInfo
 from ralm.errors import CheckpointError
+from ralm.training.weights import load_tensors, save_tensors
 from ralm.user.config import UserModelConfig, UserTrainConfig, split_legacy_config
 from ralm.user.tower import UserItemModel, UserTower
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before the config split and checksums
 KIND = "ralm.user"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -104,16 +112,10 @@ def check_compatible(
         raise CheckpointError(f"{where} was trained on a different item-id map than {ds.name!r}")
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def save_weights(net: UserItemModel, path: Path) -> None:
-    """Write the state dict of ``net`` to a safetensors file (atomically)."""
-    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    _atomic_write(path, lambda p: save_file(state, str(p)))
+def save_weights(net: UserItemModel, path: Path) -> str:
+    """Write the state dict of ``net`` to a safetensors file (atomically); returns its sha256."""
+    save_tensors(path, net.state_dict())
+    return sha256_file(path)
 
 
 def save_config(
@@ -123,8 +125,13 @@ def save_config(
     metrics: dict[str, float],
     history: list[dict[str, float]],
     train_config: UserTrainConfig | None = None,
+    files: dict[str, str] | None = None,
 ) -> None:
-    """Write ``config.json`` (configs, field infos, item count/digest, metrics, history)."""
+    """Write ``config.json`` (configs, field infos, item count/digest, metrics, history).
+
+    Args:
+        files: ``{file name: sha256}`` of the folder's other files, verified at load.
+    """
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
@@ -136,8 +143,9 @@ def save_config(
         "item_digest": item_digest(ds.item_ids),
         "metrics": metrics,
         "history": history,
+        "files": dict(files or {}),
     }
-    _atomic_write(out_dir / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    atomic_write_text(out_dir / CONFIG_FILE, json.dumps(meta, indent=2))
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -152,7 +160,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{cfg_path} is corrupted: {e}") from e
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         raise CheckpointError(f"{cfg_path} is not a stage-1 user-model config")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{cfg_path}: format {meta.get('format_version')} unsupported (want {FORMAT_VERSION})"
         )
@@ -165,19 +173,32 @@ def read_config(path: str | Path) -> dict[str, Any]:
         meta["train"] = UserTrainConfig(**train) if train is not None else None
         meta["fields"] = [FieldInfo(**f) for f in meta["fields"]]
         meta["n_items"] = int(meta["n_items"])
+        files = meta.get("files")
+        if files is not None and not (
+            isinstance(files, dict) and all(isinstance(v, str) for v in files.values())
+        ):
+            raise ValueError("'files' must map file names to sha256 strings")
     except (KeyError, TypeError, ValueError, ValidationError) as e:
         raise CheckpointError(f"{cfg_path} has an invalid entry: {e}") from e
     return meta
 
 
-def load_weights(net: UserItemModel, path: Path) -> None:
-    """Load a safetensors state dict into ``net``; any mismatch is a CheckpointError."""
-    if not path.is_file():
-        raise CheckpointError(f"missing weights file {path}")
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{path} is corrupted or not a safetensors file: {e}") from e
+def load_weights(
+    net: UserItemModel,
+    path: Path,
+    sha256: str | None = None,
+    manifest: Path | None = None,
+) -> None:
+    """Load a safetensors state dict into ``net``; any mismatch is a CheckpointError.
+
+    Args:
+        net: the model to fill.
+        path: the weights file.
+        sha256: its checksum recorded at save time.
+        manifest: the ``config.json`` that recorded it (``None``: a format-1 folder, the
+            checksum is not verified).
+    """
+    state = load_tensors(path, sha256, manifest)  # missing / changed / corrupt / non-finite
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
@@ -190,6 +211,15 @@ def load_weights(net: UserItemModel, path: Path) -> None:
                 f"{tuple(own[k].shape)}"
             )
     net.load_state_dict(state)
+
+
+def file_manifest(root: Path, meta: dict[str, Any]) -> tuple[dict[str, str], Path | None]:
+    """``(checksums, manifest path)`` of a folder; ``(.., None)`` for format 1 (unverified)."""
+    files = meta.get("files")
+    if files is None:
+        log.warning("%s was saved without checksums (format 1): not verified", root)
+        return {}, None
+    return dict(files), root / CONFIG_FILE
 
 
 def load_user_model(path: str | Path, ds: EncodedDataset | None = None) -> UserModel:
@@ -205,7 +235,8 @@ def load_user_model(path: str | Path, ds: EncodedDataset | None = None) -> UserM
     root = Path(path)
     meta = read_config(root)
     net = UserItemModel(meta["fields"], meta["n_items"], meta["config"])
-    load_weights(net, root / MODEL_FILE)
+    files, manifest = file_manifest(root, meta)
+    load_weights(net, root / MODEL_FILE, files.get(MODEL_FILE), manifest)
     net.eval()
     model = UserModel(
         tower=net.tower,
@@ -223,14 +254,24 @@ def load_user_model(path: str | Path, ds: EncodedDataset | None = None) -> UserM
     return model
 
 
-def save_train_state(path: Path, optimizer: Any, state: dict[str, Any]) -> None:
-    """Optimizer state + loop state (plain types) for resume; readable with weights_only."""
+def save_train_state(path: Path, optimizer: Any, state: dict[str, Any]) -> str:
+    """Optimizer state + loop state (plain types) for resume; readable with weights_only.
+
+    Returns:
+        The sha256 of the written file.
+    """
     blob = {"optimizer": optimizer.state_dict(), "loop": json.dumps(state)}
-    _atomic_write(path, lambda p: torch.save(blob, p))
+    atomic_write(path, lambda p: torch.save(blob, p))
+    return sha256_file(path)
 
 
-def load_train_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(optimizer_state, loop_state)`` saved by :func:`save_train_state`."""
+def load_train_state(
+    path: Path, sha256: str | None = None, manifest: Path | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(optimizer_state, loop_state)`` saved by :func:`save_train_state` (checksum
+    verified when ``manifest`` is given)."""
+    if manifest is not None:
+        verify_checksum(path, sha256, manifest)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         return blob["optimizer"], json.loads(blob["loop"])

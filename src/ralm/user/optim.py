@@ -40,9 +40,9 @@ class StageOneOptimizer:
         if sparse:
             self.optimizers.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=set_to_none)
 
     def step(self) -> None:
         for opt in self.optimizers:

@@ -5,7 +5,8 @@ Two numbers:
   across epochs;
 - recall@K over ALL items: for every evaluated user, rank all items by ``user . item``,
   drop the user's TRAIN clicks, and count how many of their VALID clicks (not already in
-  TRAIN) land in the top K. Mean over users of ``hits / |targets|``.
+  TRAIN) land in the top K. Mean over users of ``hits / |targets|``, computed by
+  :func:`ralm.evaluation.metrics.recall_at_k` (the metric of the evaluation reports).
 The same ranking code scores the popularity baseline (items ordered by TRAIN clicks),
 which is the floor a useful model must clear.
 """
@@ -20,10 +21,10 @@ import torch
 
 from ralm.data.batching import gather_csr, gather_users
 from ralm.data.encoded import EncodedDataset, Split
+from ralm.evaluation import metrics
 from ralm.user.examples import positive_pairs, user_item_csr
-from ralm.user.sampled_softmax import sampled_softmax_loss
 from ralm.user.sampler import LogUniformSampler
-from ralm.user.tower import UserItemModel
+from ralm.user.task import UserTrainTask
 
 MAX_LOSS_ROWS = 20_000
 
@@ -102,6 +103,9 @@ def recall_at_k(
 ) -> float:
     """Mean over ``vs.users`` of |top-k ∩ targets| / |targets|, TRAIN items excluded.
 
+    The ranking is done here (top-k over all items, TRAIN clicks masked); the metric itself
+    is :func:`ralm.evaluation.metrics.recall_at_k` on the hit matrix.
+
     Args:
         score_fn: users int64 (b,) -> scores (b, n_items), higher = better.
         vs: the validation set.
@@ -114,48 +118,41 @@ def recall_at_k(
         scores = score_fn(vs.users[lo:hi]).float().clone()  # (b, I)
         s_row, s_item, _ = _csr_rows(vs.seen, lo, hi)
         scores[torch.from_numpy(s_row), torch.from_numpy(s_item)] = float("-inf")
-        top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices  # (b, k)
+        k_eff = min(k, scores.shape[1])
+        top = torch.topk(scores, k_eff, dim=1).indices  # (b, k)
         t_row, t_item, t_len = _csr_rows(vs.targets, lo, hi)
         is_target = torch.zeros_like(scores, dtype=torch.bool)  # (b, I)
         is_target[torch.from_numpy(t_row), torch.from_numpy(t_item)] = True
-        hits = is_target.gather(1, top).sum(1).double()  # (b,)
-        total += float((hits / torch.from_numpy(t_len).double()).sum())
+        hits = is_target.gather(1, top).numpy()  # (b, k) bool
+        total += metrics.recall_at_k(hits, t_len, k_eff) * (hi - lo)
     return total / max(vs.users.size, 1)
 
 
 @torch.no_grad()
 def validate(
-    net: UserItemModel,
-    ds: EncodedDataset,
-    vs: ValidationSet,
-    k: int,
-    sampler: LogUniformSampler | None = None,
-    logq: bool = False,
+    task: UserTrainTask, ds: EncodedDataset, vs: ValidationSet, k: int
 ) -> dict[str, float]:
-    """``{"val_loss", "recall"}`` of the model on the validation set (eval mode)."""
-    was_training = net.training
-    net.eval()
+    """``{"val_loss", "recall"}`` of the task's model on the validation set (eval mode).
+
+    ``val_loss`` is the task's own loss (the training objective) on the fixed VALID rows and
+    negatives; ``recall`` is recall@k over all items.
+    """
+    was_training = task.training
+    task.eval()
+    net = task.net
     items = net.item_embedding.weight  # (I, d)
-    losses = []
+    total = 0.0
     for lo in range(0, vs.loss_users.size, 4096):
-        u = vs.loss_users[lo : lo + 4096]
-        pos_np, neg_np = vs.loss_items[lo : lo + 4096], vs.loss_neg[lo : lo + 4096]
-        user_vec = net(gather_users(ds, u, exclude_items=pos_np))  # (b, d)
-        pos, neg = torch.from_numpy(pos_np), torch.from_numpy(neg_np)
-        use_q = logq and sampler is not None
-        pos_q = torch.from_numpy(sampler.log_prob(pos_np)) if use_q and sampler else None
-        neg_q = torch.from_numpy(sampler.log_prob(neg_np)) if use_q and sampler else None
-        loss = sampled_softmax_loss(
-            user_vec, items, pos, neg, pos_log_q=pos_q, neg_log_q=neg_q, reduction="sum"
-        )
-        losses.append(loss)
-    val_loss = float(torch.stack(losses).sum()) / max(vs.loss_users.size, 1)
+        sl = slice(lo, lo + 4096)
+        batch = task.make_batch(ds, vs.loss_users[sl], vs.loss_items[sl], neg=vs.loss_neg[sl])
+        total += float(task(batch)) * len(batch)
+    val_loss = total / max(vs.loss_users.size, 1)
 
     def score(users: np.ndarray) -> torch.Tensor:
         return net(gather_users(ds, users)) @ items.T  # (b, I)
 
     recall = recall_at_k(score, vs, k)
-    net.train(was_training)
+    task.train(was_training)
     return {"val_loss": val_loss, "recall": recall}
 
 

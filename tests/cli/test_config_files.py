@@ -125,3 +125,17 @@ def test_dump_round_trips_non_defaults(tmp_path: Path) -> None:
     f.write_text(dump_toml(list(zip(sections, values, strict=True)), header="two\nlines"))
     loaded = load_sections(sections, f, {}, {})
     assert [loaded[s.name] for s in sections] == values
+
+
+def test_demo_resolves_its_config_before_downloading(monkeypatch, capsys) -> None:
+    import ralm.data.fetch
+
+    from .conftest import run_main
+
+    def no_fetch(*a, **k):
+        raise AssertionError("fetched before the config was found")
+
+    monkeypatch.setattr(ralm.data.fetch, "fetch_movielens_100k", no_fetch)
+    code, _, err = run_main(["demo", "--config", "no-such-experiment"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "no-such-experiment not found" in err and "experiment-ml100k-quick" in err

@@ -1,25 +1,27 @@
 """Commands imported only when used.
 
-The training and serving commands derive their flags from the settings models, and
-importing ``ralm.user`` or ``ralm.lookalike`` imports torch (seconds). A lazy group lists
-such a command by name and builds it the first time it is invoked or its help is shown, so
-``ralm data describe`` or ``ralm --help`` never pay for torch.
+The training, serving and evaluation commands derive their flags from the settings models,
+and importing ``ralm.user``, ``ralm.lookalike`` or ``ralm.evaluation`` imports torch
+(seconds). A lazy group lists such a command by name with the first line of its docstring,
+read from the source without importing it, and builds the real command only when it is
+invoked or its own help is shown. ``ralm --help`` and ``ralm data describe`` never pay for
+torch.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+import importlib.util
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
-
-# typer 0.29 vendors its own click; its Command class is private, so commands are typed Any
-Command = Any
+from typer.core import TyperCommand, TyperGroup
 
 
-def load_command(target: str, name: str) -> Command:
+def load_command(target: str, name: str) -> Any:
     """Build the click command of ``module:function`` (a typer-style function) as ``name``."""
     module_name, attr = target.split(":")
     func = getattr(importlib.import_module(module_name), attr)
@@ -30,39 +32,44 @@ def load_command(target: str, name: str) -> Command:
     return command
 
 
-class LazyCommands(MutableMapping[str, Command]):
-    """A command table whose lazy entries are built on first access."""
+def source_docstring(target: str) -> str | None:
+    """The docstring of ``module:function`` read from its source file (no import)."""
+    module_name, attr = target.split(":")
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or spec.origin is None:
+        return None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == attr:
+            return ast.get_docstring(node)
+    return None
 
-    def __init__(
-        self, eager: Mapping[str, Command], lazy: Mapping[str, Callable[[], Command]]
-    ) -> None:
-        self._built: dict[str, Command] = dict(eager)
-        self._lazy = {k: v for k, v in lazy.items() if k not in self._built}
 
-    def __getitem__(self, name: str) -> Command:
-        if name not in self._built and name in self._lazy:
-            self._built[name] = self._lazy.pop(name)()
-        return self._built[name]
+class LazyCommand(TyperCommand):
+    """A placeholder listing a command; parsing and running go to the real command.
 
-    def __setitem__(self, name: str, command: Command) -> None:
-        self._lazy.pop(name, None)
-        self._built[name] = command
+    Args:
+        name: command name.
+        target: ``"module:function"`` of the typer-style command function.
+    """
 
-    def __delitem__(self, name: str) -> None:
-        if name in self._lazy:
-            del self._lazy[name]
-        else:
-            del self._built[name]
+    def __init__(self, name: str, target: str) -> None:
+        super().__init__(name, help=source_docstring(target))
+        self.target = target
+        self._real: Any = None
 
-    def __iter__(self) -> Iterator[str]:
-        yield from self._built
-        yield from self._lazy
+    def real(self) -> Any:
+        """The real command (imported and built on first use)."""
+        if self._real is None:
+            self._real = load_command(self.target, self.name or "")
+        return self._real
 
-    def __len__(self) -> int:
-        return len(self._built) + len(self._lazy)
+    def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
+        # the context (and so its .command) is the real command's: click invokes that one
+        return self.real().make_context(info_name, args, parent=parent, **extra)
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._built or name in self._lazy
+    def invoke(self, ctx: Any) -> Any:
+        return self.real().invoke(ctx)
 
 
 def lazy_group(commands: Mapping[str, str]) -> type[TyperGroup]:
@@ -76,10 +83,7 @@ def lazy_group(commands: Mapping[str, str]) -> type[TyperGroup]:
     class LazyTyperGroup(TyperGroup):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            loaders = {n: (lambda t=t, n=n: load_command(t, n)) for n, t in targets.items()}
-            self.commands = LazyCommands(self.commands, loaders)  # type: ignore[assignment]
-
-        def list_commands(self, ctx: Any) -> list[str]:
-            return list(self.commands)
+            for name, target in targets.items():
+                self.commands.setdefault(name, LazyCommand(name, target))
 
     return LazyTyperGroup

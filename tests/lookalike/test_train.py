@@ -224,3 +224,43 @@ def test_steps_per_epoch_and_max_train_examples_cap_each_epoch(
     assert n > 2 and n == -(-len(training_examples(
         toy, seed_sets(toy), FAST.neg_ratio, FAST.neg_sampling, np.random.default_rng([0, 0])
     )[0]) // FAST.batch_size)  # fmt: skip
+
+
+def test_ranking_recall_matches_a_naive_loop(toy: EncodedDataset, universal) -> None:
+    from ralm.lookalike.validation import build_ranking_set, ranking_recall
+
+    torch.manual_seed(0)
+    model = LookalikeModel(LookalikeConfig(m=M, h=8, k=3)).eval()
+    seeds = seed_sets(toy)
+    index = build_seed_index(model, universal, (seeds.offsets, seeds.users))
+    rs = build_ranking_set(toy, seeds, max_users=50, seed=0)
+    assert rs is not None and rs.users.size == 50
+    k = 5
+    got = ranking_recall(model, index, universal, rs, k, batch_size=7)
+    it = toy.interactions
+    pos = np.asarray(it.label) > 0
+    train = {(u, i) for u, i in zip(it.user[pos & (it.split == int(Split.TRAIN))].tolist(),
+                                     it.item[pos & (it.split == int(Split.TRAIN))].tolist(),
+                                     strict=True)}  # fmt: skip
+    with torch.no_grad():
+        e = model.transform(torch.from_numpy(universal))
+        full = model.score(e, **index.tensors()).numpy()  # (n_users, I)
+    ref = []
+    for u in rs.users.tolist():
+        valid = {i for uu, i, s, p in zip(it.user.tolist(), it.item.tolist(), it.split.tolist(),
+                                          pos.tolist(), strict=True)
+                 if uu == u and p and s == int(Split.VALID) and seeds.counts[i] > 0
+                 and (u, i) not in train}  # fmt: skip
+        cand = [i for i in range(toy.n_items) if seeds.counts[i] > 0 and (u, i) not in train]
+        top = sorted(cand, key=lambda i: -full[u, i])[:k]
+        ref.append(len(valid & set(top)) / len(valid))
+    assert got == pytest.approx(float(np.mean(ref)), abs=1e-9)
+
+
+def test_monitor_recall_selects_on_ranking(toy: EncodedDataset, universal, lookup) -> None:
+    cfg = LookalikeConfig(m=M, h=8, k=3)
+    tc = FAST.model_copy(update={"monitor": "recall", "epochs": 3, "eval_k": 5})
+    res = train_lookalike(toy, cfg, universal, lookup, train_cfg=tc)
+    recalls = [r["recall"] for r in res.history]
+    assert res.best_epoch == int(np.argmax(recalls)) and 0 < max(recalls) <= 1
+    assert all("val_auc" in r for r in res.history)

@@ -97,14 +97,17 @@ class LookalikeTrainConfig(TrainLoopConfig):
     """Stage-2 training: pointwise BCE on clicks vs sampled negatives, Adam, re-clustering.
 
     The loop settings (``batch_size`` 256, ``lr`` 0.001 as in the paper, ``weight_decay``,
-    ``steps_per_epoch``, ``max_train_examples``, ``patience``, ``seed``, ``threads``) come
+    ``steps_per_epoch``, ``max_train_examples``, ``patience``, ``seed``, ``threads``,
+    ``eval_k``, ``val_max_users``) come
     from :class:`ralm.training.config.TrainLoopConfig`.
 
     Args:
         epochs: maximum number of epochs (one k-means re-clustering after each).
         neg_ratio: sampled non-clicked items per positive.
         neg_sampling: "uniform" over warm items or "popularity" (proportional to TRAIN clicks).
-        monitor: validation metric for early stopping and the best checkpoint.
+        monitor: validation metric for early stopping and the best checkpoint: "auc"
+            (VALID clicks vs sampled negatives) or "recall" (recall@``eval_k`` of VALID
+            clicks ranked among every item with seeds, up to ``val_max_users`` users).
         val_neg_ratio: sampled negatives per VALID click for the validation AUC.
         max_val_pos: cap on VALID positives used for the AUC (0 = all).
         target_cache_gib: precompute the (fixed) target embeddings of all TRAIN positives
@@ -116,10 +119,10 @@ class LookalikeTrainConfig(TrainLoopConfig):
     neg_sampling: Literal["uniform", "popularity"] = Field(
         default="uniform", description="Negative item distribution over items with TRAIN seeds."
     )
-    monitor: Literal["auc"] = Field(
+    monitor: Literal["auc", "recall"] = Field(
         default="auc",
         description="Validation metric for early stopping: AUC of VALID clicks vs sampled "
-        "negatives.",
+        "negatives, or recall@eval_k of VALID clicks ranked among all items with seeds.",
     )
     val_neg_ratio: int = Field(
         default=4, ge=1, description="Negatives per VALID click for the AUC."

@@ -47,6 +47,10 @@ class TargetEmbeddings:
         self.cache: np.ndarray | None = None
         if pos_keys is not None:
             m = seed_universal.shape[1]
+            log.info(
+                "embedding %s TRAIN positives once, each without its target (%.1f MiB)",
+                f"{pos_keys.size:,}", pos_keys.size * m * 4 / 2**20,
+            )  # fmt: skip
             self.cache = np.empty((pos_keys.size, m), dtype=np.float32)  # (P, m)
             steps = range(0, pos_keys.size, chunk)
             for lo in tqdm(steps, desc="embed positives", disable=not progress, leave=False):

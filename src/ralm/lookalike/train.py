@@ -51,12 +51,13 @@ from ralm.lookalike.task import (
     leave_self_out,
     make_batch,
 )
+from ralm.lookalike.validation import RankingSet, build_ranking_set, ranking_recall
 from ralm.training.threads import torch_threads
 from ralm.training.trainer import LoopState, Monitor, State, Trainer
 
 log = logging.getLogger(__name__)
 
-MONITORS = {"auc": Monitor("val_auc")}
+MONITORS = {"auc": Monitor("val_auc"), "recall": Monitor("recall")}
 
 __all__ = [
     "LookalikeStage",
@@ -162,6 +163,9 @@ class LookalikeStage:
         self.targets = TargetEmbeddings(
             seed_universal, target_universal, ds.n_items, pos_keys if fits else None, progress=show
         )
+        self.ranking: RankingSet | None = None
+        if tc.monitor == "recall":
+            self.ranking = build_ranking_set(ds, self.seeds, tc.val_max_users, tc.seed)
         self.clusters: SeedClusters | None = None
         self.seed_emb = np.zeros((0, cfg.h), dtype=np.float32)
         self.best_clusters: SeedClusters | None = None
@@ -228,12 +232,18 @@ class LookalikeStage:
             "stage 2 after epoch %d: k-means %.2fs, inertia %.4g (%+.4g), val_auc %.4f",
             epoch + 1, cl.seconds, cl.inertia, cl.inertia - prev_inertia, auc,
         )  # fmt: skip
-        return {
+        rec: dict[str, Any] = {
             "val_auc": auc,
             "kmeans_s": cl.seconds,
             "inertia": cl.inertia,
             "inertia_change": cl.inertia - prev_inertia,
         }
+        if self.ranking is not None:
+            index = index_from_clusters(self.model, cl, self.seeds.offsets, self.ds.item_ids)
+            rec["recall"] = ranking_recall(
+                self.model, index, self.seed_universal, self.ranking, self.tc.eval_k
+            )
+        return rec
 
     def on_improved(self, epoch: int) -> None:
         self.best_clusters, self.best_index = self.clusters, None
@@ -356,7 +366,7 @@ def train_lookalike(
             name="stage 2",
             first_epoch=0,
             loss_key="loss",
-            log_keys=("val_auc",),
+            log_keys=("val_auc", "recall"),
         )
         state = trainer.fit(resume=resume)
         if stage.clusters is None:  # epochs already done before the resume

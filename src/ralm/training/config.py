@@ -14,6 +14,7 @@ class TrainLoopConfig(BaseModel):
     """Settings of the training loop itself (paper: Adam, lr 0.001, batch 256).
 
     Args:
+        epochs: maximum number of epochs (each stage's config sets its own default).
         batch_size: examples per optimisation step.
         lr: Adam learning rate.
         weight_decay: Adam L2 weight decay (dense parameters only in stage 1).
@@ -26,10 +27,13 @@ class TrainLoopConfig(BaseModel):
         seed: seed of every random draw (initialisation, examples, negatives, k-means).
         threads: torch intra-op CPU threads while training (0 = leave torch's setting).
             The setting is restored when training returns.
+        eval_k: cut-off K of the validation recall@K (full-catalogue ranking).
+        val_max_users: at most this many VALID users ranked per epoch (seeded subset).
     """
 
     model_config = ConfigDict(extra="forbid")
 
+    epochs: int = Field(ge=1, description="Maximum epochs.")
     batch_size: int = Field(default=256, ge=1, description="Examples per step (paper: 256).")
     lr: float = Field(default=1e-3, gt=0.0, description="Adam learning rate (paper: 0.001).")
     weight_decay: float = Field(default=0.0, ge=0.0, description="Adam L2 weight decay.")
@@ -57,6 +61,9 @@ class TrainLoopConfig(BaseModel):
         description="torch CPU threads while training (0 = torch's default). One thread is "
         "fastest for batches of a few hundred rows and never spin-waits on a shared host.",
     )
+
+    eval_k: int = Field(default=50, ge=1, description="K of validation recall@K.")
+    val_max_users: int = Field(default=5000, ge=1, description="Max VALID users ranked per epoch.")
 
     def examples_cap(self) -> int | None:
         """The per-epoch example cap implied by ``steps_per_epoch`` and ``max_train_examples``."""

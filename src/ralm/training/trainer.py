@@ -183,7 +183,7 @@ class Trainer:
         task: ``nn.Module`` with ``forward(batch) -> scalar loss`` (holds the parameters).
         optimizer: updates the task's parameters.
         stage: the stage hooks.
-        cfg: loop settings (``epochs`` comes from the stage's config subclass).
+        cfg: loop settings (the stage's train config).
         monitor: the validation metric picking the best epoch.
         name: label of progress bars and log lines (``stage 1``).
         first_epoch: ``epoch`` value of the first epoch's record (stage 1 counts from 1,
@@ -211,7 +211,7 @@ class Trainer:
         self.optimizer = optimizer
         self.stage = stage
         self.cfg = cfg
-        self.epochs = int(getattr(cfg, "epochs", 1))
+        self.epochs = cfg.epochs
         self.monitor = monitor
         self.name = name
         self.first_epoch = first_epoch

@@ -85,7 +85,8 @@ class UserTrainConfig(TrainLoopConfig):
     Defaults follow the paper (Adam, lr 0.001, batch 256, 10 negatives per positive, at most
     50 positives per user) where it states them, and common sampled-softmax practice where it
     is silent. The loop settings (``batch_size``, ``lr``, ``weight_decay``,
-    ``steps_per_epoch``, ``max_train_examples``, ``patience``, ``seed``, ``threads``) come
+    ``steps_per_epoch``, ``max_train_examples``, ``patience``, ``seed``, ``threads``,
+    ``eval_k``, ``val_max_users``) come
     from :class:`ralm.training.config.TrainLoopConfig`.
 
     Args:
@@ -96,8 +97,6 @@ class UserTrainConfig(TrainLoopConfig):
         logq_correction: subtract log Q(item) from sampled logits (Bengio & Senecal); on by
             default, the paper is silent.
         monitor: validation metric for early stopping and the best checkpoint.
-        eval_k: cut-off K of the validation recall@K.
-        val_max_users: at most this many VALID users evaluated per epoch (seeded subset).
     """
 
     epochs: int = Field(default=20, ge=1, description="Maximum epochs.")
@@ -117,8 +116,6 @@ class UserTrainConfig(TrainLoopConfig):
         default="recall",
         description="Validation metric for early stopping: recall@K or sampled loss.",
     )
-    eval_k: int = Field(default=50, ge=1, description="K of validation recall@K.")
-    val_max_users: int = Field(default=5000, ge=1, description="Max VALID users scored per epoch.")
 
 
 def split_legacy_config(raw: dict[str, object]) -> tuple[dict[str, object], dict[str, object]]:

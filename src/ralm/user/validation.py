@@ -21,7 +21,7 @@ import torch
 
 from ralm.data.batching import gather_csr, gather_users
 from ralm.data.encoded import EncodedDataset, Split
-from ralm.evaluation import metrics
+from ralm.training import ranking
 from ralm.user.examples import positive_pairs, user_item_csr
 from ralm.user.sampler import LogUniformSampler
 from ralm.user.task import UserTrainTask
@@ -89,12 +89,6 @@ def build_validation(
     )
 
 
-def _csr_rows(csr: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[np.ndarray, ...]:
-    off, items = csr
-    lengths = np.diff(off[lo : hi + 1])
-    return np.repeat(np.arange(hi - lo), lengths), items[off[lo] : off[hi]], lengths
-
-
 def recall_at_k(
     score_fn: Callable[[np.ndarray], torch.Tensor],
     vs: ValidationSet,
@@ -103,8 +97,8 @@ def recall_at_k(
 ) -> float:
     """Mean over ``vs.users`` of |top-k ∩ targets| / |targets|, TRAIN items excluded.
 
-    The ranking is done here (top-k over all items, TRAIN clicks masked); the metric itself
-    is :func:`ralm.evaluation.metrics.recall_at_k` on the hit matrix.
+    Ranking by :func:`ralm.training.ranking.recall_at_k`, the metric is
+    :func:`ralm.evaluation.metrics.recall_at_k` on the hit matrix.
 
     Args:
         score_fn: users int64 (b,) -> scores (b, n_items), higher = better.
@@ -112,20 +106,7 @@ def recall_at_k(
         k: cut-off.
         batch_size: users scored at once.
     """
-    total = 0.0
-    for lo in range(0, vs.users.size, batch_size):
-        hi = min(lo + batch_size, vs.users.size)
-        scores = score_fn(vs.users[lo:hi]).float().clone()  # (b, I)
-        s_row, s_item, _ = _csr_rows(vs.seen, lo, hi)
-        scores[torch.from_numpy(s_row), torch.from_numpy(s_item)] = float("-inf")
-        k_eff = min(k, scores.shape[1])
-        top = torch.topk(scores, k_eff, dim=1).indices  # (b, k)
-        t_row, t_item, t_len = _csr_rows(vs.targets, lo, hi)
-        is_target = torch.zeros_like(scores, dtype=torch.bool)  # (b, I)
-        is_target[torch.from_numpy(t_row), torch.from_numpy(t_item)] = True
-        hits = is_target.gather(1, top).numpy()  # (b, k) bool
-        total += metrics.recall_at_k(hits, t_len, k_eff) * (hi - lo)
-    return total / max(vs.users.size, 1)
+    return ranking.recall_at_k(score_fn, vs.users, vs.targets, vs.seen, k, batch_size)
 
 
 @torch.no_grad()

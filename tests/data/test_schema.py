@@ -72,6 +72,6 @@ def test_example_config_in_the_repo_is_valid() -> None:
 
     from ralm.data.schema import schema_from_dict
 
-    path = Path(__file__).parents[2] / "configs" / "dataset.example.toml"
+    path = Path(__file__).parents[2] / "src/ralm/configs" / "dataset.example.toml"
     s = schema_from_dict(tomllib.loads(path.read_text()), path.parent, str(path))
     assert [f.source_column for f in s.fields] == ["gender", "tags", "age"]

@@ -92,7 +92,9 @@ def test_config_errors_name_file_and_field(tmp_path):
 def test_presets_are_valid(name):
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "configs" / f"experiment-ml100k-{name}.toml"
+    path = (
+        Path(__file__).resolve().parents[2] / "src/ralm/configs" / f"experiment-ml100k-{name}.toml"
+    )
     cfg = load_experiment_config(path)
     assert len(cfg.seeds) >= 3 and cfg.protocols[:2] == ["warm", "cold"]
     assert {"mixed", "full", "copy"} <= set(cfg.protocols)

@@ -6,7 +6,8 @@ import logging
 
 import typer
 
-from ralm.cli import data, demo, evaluate, export, serve, train
+from ralm.cli import config, data, demo, export, train
+from ralm.cli.lazy import lazy_group
 from ralm.errors import RalmError
 
 app = typer.Typer(
@@ -14,14 +15,19 @@ app = typer.Typer(
     help="RALM: real-time attention-based look-alike recommendation.",
     no_args_is_help=True,
     add_completion=False,
+    cls=lazy_group(
+        {
+            "evaluate": "ralm.cli.evaluate:evaluate",
+            "experiment": "ralm.cli.evaluate:experiment",
+            "serve": "ralm.cli.serve:serve",
+        }
+    ),
 )
 app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
 app.command("export")(export.export)
-app.command("evaluate")(evaluate.evaluate)
-app.command("experiment")(evaluate.experiment)
-app.command("serve")(serve.serve)
 app.command("demo")(demo.demo)
+app.add_typer(config.app, name="config")
 
 
 @app.callback()
@@ -30,6 +36,8 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # faiss logs which CPU build it loads at INFO, on every import
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def main() -> None:

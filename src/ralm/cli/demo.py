@@ -10,22 +10,14 @@ from pathlib import Path
 
 import typer
 
-DEFAULT_CONFIG = "configs/experiment-ml100k-quick.toml"
-
-
-def _find_config(path: Path) -> Path:
-    if path.is_file():
-        return path
-    # fall back to the repository copy next to the package (editable installs)
-    repo = Path(__file__).resolve().parents[3] / path
-    if repo.is_file():
-        return repo
-    raise typer.BadParameter(f"experiment config {path} not found", param_hint="--config")
+DEFAULT_CONFIG = "experiment-ml100k-quick"  # shipped in the package: ralm/configs/
 
 
 def demo(
-    config: Path = typer.Option(
-        Path(DEFAULT_CONFIG), "--config", help="Experiment config (TOML) to run."
+    config: str = typer.Option(
+        DEFAULT_CONFIG,
+        "--config",
+        help="Experiment config: a TOML file or the name of a shipped one (ralm/configs/).",
     ),
     out: Path = typer.Option(Path("reports/demo"), "--out", help="Report folder."),
     data_dir: Path = typer.Option(
@@ -33,11 +25,14 @@ def demo(
     ),
 ) -> None:
     """Fetch MovieLens-100K and run the whole pipeline end to end, printing the results."""
+    from ralm.config_files import resolve_config
     from ralm.data.describe import print_description
     from ralm.data.fetch import fetch_movielens_100k
     from ralm.data.prepare import prepare
     from ralm.data.splits import SplitConfig
     from ralm.evaluation.experiment import load_experiment_config, run_experiment
+
+    config_path = resolve_config(config)  # fail before the download
 
     typer.secho("== 1/3 fetch MovieLens-100K", bold=True)
     raw_dir, fmt = fetch_movielens_100k()
@@ -48,7 +43,7 @@ def demo(
     print_description(ds)
 
     typer.secho("== 3/3 experiment: stage 1, stage 2, baselines, evaluation", bold=True)
-    cfg = load_experiment_config(_find_config(config))
+    cfg = load_experiment_config(config_path)
     report_dir = run_experiment(cfg, out_dir=out)
     report = report_dir / "report.md"
     typer.echo(report.read_text())

@@ -1,16 +1,23 @@
-"""``ralm evaluate`` (models on a prepared dataset) and ``ralm experiment CONFIG``."""
+"""``ralm evaluate`` (models on a prepared dataset) and ``ralm experiment CONFIG``.
+
+Imported when used (it imports the stage configs, hence torch); list defaults come from
+``ExperimentConfig``.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from ralm.config_files import Section, build_settings, field_default, resolve_config
 from ralm.errors import ConfigError
+from ralm.evaluation.config import ExperimentConfig, ModelName, load_experiment_config
 
 
 def _csv(value: str | None, cast: type = str) -> list[Any] | None:
@@ -43,9 +50,31 @@ def print_tables(report_dir: Path) -> None:
     console.print(f"report: {report_dir / 'report.md'}")
 
 
+def _default(name: str) -> str:
+    """The default of an ExperimentConfig list field as the comma list a flag takes."""
+    return ",".join(str(v) for v in field_default(ExperimentConfig.model_fields[name]))
+
+
+def _help(text: str, name: str) -> str:
+    return escape(f"{text} [default: {_default(name)}, or the --config file's]")
+
+
+EXPERIMENT = Section("experiment", ExperimentConfig)
+MODEL_NAMES = get_args(ModelName)
+FLAGS = {"models": "--models", "protocols": "--protocols", "seeds": "--seeds", "ks": "--ks"}
+
+
+def _settings(base: dict[str, Any], update: dict[str, Any], path: Path | None) -> ExperimentConfig:
+    flags = {**FLAGS, "run_dir": "--run", "data": "--data", "name": "--out"}
+    cfg = build_settings(EXPERIMENT, base, update, path=path, flag_names=flags)
+    assert isinstance(cfg, ExperimentConfig)
+    return cfg
+
+
 def experiment(
-    config: Path = typer.Argument(
-        ..., help="Experiment TOML (e.g. configs/experiment-ml100k-quick.toml)."
+    config: str = typer.Argument(
+        ...,
+        help="Experiment TOML file, or the name of a shipped one (e.g. experiment-ml100k-quick).",
     ),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default: out_dir/name)."),
     seeds: str | None = typer.Option(None, "--seeds", help="Override the seeds, e.g. 0,1,2."),
@@ -53,10 +82,10 @@ def experiment(
     no_ablations: bool = typer.Option(False, "--no-ablations", help="Skip the ablation grid."),
 ) -> None:
     """Run a full experiment (data -> stage 1 -> stage 2 -> baselines -> report) from a config."""
-    from ralm.evaluation.config import ExperimentConfig, load_experiment_config
     from ralm.evaluation.experiment import run_experiment
 
-    cfg = load_experiment_config(config)
+    path = resolve_config(config)
+    cfg = load_experiment_config(path)
     update: dict[str, Any] = {}
     if seeds is not None:
         update["seeds"] = _csv(seeds, int)
@@ -65,7 +94,7 @@ def experiment(
     if no_ablations:
         update["ablations"] = None
     if update:
-        cfg = ExperimentConfig.model_validate({**cfg.model_dump(), **update})
+        cfg = _settings(cfg.model_dump(), update, path)
     print_tables(run_experiment(cfg, out_dir=out))
 
 
@@ -75,41 +104,43 @@ def evaluate(
     run: Path | None = typer.Option(
         None, "--run", help="Trained run folder with user/ and lookalike/ checkpoints."
     ),
-    models: str = typer.Option(
-        "random,popularity,lr,yahoo,youtube_dnn,ralm_average,ralm",
+    models: str | None = typer.Option(
+        None,
         "--models",
-        help="Models to compare (random, popularity, lr, yahoo, youtube_dnn, ralm_tower, "
-        "ralm_average, ralm).",
+        help=_help(f"Models to compare ({', '.join(get_args(ModelName))}).", "models"),
     ),
-    protocols: str = typer.Option("warm,cold", "--protocols", help="warm and/or cold."),
-    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds (mean ± std over them)."),
-    ks: str = typer.Option("10,50", "--ks", help="Top-K cut-offs."),
-    config: Path | None = typer.Option(
-        None, "--config", help="Experiment TOML for model hyper-parameters (data is --data)."
+    protocols: str | None = typer.Option(
+        None, "--protocols", help=_help("warm and/or cold.", "protocols")
+    ),
+    seeds: str | None = typer.Option(
+        None, "--seeds", help=_help("Seeds (mean ± std over them).", "seeds")
+    ),
+    ks: str | None = typer.Option(None, "--ks", help=_help("Top-K cut-offs.", "ks")),
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        help="Experiment TOML (file or shipped name) for model hyper-parameters (data: --data).",
     ),
 ) -> None:
     """Evaluate models on a prepared dataset (its split as is) and write a report folder."""
-    from ralm.evaluation.config import ExperimentConfig, load_experiment_config
     from ralm.evaluation.experiment import run_experiment
 
     if not (data / "meta.json").is_file():
         raise ConfigError(f"--data {data} is not an encoded dataset (no meta.json)")
-    base = load_experiment_config(config).model_dump() if config is not None else {}
-    raw = {
-        **base,
+    path = resolve_config(config) if config is not None else None
+    base = load_experiment_config(path).model_dump() if path is not None else {}
+    update: dict[str, Any] = {
         "name": out.name,
         "data": {"encoded": str(data)},
-        "models": _csv(models),
-        "protocols": _csv(protocols),
-        "seeds": _csv(seeds, int),
-        "ks": _csv(ks, int),
         "run_dir": str(run) if run is not None else None,
         "ablations": None,
     }
-    from pydantic import ValidationError
-
-    try:
-        cfg = ExperimentConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(f"invalid options: {e}") from e
-    print_tables(run_experiment(cfg, out_dir=out))
+    for key, value, cast in (
+        ("models", models, str),
+        ("protocols", protocols, str),
+        ("seeds", seeds, int),
+        ("ks", ks, int),
+    ):
+        if value is not None:
+            update[key] = _csv(value, cast)
+    print_tables(run_experiment(_settings(base, update, path), out_dir=out))

@@ -3,67 +3,81 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field
+
+from ralm.cli.options import with_settings
+from ralm.config_files import Section
+from ralm.serve.config import ServeConfig
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+class ListenConfig(BaseModel):
+    """Where the HTTP server listens (table ``[listen]``).
+
+    Args:
+        host: bind address; loopback by default, anything else needs a token to keep
+            ``/clicks`` closed.
+        port: TCP port.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="Bind address.")
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port.")
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+SERVE = Section(
+    "serve",
+    ServeConfig,
+    flags={
+        "recluster_every_s": ("--recluster-every",),
+        "max_seeds_per_item": ("--max-seeds",),
+        "torch_threads": ("--threads",),
+    },
+    computed=frozenset({"state_dir"}),
+    help={"state_dir": "Seed store + published indexes [default: RUN/serve]"},
+    envvars={"token": "RALM_TOKEN"},
+    transform={"synchronous": _upper},
+)
+LISTEN = Section("listen", ListenConfig)
+
+
+@with_settings(LISTEN, SERVE)
 def serve(
     run: Path = typer.Option(..., "--run", help="Training run folder (user/ and lookalike/)."),
     data: Path = typer.Option(..., "--data", help="Encoded dataset folder the run was trained on."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
-    state_dir: Path | None = typer.Option(
-        None, "--state-dir", help="Seed store + published indexes (default: RUN/serve)."
-    ),
-    recluster_every: float = typer.Option(
-        300.0, "--recluster-every", min=0.1, help="Seconds between re-clusters (paper: 300)."
-    ),
-    min_seeds: int = typer.Option(10, "--min-seeds", min=1, help="Seeds before recommending."),
-    fast_path: bool = typer.Option(
-        True, "--fast-path/--no-fast-path", help="Serve items with a few seeds within seconds."
-    ),
-    fast_path_min_seeds: int = typer.Option(3, "--fast-path-min-seeds", min=1),
-    max_seeds: int = typer.Option(
-        3_000_000, "--max-seeds", min=1, help="Most recent clickers kept per item (paper: 3M)."
-    ),
-    batch_window_ms: float = typer.Option(2.0, "--batch-window-ms", min=0.0),
-    max_batch: int = typer.Option(64, "--max-batch", min=1),
-    synchronous: str = typer.Option("FULL", "--synchronous", help="SQLite sync: FULL | NORMAL."),
-    token: str | None = typer.Option(
-        None, "--token", envvar="RALM_TOKEN", help="Bearer token required by write endpoints."
-    ),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads."),
+    *,
+    listen: ListenConfig,
+    serve: ServeConfig,
 ) -> None:
     """Start the HTTP service: POST /recommend, POST /clicks, GET /items/{id}, /metrics, /docs."""
-    from pydantic import ValidationError
-
-    from ralm.errors import ConfigError
     from ralm.serve.app import run_server
-    from ralm.serve.config import ServeConfig
     from ralm.serve.loader import load_serving_model
     from ralm.serve.service import RalmService
 
-    try:
-        cfg = ServeConfig(
-            state_dir=state_dir or run / "serve",
-            recluster_every_s=recluster_every,
-            min_seeds=min_seeds,
-            fast_path=fast_path,
-            fast_path_min_seeds=fast_path_min_seeds,
-            max_seeds_per_item=max_seeds,
-            batch_window_ms=batch_window_ms,
-            max_batch=max_batch,
-            synchronous=synchronous.upper(),
-            token=token,
-            torch_threads=threads,
-        )
-    except ValidationError as e:
-        raise ConfigError(f"invalid option: {e}") from e
-    if host not in ("127.0.0.1", "localhost", "::1") and token is None:
+    cfg = with_state_dir(serve, run)
+    if listen.host not in LOOPBACK and cfg.token is None:
         typer.secho(
-            f"warning: binding {host} without --token leaves /clicks open", fg="yellow", err=True
+            f"warning: binding {listen.host} without --token leaves /clicks open",
+            fg="yellow",
+            err=True,
         )
     model = load_serving_model(run, data)
     service = RalmService(model, cfg)
-    typer.echo(f"serving {run} on http://{host}:{port} (docs: /docs)")
-    run_server(service, host=host, port=port)
+    typer.echo(f"serving {run} on http://{listen.host}:{listen.port} (docs: /docs)")
+    run_server(service, host=listen.host, port=listen.port)
+
+
+def with_state_dir(cfg: ServeConfig, run: Path) -> ServeConfig:
+    """``cfg`` with the state folder defaulting to ``RUN/serve`` (unless set explicitly)."""
+    if "state_dir" in cfg.model_fields_set:
+        return cfg
+    return cfg.model_copy(update={"state_dir": run / "serve"})

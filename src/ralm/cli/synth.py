@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from ralm.cli.options import with_settings
+from ralm.config_files import Section
+from ralm.data.splits import SplitConfig
 from ralm.errors import ConfigError
 
 
@@ -30,6 +32,21 @@ class OutFormat(StrEnum):
     encoded = "encoded"
 
 
+SPLIT = Section(
+    "split",
+    SplitConfig,
+    flags={"method": ("--split",)},
+    skip=frozenset({"seed", "cold_item_frac", "cold_min_clicks"}),  # seed: --seed
+    help={
+        "method": "encoded only: per_user | global_time | random_per_user.",
+        "valid_frac": "encoded only: VALID share.",
+        "test_frac": "encoded only: TEST share.",
+        "cold_seed_frac": "encoded only: earliest share of a cold item's clicks.",
+    },
+)
+
+
+@with_settings(SPLIT, config_file=False)
 def synth(
     out: Path = typer.Option(..., "--out", help="Output folder (created if missing)."),
     preset_name: Preset = typer.Option(
@@ -45,17 +62,10 @@ def synth(
     users: int | None = typer.Option(None, "--users", help="Override the number of users."),
     items: int | None = typer.Option(None, "--items", help="Override the number of items."),
     clicks: int | None = typer.Option(None, "--clicks", help="Override the number of clicks."),
-    split_method: str = typer.Option(
-        "per_user", "--split", help="encoded only: per_user | global_time | random_per_user."
-    ),
-    valid_frac: float = typer.Option(0.1, "--valid-frac", help="encoded only: VALID share."),
-    test_frac: float = typer.Option(0.1, "--test-frac", help="encoded only: TEST share."),
-    cold_seed_frac: float = typer.Option(
-        0.5, "--cold-seed-frac", help="encoded only: earliest share of a cold item's clicks."
-    ),
+    *,
+    split: SplitConfig,
 ) -> None:
     """Generate a synthetic data set with planted structure (latent interest groups)."""
-    from ralm.data.splits import SplitConfig
     from ralm.data.synth import generate, preset, write_encoded, write_parquet
 
     overrides: dict[str, Any] = {"seed": seed}
@@ -63,16 +73,7 @@ def synth(
         if value is not None:
             overrides[key] = value
     cfg = preset(preset_name.value, **overrides)
-    try:
-        split = SplitConfig(
-            method=split_method,  # type: ignore[arg-type]
-            valid_frac=valid_frac,
-            test_frac=test_frac,
-            cold_seed_frac=cold_seed_frac,
-            seed=seed,
-        )
-    except ValidationError as e:
-        raise ConfigError(f"invalid split option: {e}") from e
+    split = split.model_copy(update={"seed": seed})
     if split.method == "given":
         raise ConfigError("--split given needs a test file; use ralm data prepare for that")
 

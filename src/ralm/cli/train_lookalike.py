@@ -7,96 +7,72 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from ralm.cli.options import with_settings
+from ralm.config_files import Section
 from ralm.errors import ConfigError
+from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
+
+LOOKALIKE = Section(
+    "lookalike",
+    LookalikeConfig,
+    flags={"use_local": ("--local",), "use_global": ("--global",)},
+    skip=frozenset({"m"}),  # the stage-1 embedding dimension, read from --user-model
+    computed=frozenset({"m"}),
+    help={"m": "read from the stage-1 model"},
+)
+LOOKALIKE_TRAIN = Section("lookalike_train", LookalikeTrainConfig)
 
 
+@with_settings(LOOKALIKE, LOOKALIKE_TRAIN)
 def train_lookalike(
     data: Path = typer.Option(..., "--data", help="Encoded dataset folder (ralm data prepare)."),
     user_model: Path = typer.Option(
         ..., "--user-model", help="Stage-1 run folder (e.g. runs/x/user)."
     ),
     out: Path = typer.Option(..., "--out", help="Run folder for stage 2 (e.g. runs/x/lookalike)."),
-    k: int = typer.Option(20, "--k", help="Seed clusters per item (paper: 20)."),
-    h: int = typer.Option(128, "--h", help="Transformed dimension (paper: 128)."),
-    variant: str = typer.Option("ralm", "--variant", help="ralm | average (mean of seeds)."),
-    local: bool = typer.Option(True, "--local/--no-local", help="Local attention term."),
-    global_: bool = typer.Option(True, "--global/--no-global", help="Global attention term."),
-    size_prior: bool = typer.Option(
-        True, "--size-prior/--no-size-prior", help="log(cluster size) in attention logits."
-    ),
-    seed_prior: bool = typer.Option(
-        True,
-        "--seed-prior/--no-seed-prior",
-        help="Learnable gamma*log(1+n_seeds) in the score (off = the paper's cosine score).",
-    ),
-    kmeans_backend: str = typer.Option(
-        "faiss", "--kmeans-backend", help="faiss (per item) | torch (batched Lloyd)."
-    ),
-    epochs: int = typer.Option(10, "--epochs", help="Maximum epochs (re-cluster after each)."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Examples per step (paper: 256)."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (paper: 0.001)."),
-    neg_ratio: int = typer.Option(4, "--neg-ratio", help="Sampled negatives per positive."),
-    neg_sampling: str = typer.Option(
-        "uniform", "--neg-sampling", help="uniform | popularity (over items with seeds)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Random seed (same seed -> same weights)."),
-    patience: int = typer.Option(3, "--patience", help="Early-stopping patience (0 = off)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out."),
-    threads: int = typer.Option(1, "--threads", help="torch intra-op threads (small batches)."),
+    *,
+    lookalike: LookalikeConfig,
+    lookalike_train: LookalikeTrainConfig,
 ) -> None:
     """Train the look-alike model (stage 2): iterative k-means + attention, val AUC per epoch."""
     import numpy as np
-    import torch
 
-    from ralm.cli.train_user import load_dataset
+    from ralm.cli.train_user import load_dataset, set_torch_threads
     from ralm.data.encoded import EncodedDataset
-    from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
     from ralm.lookalike.train import train_lookalike as run
     from ralm.user.checkpoint import load_user_model
     from ralm.user.embed import embed_users
 
-    torch.set_num_threads(max(1, threads))
+    set_torch_threads(lookalike_train.threads)
     ds = load_dataset(data, EncodedDataset)
     umodel = load_user_model(user_model, ds)
     seed_universal = embed_users(umodel, ds)  # (n_users, m), no exclusion
-    try:
-        cfg = LookalikeConfig(
-            m=int(seed_universal.shape[1]),
-            h=h,
-            k=k,
-            variant=variant,  # type: ignore[arg-type]
-            use_local=local,
-            use_global=global_,
-            size_prior=size_prior,
-            seed_prior=seed_prior,
-            kmeans_backend=kmeans_backend,  # type: ignore[arg-type]
-        )
-        tc = LookalikeTrainConfig(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            neg_ratio=neg_ratio,
-            neg_sampling=neg_sampling,  # type: ignore[arg-type]
-            patience=patience,
-            seed=seed,
-            threads=max(1, threads),
-        )
-    except ValidationError as e:
-        raise ConfigError(f"invalid option: {e}") from e
+    cfg = with_stage1_dim(lookalike, int(seed_universal.shape[1]), user_model)
 
     def target_universal(users: np.ndarray, exclude_items: np.ndarray) -> np.ndarray:
         return embed_users(umodel, ds, users, exclude_items)
 
-    res = run(ds, cfg, seed_universal, target_universal, out, tc, resume=resume)
+    res = run(ds, cfg, seed_universal, target_universal, out, lookalike_train, resume=resume)
     show_history(res.history, res.best_epoch)
     typer.echo(
         f"best val AUC {res.best_val_auc:.4f} (epoch {res.best_epoch}); "
         f"model and seed index saved to {out}"
     )
+
+
+def with_stage1_dim(cfg: LookalikeConfig, m: int, user_model: Path) -> LookalikeConfig:
+    """``cfg`` with ``m`` = the stage-1 embedding dimension (a different ``m`` set in the
+    config file is an error, not silently replaced)."""
+    if "m" in cfg.model_fields_set and cfg.m != m:
+        raise ConfigError(
+            f"[lookalike] m = {cfg.m} but the stage-1 model {user_model} embeds users in {m} "
+            "dimensions (leave m out: it is read from the stage-1 model)"
+        )
+    return cfg.model_copy(update={"m": m})  # m >= 1: an embedding dimension
 
 
 def show_history(history: list[dict[str, Any]], best_epoch: int) -> None:

@@ -20,7 +20,7 @@ from ralm.evaluation.baselines.base import Recommender
 from ralm.evaluation.baselines.ralm import RalmRecommender
 from ralm.evaluation.baselines.youtube_dnn import TowerDotProduct
 from ralm.evaluation.evaluator import evaluate
-from ralm.evaluation.runner import RunContext
+from ralm.evaluation.runner import RunContext, summarise
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,6 @@ def _ralm(ctx: RunContext, seed: int, name: str, merge: str = "attention", **loo
 
 def run_ablations(ctx: RunContext, fitted: dict[tuple[str, int], Any]) -> dict[str, Any]:
     """Run the configured ablation grid; returns ``{ablation: [{label, ..., summary}]}``."""
-    from ralm.evaluation.experiment import summarise
-
     ab = ctx.cfg.ablations
     assert ab is not None
     runs: dict[str, dict[str, list[dict[str, float]]]] = defaultdict(lambda: defaultdict(list))

@@ -2,7 +2,7 @@
 
 Every section maps onto the config model of the stage it drives, so any stage-1, stage-2,
 LR or Yahoo hyper-parameter can be overridden from the TOML file. See
-``configs/experiment-ml100k-quick.toml`` for an annotated example.
+``src/ralm/configs/experiment-ml100k-quick.toml`` for an annotated example.
 """
 
 from __future__ import annotations

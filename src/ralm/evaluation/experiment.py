@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from ralm.common.progress import progress_disabled
@@ -23,23 +22,11 @@ from ralm.evaluation.ablations import run_ablations
 from ralm.evaluation.config import ExperimentConfig, load_experiment_config
 from ralm.evaluation.evaluator import evaluate
 from ralm.evaluation.report import write_report
-from ralm.evaluation.runner import DISPLAY, RunContext, load_dataset, split_counts
+from ralm.evaluation.runner import DISPLAY, RunContext, load_dataset, split_counts, summarise
 
 log = logging.getLogger(__name__)
 
 __all__ = ["load_experiment_config", "run_experiment", "summarise"]
-
-
-def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
-    """Per metric: mean, sample std (ddof=1; 0 for one run) and the values of ``runs``."""
-    out: dict[str, dict[str, Any]] = {}
-    for key in runs[0]:
-        if key == "seed":
-            continue
-        vals = np.asarray([r[key] for r in runs], dtype=np.float64)
-        std = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
-        out[key] = {"mean": float(vals.mean()), "std": std, "values": vals.tolist()}
-    return out
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None) -> Path:

@@ -11,7 +11,9 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+import numpy as np
 
 from ralm.data.encoded import EncodedDataset, Split
 from ralm.evaluation.baselines.base import RandomRecommender, Recommender
@@ -42,6 +44,21 @@ DISPLAY = {
     "user_knn": "user-kNN look-alike",
     "ease": "EASE",
 }
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Per metric: mean, sample std (ddof=1; 0 for one run) and the values of ``runs``.
+
+    Shared by the main tables (``experiment``) and the ablation grid (``ablations``).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for key in runs[0]:
+        if key == "seed":
+            continue
+        vals = np.asarray([r[key] for r in runs], dtype=np.float64)
+        std = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+        out[key] = {"mean": float(vals.mean()), "std": std, "values": vals.tolist()}
+    return out
 
 
 def load_dataset(data: DataConfig) -> EncodedDataset:

@@ -403,7 +403,7 @@ def test_redis_unreachable_is_a_one_line_error() -> None:
 def test_open_seed_store_picks_the_implementation(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    from ralm.serve.seed_store import open_seed_store
+    from ralm.serve.stores import open_seed_store
 
     a = open_seed_store(tmp_path / "s.db", max_seeds=7)
     b = open_seed_store(redis_server.url, max_seeds=7)

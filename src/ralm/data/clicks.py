@@ -21,7 +21,7 @@ from ralm.data.features import csr_from_pairs
 
 def click_rows(inter: Interactions, splits: tuple[Split, ...]) -> np.ndarray:
     """Bool (n,) mask of the click rows (``label > 0``) of ``splits``."""
-    return inter.mask(*splits) & (np.asarray(inter.label) > 0)
+    return inter.click_mask(*splits)
 
 
 def split_clicks(

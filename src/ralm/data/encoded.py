@@ -111,6 +111,10 @@ class Interactions:
     def mask(self, *splits: Split) -> np.ndarray:
         return np.isin(self.split, np.asarray([int(s) for s in splits], dtype=np.int8))
 
+    def click_mask(self, *splits: Split) -> np.ndarray:
+        """Bool (n,) mask of the click rows (``label > 0``) of ``splits``."""
+        return self.mask(*splits) & (np.asarray(self.label) > 0)
+
 
 @dataclass
 class EncodedDataset:
@@ -155,10 +159,8 @@ class EncodedDataset:
 
     def item_popularity(self, splits: tuple[Split, ...] = (Split.TRAIN,)) -> np.ndarray:
         """Click count per item over the given splits, int64 (n_items,)."""
-        from ralm.data.clicks import click_rows  # clicks.py imports this module
-
         it = self.interactions
-        return np.bincount(it.item[click_rows(it, splits)], minlength=self.n_items).astype(np.int64)
+        return np.bincount(it.item[it.click_mask(*splits)], minlength=self.n_items).astype(np.int64)
 
     def item_popularity_rank(self) -> np.ndarray:
         """Rank of every item by training clicks (0 = most clicked), int64 (n_items,).

@@ -18,60 +18,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from ralm.lookalike.seed_clusters import SeedClusters, check_inputs
+
+_check_inputs = check_inputs  # the name other modules used
+__all__ = ["SeedClusters", "average_seeds", "cluster_items", "cluster_seeds", "exact_means"]
+
 log = logging.getLogger(__name__)
 
 MAX_POINTS_PER_CENTROID = 1 << 30  # faiss subsamples above this: never
-
-
-@dataclass
-class SeedClusters:
-    """Clusters of every item's seeds.
-
-    Attributes:
-        centroids: float32 (I, k, h); masked slots are 0.
-        mask: bool (I, k), True = valid centroid.
-        sizes: int64 (I, k), seeds per centroid (0 on masked slots).
-        assign: int64 (S,), cluster slot of every seed row.
-        inertia: total squared distance of seeds to their centroid.
-        seconds: wall time of the clustering.
-    """
-
-    centroids: np.ndarray
-    mask: np.ndarray
-    sizes: np.ndarray
-    assign: np.ndarray
-    inertia: float = 0.0
-    seconds: float = 0.0
-
-    @property
-    def n_items(self) -> int:
-        return int(self.centroids.shape[0])
-
-    @property
-    def k(self) -> int:
-        return int(self.centroids.shape[1])
-
-
-def _check_inputs(seed_emb: np.ndarray, item_offsets: np.ndarray, k: int) -> None:
-    if seed_emb.ndim != 2:
-        raise ValueError(f"seed_emb must be (S, h), got shape {seed_emb.shape}")
-    if item_offsets.ndim != 1 or item_offsets.size < 1:
-        raise ValueError("item_offsets must be a 1-d CSR offsets array of length I + 1")
-    if item_offsets[0] != 0 or item_offsets[-1] != seed_emb.shape[0]:
-        raise ValueError(
-            f"item_offsets must start at 0 and end at S={seed_emb.shape[0]}, "
-            f"got {item_offsets[0]}..{item_offsets[-1]}"
-        )
-    if np.any(np.diff(item_offsets) < 0):
-        raise ValueError("item_offsets must be non-decreasing")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
 
 
 def exact_means(

@@ -14,7 +14,8 @@ import time
 import numpy as np
 import torch
 
-from ralm.lookalike.clustering import SeedClusters, _check_inputs
+from ralm.lookalike.seed_clusters import SeedClusters
+from ralm.lookalike.seed_clusters import check_inputs as _check_inputs
 
 MAX_BUCKET_ELEMENTS = 1 << 25  # floats per padded (I_b, S_max, h) chunk (128 MiB)
 

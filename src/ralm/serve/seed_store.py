@@ -16,7 +16,7 @@ recency is event time ``ts``, then ``seq``. Rules shared by every implementation
 
 Two implementations satisfy it: :class:`ralm.serve.store.SQLiteSeedStore` (embedded, the
 zero-set-up default) and :class:`ralm.serve.redis_store.RedisSeedStore` for several
-replicas; :func:`open_seed_store` picks one from a location. One contract suite
+replicas; :func:`ralm.serve.stores.open_seed_store` picks one from a location. One contract suite
 (``tests/serve/test_store_contract.py``) runs against every implementation.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -123,23 +122,3 @@ class SeedStore(Protocol):
     def n_seed_rows(self) -> int: ...
 
     def close(self) -> None: ...
-
-
-def open_seed_store(
-    location: str | Path, max_seeds: int = 3_000_000, synchronous: str = "FULL"
-) -> SeedStore:
-    """Open the store at ``location``.
-
-    Args:
-        location: ``redis://host:port/db`` (Redis, shared by replicas) or a SQLite file.
-        max_seeds: N, distinct clickers kept per item.
-        synchronous: SQLite only: ``FULL``, ``NORMAL`` or ``EXTRA``.
-    """
-    loc = str(location)
-    if loc.startswith(("redis://", "rediss://", "unix://")):
-        from ralm.serve.redis_store import RedisSeedStore
-
-        return RedisSeedStore(loc, max_seeds=max_seeds)
-    from ralm.serve.store import SQLiteSeedStore
-
-    return SQLiteSeedStore(Path(location), max_seeds=max_seeds, synchronous=synchronous)

@@ -14,7 +14,7 @@ from ralm.errors import ConfigError
 
 def test_default_threads_env_and_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RALM_THREADS", raising=False)
-    assert default_threads() == max(1, min(2, os.cpu_count() or 1))
+    assert default_threads() == 1  # one thread per process unless asked
     monkeypatch.setenv("RALM_THREADS", "3")
     assert default_threads() == 3
     for bad in ("0", "two", "-1"):

@@ -36,7 +36,7 @@ def main() -> None:
     """Console entry point: user errors are printed without a traceback (exit code 2).
 
     Applies the one thread policy first (:mod:`ralm.common.threads`): no OpenMP
-    spin-waiting, and ``min(2, cores)`` torch threads (``RALM_THREADS``) unless a
+    spin-waiting, and one torch thread (``RALM_THREADS``) unless a
     command's ``--threads`` says otherwise.
     """
     from ralm.common.threads import apply_thread_policy

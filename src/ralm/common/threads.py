@@ -1,6 +1,6 @@
 """The one thread policy of every ``ralm`` command (CLI, trainers, service).
 
-Two settings, both measured on a shared 2-core host (docs/ARCHITECTURE.md, "Threads"):
+Two settings, both measured on a shared 2-core host (docs/SERVING.md, "Threads"):
 
 * ``OMP_WAIT_POLICY=PASSIVE`` unless the caller set it: torch's OpenMP workers otherwise
   spin-wait between parallel regions, and on a host whose cores are shared that turned a
@@ -8,7 +8,7 @@ Two settings, both measured on a shared 2-core host (docs/ARCHITECTURE.md, "Thre
   the runtime loads (``import torch``), so :func:`apply_wait_policy` must run before that:
   the CLI entry points call it first.
 * one default intra-op thread count for every command, :func:`default_threads`:
-  ``RALM_THREADS`` when set, else ``min(DEFAULT_MAX_THREADS, cores)``. A command's
+  ``RALM_THREADS`` when set, else ``DEFAULT_MAX_THREADS`` (1). A command's
   ``--threads`` flag overrides it.
 """
 
@@ -18,7 +18,9 @@ import os
 
 from ralm.errors import ConfigError
 
-DEFAULT_MAX_THREADS = 2
+# one thread per process: measured faster than two on the shared 2-core host for both the
+# scorer (matmul floor 132 ms vs 476 ms) and stage-1 training; RALM_THREADS=2 on an idle one
+DEFAULT_MAX_THREADS = 1
 ENV_THREADS = "RALM_THREADS"
 
 
@@ -28,7 +30,7 @@ def apply_wait_policy() -> None:
 
 
 def default_threads() -> int:
-    """Intra-op threads of every command: ``$RALM_THREADS`` or ``min(2, cores)``.
+    """Intra-op threads of every command: ``$RALM_THREADS``, else 1 (one per process).
 
     Raises:
         ConfigError: ``RALM_THREADS`` is not a positive integer.

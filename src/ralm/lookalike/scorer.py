@@ -105,6 +105,8 @@ class ItemTerms:
             (``exp(log n)``, the size prior) or 1, and 0 on masked slots. The masked
             softmax becomes ``w = weight * exp(tanh(logit)) / sum(...)``, with no mask
             logic per request.
+        log_weight: (I, k, 1) float32 ``log(weight)`` (-inf on masked slots), what the
+            chain adds to the logits.
         gram: (I, k, k) float32 ``C C^T``.
         global_vec: (I, h) float32 global-attention vectors.
         global_norm2: (I,) float32 ``|g|^2``.
@@ -114,6 +116,7 @@ class ItemTerms:
     table: torch.Tensor
     k: int
     weight: torch.Tensor
+    log_weight: torch.Tensor
     gram: torch.Tensor
     global_vec: torch.Tensor
     global_norm2: torch.Tensor
@@ -133,6 +136,7 @@ class ItemTerms:
             table=self.table[lo * self.k : hi * self.k],
             k=self.k,
             weight=self.weight[lo:hi],
+            log_weight=self.log_weight[lo:hi],
             gram=self.gram[lo:hi],
             global_vec=self.global_vec[lo:hi],
             global_norm2=self.global_norm2[lo:hi],
@@ -182,10 +186,12 @@ def prepare_items(
     if log_prior is not None:
         weight = weight * torch.exp(log_prior.to(torch.float32))
     g = global_vec.to(torch.float32).contiguous()  # (I, h)
+    weight = weight.unsqueeze(-1).contiguous()  # (I, k, 1)
     return ItemTerms(
         table=table,
         k=k,
-        weight=weight.unsqueeze(-1).contiguous(),  # (I, k, 1)
+        weight=weight,
+        log_weight=torch.log(weight),  # (I, k, 1), -inf on masked slots
         gram=gram.to(torch.float32).contiguous(),
         global_vec=g,
         global_norm2=(g * g).sum(dim=-1),  # (I,)
@@ -213,7 +219,7 @@ def score_prepared(
     vectorised, its tanh is ~6x slower on CPU) and the constant ``exp(-1)`` cancelled by
     the normalisation::
 
-        u = weight * exp(2 sigmoid(2 q.c))       (Ic, k, B)  unnormalised softmax
+        u = exp(log weight + 2 sigmoid(2 q.c))   (Ic, k, B)  unnormalised softmax
         Z = sum_k u,  num = sum_k u * (e.c),  el = sum_k u * (G u)
         cos_local = (num / Z) / sqrt(|e|^2 el / Z^2)
 
@@ -256,7 +262,9 @@ def score_prepared(
             r = r.view(hi - lo, k, 2 * n_b)  # (Ic, k, 2B), no copy
             u = r[:, :, :n_b]  # (Ic, k, B) attention logits (2 q.c)
             dots = r[:, :, n_b:]  # (Ic, k, B) e.c
-            u.sigmoid_().mul_(2.0).exp_().mul_(t.weight)  # unnormalised masked softmax
+            u.sigmoid_()  # (1 + tanh(q.c)) / 2
+            torch.add(t.log_weight, u, alpha=2.0, out=u)  # log n + 1 + tanh; -inf if masked
+            u.exp_()  # unnormalised masked softmax (the constant e cancels)
             z = u.sum(dim=1).clamp_(min=1e-30)  # (Ic, B); 0 only for items with no seeds
             num = dots.mul_(u).sum(dim=1).div_(z)  # (Ic, B)  e . E_local
             el = torch.bmm(t.gram, u).mul_(u).sum(dim=1)  # (Ic, B)  u^T G u

@@ -3,9 +3,10 @@
 Seed counts per item come from the wechat synthetic preset (``ralm.data.synth.generate``:
 43,500 items, every click is a seed) or, with ``--source zipf``, from a Zipf law with the
 same totals. Seed embeddings are synthetic ReLU vectors around ``--groups`` centres (k-means
-cost does not depend on where they come from). Measured, each on one thread:
+cost does not depend on where they come from). Measured:
 
-* cold k-means of every item (faiss per item, and/or batched torch Lloyd), ``niter`` iters;
+* cold k-means of every item (faiss per item, one thread, and/or batched torch Lloyd on
+  ``--threads``), ``niter`` iters;
 * warm start after the embeddings moved a little (as after one epoch of training),
   ``warm_niter`` iters from the previous centroids, against a cold restart on the same
   moved embeddings (``cold_again``: compare time and inertia);
@@ -13,9 +14,15 @@ cost does not depend on where they come from). Measured, each on one thread:
   batches drawn from the same seeds, in samples/s;
 * peak RSS of the process.
 
-Run (about 5-10 minutes at full scale on one core; ``--scale 0.1`` for a quick look)::
+Printed beside them: the GEMM floor of one Lloyd iteration (every seed against k centroids,
+``S x h x k`` multiply-adds, timed in the same run) and the cold / warm times over
+``(niter + 1)`` / ``(warm_niter + 1)`` floors (the +1: the final exact assignment), plus
+the faiss build that loaded and, with ``--scale < 1``, the times extrapolated to all items
+(linear in the seeds: x all seeds / seeds kept).
 
-    python benchmarks/bench_lookalike.py --method faiss,torch
+Run (``--scale 0.1`` for a quick look; full scale needs ~8 GiB)::
+
+    python benchmarks/bench_lookalike.py --method faiss,torch --threads 2
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ import numpy as np
 import torch
 
 
-def seed_counts(source: str, scale: float, seed: int) -> np.ndarray:
-    """Seeds per item, int64 (n_items,)."""
+def seed_counts(source: str, scale: float, seed: int) -> tuple[np.ndarray, int]:
+    """Seeds per item, int64 (n_items,) (the kept share), and the seeds of all items."""
     if source == "synth":
         from ralm.data.synth import generate, preset
 
@@ -42,10 +49,11 @@ def seed_counts(source: str, scale: float, seed: int) -> np.ndarray:
         n_items, n_clicks = 43_500, 8_891_670
         w = 1.0 / np.arange(1, n_items + 1) ** 0.9
         counts = np.random.default_rng(seed).multinomial(n_clicks - n_items, w / w.sum()) + 1
+    total = int(counts.sum())
     if scale < 1.0:
         keep = np.random.default_rng(seed).random(counts.size) < scale
         counts = counts[keep]
-    return counts.astype(np.int64)
+    return counts.astype(np.int64), total
 
 
 def synthetic_embeddings(n: int, h: int, groups: int, seed: int) -> np.ndarray:
@@ -57,6 +65,38 @@ def synthetic_embeddings(n: int, h: int, groups: int, seed: int) -> np.ndarray:
         x = centres[rng.integers(0, groups, m)] + rng.normal(size=(m, h)).astype(np.float32)
         out[lo : lo + m] = np.maximum(x, 0.0)
     return out
+
+
+def faiss_build() -> dict[str, object]:
+    """Which faiss loaded: version, compile options (DD = runtime SIMD dispatch)."""
+    import faiss
+
+    out: dict[str, object] = {"faiss_version": faiss.__version__}
+    out["compile_options"] = faiss.get_compile_options()
+    for mod in ("swigfaiss_avx512", "swigfaiss_avx2"):
+        try:
+            __import__(f"faiss.{mod}")
+            out[mod] = "importable"
+        except ImportError:
+            out[mod] = "absent"
+    return out
+
+
+def gemm_floor(seed_emb: np.ndarray, k: int, repeat: int = 2) -> float:
+    """Seconds of the one GEMM of a Lloyd iteration: every seed (S, h) against k centroids.
+
+    ``S x h x k`` multiply-adds in row chunks of 2^20 seeds against one (h, k) matrix (the
+    per-item centroids only change which k columns a row meets, not the work).
+    """
+    x = torch.from_numpy(seed_emb)
+    c = torch.randn(seed_emb.shape[1], k)  # (h, k)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for lo in range(0, x.shape[0], 1 << 20):
+            torch.mm(x[lo : lo + (1 << 20)], c)  # (chunk, k)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def bench_training(clusters, seed_emb, offsets, n_users, h, k, steps, seed) -> float:
@@ -118,25 +158,43 @@ def main() -> None:
     ap.add_argument("--method", default="faiss", help="Comma list: faiss,torch.")
     ap.add_argument("--steps", type=int, default=200, help="Training steps timed.")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (k-means, floor).")
+    ap.add_argument("--max-elements", type=int, default=1 << 22, help="torch bucket chunk.")
+    ap.add_argument("--no-train", action="store_true", help="Skip the training-step timing.")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
 
     from ralm.lookalike.clustering import cluster_seeds
     from ralm.lookalike.clustering_batched import lloyd_batched
 
-    counts = seed_counts(args.source, args.scale, args.seed)
+    counts, all_seeds = seed_counts(args.source, args.scale, args.seed)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     seed_emb = synthetic_embeddings(int(offsets[-1]), args.h, args.groups, args.seed)
     res: dict[str, object] = {
         "items": int(counts.size),
         "seeds": int(offsets[-1]),
         "items_with_kmeans": int((counts > args.k).sum()),
+        "seeds_of_all_items": all_seeds,
         "median_seeds": float(np.median(counts)),
         "max_seeds": int(counts.max()),
         "h": args.h,
         "k": args.k,
     }
     print(json.dumps(res), flush=True)
+    print(json.dumps(faiss_build()), flush=True)
+    full = all_seeds / max(1, int(offsets[-1]))  # extrapolation factor (linear in seeds)
+    floor = gemm_floor(seed_emb, args.k)
+    print(
+        json.dumps(
+            {
+                "gemm_floor_one_lloyd_iter_s": round(floor, 3),
+                "gemm_floor_cold_s": round(floor * (args.niter + 1), 2),
+                "gemm_floor_warm_s": round(floor * (args.warm_niter + 1), 2),
+                "threads": args.threads,
+            }
+        ),
+        flush=True,
+    )
     methods = args.method.split(",")
     colds = {}
     for method in methods:  # cold starts on the original embeddings
@@ -146,14 +204,25 @@ def main() -> None:
             )
         elif method == "torch":
             colds[method] = lloyd_batched(
-                seed_emb, offsets, args.k, niter=args.niter, seed=args.seed
+                seed_emb,
+                offsets,
+                args.k,
+                niter=args.niter,
+                seed=args.seed,
+                max_elements=args.max_elements,
             )
         else:
             raise SystemExit(f"unknown method {method}")
         c = colds[method]
         print(
             json.dumps(
-                {"method": method, "cold_s": round(c.seconds, 2), "cold_inertia": c.inertia}
+                {
+                    "method": method,
+                    "cold_s": round(c.seconds, 2),
+                    "cold_vs_floor": round(c.seconds / (floor * (args.niter + 1)), 2),
+                    "cold_s_full_scale_extrapolated": round(c.seconds * full, 1),
+                    "cold_inertia": c.inertia,
+                }
             ),
             flush=True,
         )
@@ -176,14 +245,29 @@ def main() -> None:
             again = cluster_seeds(seed_emb, offsets, args.k, seed=args.seed, niter=args.niter)
         else:
             warm = lloyd_batched(
-                seed_emb, offsets, args.k, init=c.centroids, init_mask=c.mask, niter=args.warm_niter
+                seed_emb,
+                offsets,
+                args.k,
+                init=c.centroids,
+                init_mask=c.mask,
+                niter=args.warm_niter,
+                max_elements=args.max_elements,
             )
-            again = lloyd_batched(seed_emb, offsets, args.k, niter=args.niter, seed=args.seed)
+            again = lloyd_batched(
+                seed_emb,
+                offsets,
+                args.k,
+                niter=args.niter,
+                seed=args.seed,
+                max_elements=args.max_elements,
+            )
         print(
             json.dumps(
                 {
                     "method": method,
                     "warm_s": round(warm.seconds, 2),
+                    "warm_vs_floor": round(warm.seconds / (floor * (args.warm_niter + 1)), 2),
+                    "warm_s_full_scale_extrapolated": round(warm.seconds * full, 1),
                     "warm_inertia": warm.inertia,
                     "cold_again_s": round(again.seconds, 2),
                     "cold_again_inertia": again.inertia,
@@ -192,6 +276,10 @@ def main() -> None:
             flush=True,
         )
         del again
+    if args.no_train:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(json.dumps({"peak_rss_gib": round(rss, 2)}))
+        return
     clusters = colds[methods[0]]
     assert clusters is not None
     n_users = 2_984_724 if args.source == "synth" else 1_000_000

@@ -6,9 +6,13 @@ batch from arrays with target exclusion, eq. 3 negatives, tower forward, sampled
 Adam), after a few warm-up steps; plus the time of batch building alone, to show that data
 loading is not the bottleneck.
 
-Prepare the data first (neither is committed to the repository)::
+Each dataset runs once per ``--negatives`` value (default 3, 10, 100: the peer's figures
+are at 3 and 100 negatives per positive). Prepare the data first (neither is committed to
+the repository); an ML-100K-shaped synthetic set stands in for the real one::
 
     ralm data prepare movielens-100k --out /tmp/ml100k
+    ralm data synth --preset small --users 943 --items 1682 --clicks 100000 \
+        --format encoded --out /tmp/ml100k-synth
     ralm data synth --preset wechat --format encoded --out /tmp/wechat
 
 Run::
@@ -30,7 +34,14 @@ import torch
 
 
 def run_one(
-    path: str, steps: int, warmup: int, batch_size: int, dim: int, threads: int, dense: bool
+    path: str,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    dim: int,
+    threads: int,
+    dense: bool,
+    negatives: int = 10,
 ) -> dict:
     """Time ``steps`` training steps on the dataset at ``path``; returns the figures."""
     from ralm.data.batching import gather_users
@@ -48,7 +59,7 @@ def run_one(
     ds = EncodedDataset.load(path)
     users, items = positive_pairs(ds)
     cfg = UserModelConfig(dim=dim, sparse_grad=False if dense else None)
-    tc = UserTrainConfig(batch_size=batch_size)
+    tc = UserTrainConfig(batch_size=batch_size, n_negatives=negatives)
     sampler = LogUniformSampler(ds.n_items, ds.item_popularity_rank())
     rng = np.random.default_rng(0)
     eu, ei = epoch_examples(users, items, tc.max_pos_per_user, rng)
@@ -89,6 +100,7 @@ def run_one(
         "batch_size": batch_size,
         "dim": dim,
         "threads": threads,
+        "negatives": negatives,
         "optimizer": "lazy Adam" if net.item_embedding.sparse else "dense Adam",
         "samples_per_s": round(steps * batch_size / train_s, 1),
         "ms_per_step": round(1000 * train_s / steps, 2),
@@ -110,10 +122,13 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--dense", action="store_true", help="force dense Adam (default: auto)")
+    p.add_argument("--negatives", default="3,10,100", help="comma list of negatives per positive")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one dataset, print JSON
     a = p.parse_args()
     if a.one:
-        res = run_one(a.one, a.steps, a.warmup, a.batch_size, a.dim, a.threads, a.dense)
+        res = run_one(
+            a.one, a.steps, a.warmup, a.batch_size, a.dim, a.threads, a.dense, int(a.negatives)
+        )
         print(json.dumps(res))
         return
     paths = [x for x in (a.ml100k, a.wechat) if x]
@@ -121,11 +136,14 @@ def main() -> None:
         p.error("give --ml100k and/or --wechat")
     results = []
     for path in paths:
-        cmd = [sys.executable, __file__, "--one", path, "--steps", str(a.steps)]
-        cmd += ["--warmup", str(a.warmup), "--batch-size", str(a.batch_size)]
-        cmd += ["--dim", str(a.dim), "--threads", str(a.threads)] + (["--dense"] if a.dense else [])
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        for neg in a.negatives.split(","):
+            cmd = [sys.executable, __file__, "--one", path, "--steps", str(a.steps)]
+            cmd += ["--warmup", str(a.warmup), "--batch-size", str(a.batch_size)]
+            cmd += ["--dim", str(a.dim), "--threads", str(a.threads), "--negatives", neg]
+            cmd += ["--dense"] if a.dense else []
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            results.append(json.loads(out.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), flush=True)
     keys = list(results[0])
     width = max(len(k) for k in keys)
     print(f"{'':{width}}  " + "  ".join(f"{r['dataset']:>16}" for r in results))

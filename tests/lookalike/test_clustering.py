@@ -93,3 +93,32 @@ def test_batched_torch_lloyd_follows_the_same_conventions() -> None:
     assert t.inertia == pytest.approx(resid, rel=1e-4)
     warm = lloyd_batched(x, off, k=4, init=t.centroids, init_mask=t.mask, niter=2)
     assert warm.inertia <= t.inertia * (1 + 1e-5)
+
+
+def test_batched_torch_lloyd_equals_a_naive_lloyd_loop_from_the_same_start() -> None:
+    """Warm start (so no random draw): every item follows plain Lloyd iterations exactly,
+    whatever the bucket chunking."""
+    from ralm.lookalike.clustering_batched import lloyd_batched
+
+    counts = [25, 30, 31, 60, 200]
+    x, off = _blobs(counts)
+    rng = np.random.default_rng(1)
+    k, niter = 4, 3
+    init = np.stack(
+        [x[off[i] + rng.choice(c, k, replace=False)] for i, c in enumerate(counts)]
+    )  # (I, k, h)
+    results = [
+        lloyd_batched(x, off, k, init=init, niter=niter, max_elements=m) for m in (1 << 22, 64)
+    ]
+    for i in range(len(counts)):
+        xi = x[off[i] : off[i + 1]].astype(np.float64)
+        c = init[i].astype(np.float64)
+        for it in range(niter + 1):
+            lab = ((xi[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
+            n = np.bincount(lab, minlength=k)
+            means = np.stack([xi[lab == j].mean(0) if n[j] else c[j] for j in range(k)])
+            c = means if it < niter else np.where(n[:, None] > 0, means, 0.0)
+        for t in results:
+            np.testing.assert_array_equal(t.assign[off[i] : off[i + 1]], lab)
+            np.testing.assert_array_equal(t.sizes[i], n)
+            np.testing.assert_allclose(t.centroids[i], c, atol=1e-4)

@@ -175,3 +175,52 @@ def test_seed_prior_ranks_larger_audience_first_for_equal_similarity() -> None:
     assert bool((s[:, 1] > s[:, 0]).all())
     with pytest.raises(ValueError, match="pass sizes"):
         model.score(e_u, cent2, mask2, model.item_global(cent2, mask2, sizes))
+
+
+@pytest.mark.parametrize("switches", [dict(), dict(size_prior=False, seed_prior=False)])
+def test_prepared_terms_match_naive_loop_and_are_reusable(switches: dict) -> None:
+    torch.manual_seed(5)
+    model = LookalikeModel(LookalikeConfig(m=8, h=8, k=6, **switches))
+    with torch.no_grad():
+        model.prior_weight.fill_(-1.0)
+    e_u, cent, mask, sizes = _inputs(n_b=7)
+    with torch.no_grad():
+        glob = model.item_global(cent, mask, sizes)
+        terms = model.prepare_items(cent, mask, glob, sizes=sizes)
+        ref = naive_scores(model, e_u, cent, mask, glob, sizes)
+        for chunk in (1, 4, 100):  # chunk boundaries do not change any score
+            s = model.score_prepared(e_u, terms, chunk_items=chunk)
+            np.testing.assert_allclose(s.numpy(), ref, atol=1e-5)
+        # the same terms serve another batch of users (nothing was modified in place)
+        s1 = model.score_prepared(e_u[:1], terms)
+    np.testing.assert_allclose(s1.numpy(), ref[:1], atol=1e-5)
+    assert s.shape == (7, 9) and s.is_contiguous()
+    # the per-item constants: mask and size prior folded into the slot weights
+    expect_w = mask.float() * (sizes.clamp(min=1).float() if model.config.size_prior else 1)
+    torch.testing.assert_close(terms.weight[..., 0], expect_w)
+    torch.testing.assert_close(terms.global_norm2, (glob * glob).sum(-1))
+
+
+def test_bfloat16_table_stays_close_to_float32() -> None:
+    torch.manual_seed(6)
+    model = LookalikeModel(LookalikeConfig(m=16, h=16, k=5))
+    g = torch.Generator().manual_seed(6)
+    e_u = torch.relu(torch.randn(16, 16, generator=g))
+    cent = torch.relu(torch.randn(300, 5, 16, generator=g))
+    mask = torch.ones(300, 5, dtype=torch.bool)
+    sizes = torch.randint(1, 60, (300, 5), generator=g)
+    with torch.no_grad():
+        glob = model.item_global(cent, mask, sizes)
+        ref = model.score(e_u, cent, mask, glob, sizes=sizes)
+        terms = model.prepare_items(cent, mask, glob, sizes=sizes, dtype="bfloat16")
+        half = model.score_prepared(e_u, terms, chunk_items=64)
+    assert terms.table.dtype == torch.bfloat16
+    err = (half - ref).abs().max().item()
+    assert 0 < err < 0.01  # bfloat16 has an 8-bit mantissa: visible, small
+    top_ref, top_half = ref.topk(20).indices, half.topk(20).indices
+    overlap = np.mean(
+        [np.intersect1d(a, b).size / 20 for a, b in zip(top_ref, top_half, strict=True)]
+    )
+    assert overlap > 0.8
+    with pytest.raises(ValueError, match="dtype"):
+        model.prepare_items(cent, mask, glob, sizes=sizes, dtype="float16")

@@ -80,3 +80,41 @@ def test_logq_subtracts_log_probability() -> None:
     torch.testing.assert_close(got, ref)
     with pytest.raises(ConfigError):
         sampled_softmax_loss(user, table, pos, neg, pos_log_q=log_q[pos])
+
+
+@pytest.mark.parametrize("k", [2, 40])  # 40 negatives on 13 items: the distinct-items matmul
+@pytest.mark.parametrize("module", [False, True])
+def test_many_repeated_negatives_give_the_gathered_loss_and_gradients(k: int, module: bool) -> None:
+    from ralm.user.sampled_softmax import UNIQUE_RATIO, sampled_logits
+
+    user, table, pos = _setup()
+    g = torch.Generator().manual_seed(1)
+    neg = torch.randint(0, table.shape[0], (len(pos), k), generator=g)  # (B, K) repeats
+    uses_unique = (len(pos) * (k + 1)) >= UNIQUE_RATIO * torch.cat(
+        [pos, neg.ravel()]
+    ).unique().numel()
+    assert uses_unique == (k == 40)
+    items: torch.Tensor | torch.nn.Embedding = table
+    params = [user, table]
+    if module:
+        items = torch.nn.Embedding.from_pretrained(table.detach().clone(), freeze=False)
+        params = [user, items.weight]
+    loss = sampled_softmax_loss(user, items, pos, neg)
+    grads = torch.autograd.grad(loss, params)
+    # independent reference: explicit per-row gather of the candidate vectors
+    t_ref = table.detach().clone().requires_grad_(True)
+    u_ref = user.detach().clone().requires_grad_(True)
+    cand = torch.cat([pos[:, None], neg], 1)  # (B, 1+K)
+    logits = (u_ref[:, None, :] * t_ref[cand]).sum(-1)  # (B, 1+K)
+    logits = logits.masked_fill(
+        torch.cat([torch.zeros_like(pos[:, None]), neg], 1).eq(pos[:, None])
+        & (torch.arange(k + 1) > 0),
+        float("-inf"),
+    )
+    ref = F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long))
+    r_grads = torch.autograd.grad(ref, (u_ref, t_ref))
+    torch.testing.assert_close(loss, ref)
+    for a, b in zip(grads, r_grads, strict=True):
+        torch.testing.assert_close(a, b)
+    raw = sampled_logits(user, items, pos, neg)
+    torch.testing.assert_close(raw, (user[:, None, :] * table[cand]).sum(-1))

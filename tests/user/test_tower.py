@@ -131,3 +131,23 @@ def test_sparse_gradients_auto_by_table_size(toy: EncodedDataset) -> None:
     assert big.item_embedding.sparse and big.tower.embedding.tables[1].sparse
     forced = UserItemModel(toy.fields, toy.n_items, tiny_config(sparse_grad=True))
     assert forced.item_embedding.sparse
+
+
+def test_bag_mean_matmul_equals_embedding_bag_values_and_gradients() -> None:
+    from ralm.user.feature_embedding import bag_mean_matmul
+
+    g = torch.Generator().manual_seed(0)
+    bag = torch.nn.EmbeddingBag(11, 4, mode="mean")
+    values = torch.tensor([3, 3, 0, 10, 5, 1, 2, 7, 7, 7])  # repeats and code 0 (OOV row)
+    offsets = torch.tensor([0, 3, 3, 4, 9])  # bag 1 is empty
+    w = torch.randn(11, 4, generator=g)
+    with torch.no_grad():
+        bag.weight.copy_(w)
+    ref = bag(values, offsets)
+    ref.pow(2).sum().backward()
+    w2 = w.clone().requires_grad_(True)
+    out = bag_mean_matmul(w2, values, offsets)
+    out.pow(2).sum().backward()
+    torch.testing.assert_close(out, ref)
+    assert torch.all(out[1] == 0)  # empty bag -> zeros
+    torch.testing.assert_close(w2.grad, bag.weight.grad)

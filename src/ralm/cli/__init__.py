@@ -41,8 +41,16 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 
 def main() -> None:
-    """Console entry point: user errors are printed without a traceback (exit code 2)."""
+    """Console entry point: user errors are printed without a traceback (exit code 2).
+
+    Applies the one thread policy first (:mod:`ralm.common.threads`): no OpenMP
+    spin-waiting, and one torch thread (``RALM_THREADS``) unless a
+    command's ``--threads`` says otherwise.
+    """
+    from ralm.common.threads import apply_thread_policy
+
     try:
+        apply_thread_policy()
         app()
     except RalmError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)

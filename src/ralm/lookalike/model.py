@@ -91,6 +91,58 @@ class LookalikeModel(nn.Module):
         """Global-attention vector of every item: (I, k, h), (I, k), (I, k) -> (I, h)."""
         return self.global_attention(centroids, mask, self.log_prior(sizes))
 
+    def prepare_items(
+        self,
+        centroids: torch.Tensor,
+        mask: torch.Tensor,
+        global_vec: torch.Tensor,
+        gram: torch.Tensor | None = None,
+        sizes: torch.Tensor | None = None,
+        dtype: torch.dtype | str = torch.float32,
+    ) -> scorer.ItemTerms:
+        """Per-item constants of :meth:`score_prepared`, once per index version or chunk.
+
+        Holds this model's size prior (log cluster sizes folded into the slot weights) and
+        audience-size prior (``gamma log(1 + n_seeds)``): rebuild after the weights change.
+        ``dtype`` bfloat16 stores the centroid table in half precision (see
+        docs/LOOKALIKE.md for its measured accuracy).
+
+        Args:
+            centroids: (I, k, h) seed centroids.
+            mask: (I, k) bool valid centroids.
+            global_vec: (I, h) global vectors (:meth:`item_global`).
+            gram: optional (I, k, k) ``C C^T``.
+            sizes: (I, k) cluster sizes (required by ``size_prior`` / ``seed_prior``).
+            dtype: centroid-table dtype (float32 or bfloat16).
+        """
+        with torch.no_grad():
+            prior = self.seed_prior_term(sizes)  # (I,) or None
+            return scorer.prepare_items(
+                centroids,
+                mask,
+                global_vec,
+                gram=gram,
+                log_prior=self.log_prior(sizes),
+                prior=prior,
+                dtype=dtype,
+            )
+
+    def score_prepared(
+        self, e_u: torch.Tensor, terms: scorer.ItemTerms, chunk_items: int = 1024
+    ) -> torch.Tensor:
+        """Scores (B, I) of users e_u (B, h) against prepared items (inference only)."""
+        cfg = self.config
+        return scorer.score_prepared(
+            e_u,
+            self.local_attention.weight,
+            terms,
+            alpha=cfg.alpha,
+            beta=cfg.beta,
+            use_local=cfg.use_local,
+            use_global=cfg.use_global,
+            chunk_items=chunk_items,
+        )
+
     def score(
         self,
         e_u: torch.Tensor,
@@ -99,31 +151,18 @@ class LookalikeModel(nn.Module):
         global_vec: torch.Tensor,
         gram: torch.Tensor | None = None,
         sizes: torch.Tensor | None = None,
-        chunk_items: int = 4096,
+        chunk_items: int = 1024,
     ) -> torch.Tensor:
-        """Scores (B, I) of users e_u (B, h) against I items.
+        """Scores (B, I) of users e_u (B, h) against I items (inference only, no autograd).
 
         ``s = alpha cos(E_u, E_global) + beta cos(E_u, E_local)`` in [-1, 1], plus
         ``gamma log(1 + n_seeds)`` when ``config.seed_prior``. ``sizes (I, k)`` (cluster
-        sizes) is required when ``config.size_prior`` or ``config.seed_prior``.
+        sizes) is required when ``config.size_prior`` or ``config.seed_prior``. Equal to
+        :meth:`prepare_items` then :meth:`score_prepared`; a caller scoring the same items
+        for many requests should keep the prepared terms.
         """
-        cfg = self.config
-        s = scorer.score_matrix(
-            e_u,
-            self.local_attention.weight,
-            centroids,
-            mask,
-            global_vec,
-            alpha=cfg.alpha,
-            beta=cfg.beta,
-            use_local=cfg.use_local,
-            use_global=cfg.use_global,
-            gram=gram,
-            log_prior=self.log_prior(sizes),
-            chunk_items=chunk_items,
-        )  # (B, I)
-        prior = self.seed_prior_term(sizes)  # (I,)
-        return s if prior is None else s + prior[None, :]
+        terms = self.prepare_items(centroids, mask, global_vec, gram=gram, sizes=sizes)
+        return self.score_prepared(e_u, terms, chunk_items=chunk_items)
 
     def score_pairs(
         self,

@@ -15,15 +15,22 @@ E_local is never materialised. With the per-item Gram matrix ``G = C C^T (k, k)`
 
     e . E_local   = w . (C e)          |E_local|^2 = w^T G w
 
-so scoring B users against I items costs two (B, I*k) matmuls plus O(B I k^2), and the
-largest intermediate is (B, I_chunk, k) instead of (B, I, h). Items are processed in
-chunks of ``chunk_items`` to bound memory. :func:`score_matrix` is the all-pairs form
-(B users x I items), :func:`score_pairs` the aligned form (row b scores user b against
-item b, used in training where every example has its own leave-self-out centroids). Both
-call the same :func:`combine` on the same terms.
+so scoring B users against I items costs one ``(I*k, h) @ (h, 2B)`` matmul plus
+O(B I k^2), and the largest intermediate is (I_chunk, k, 2B) instead of (B, I, h).
+
+Serving: :func:`prepare_items` computes the per-item constants once per index version
+(:class:`ItemTerms`: flat centroid table, optionally in bfloat16, Gram matrices,
+slot weights with the mask and size prior folded in, |g|^2, the seed-count prior) and
+:func:`score_prepared` scores a batch of users against them (the all-pairs form, B users
+x I items, inference only; :func:`score_matrix` = both). :func:`score_pairs` is the
+aligned, differentiable form (row b scores user b against item b, used in training where
+every example has its own leave-self-out centroids), on the same formulas: tests check
+both against a naive per-(user, item) loop and against each other.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -62,12 +69,7 @@ def local_cos(
     """
     w = masked_softmax(torch.tanh(att_logits), mask, log_prior)  # (..., k)
     num = (w * dots).sum(dim=-1)  # (...)  E_u . E_local
-    if gram.dim() == w.dim() and w.dim() == 3:
-        # all-pairs form: w (B, I, k) against per-item G (I, k, k); one contraction over
-        # items, not B*I tiny matmuls (measured ~40x faster at B=32, I=5000)
-        gw = torch.einsum("bik,ikl->bil", w, gram)  # (B, I, k)  G w (G symmetric)
-    else:
-        gw = torch.matmul(gram, w.unsqueeze(-1)).squeeze(-1)  # (..., k)  G w
+    gw = torch.matmul(gram, w.unsqueeze(-1)).squeeze(-1)  # (..., k)  G w
     el_norm2 = (w * gw).sum(dim=-1)  # (...)  |E_local|^2 = w^T G w
     return safe_cos(num, u_norm2, el_norm2)
 
@@ -85,6 +87,201 @@ def combine(
     return s + (0.0 if cos_local is None else beta * cos_local)  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class ItemTerms:
+    """Per-item constants of the scorer, computed once per index version (or chunk).
+
+    Everything that does not depend on the user is here, so a request only runs the two
+    matmuls and the post-matmul chain. Built by :func:`prepare_items` (or
+    ``LookalikeModel.prepare_items``, which adds the model's priors); scored by
+    :func:`score_prepared`. The terms belong to one model's weights (the seed-count prior
+    holds gamma): rebuild them when the model changes.
+
+    Attributes:
+        table: (I*k, h) the centroids as one row per (item, slot), in the serving dtype
+            (float32, or bfloat16 for the half-precision table).
+        k: centroid slots per item.
+        weight: (I, k, 1) float32 attention multiplier of every slot: its cluster size
+            (``exp(log n)``, the size prior) or 1, and 0 on masked slots. The masked
+            softmax becomes ``w = weight * exp(tanh(logit)) / sum(...)``, with no mask
+            logic per request.
+        log_weight: (I, k, 1) float32 ``log(weight)`` (-inf on masked slots), what the
+            chain adds to the logits.
+        gram: (I, k, k) float32 ``C C^T``.
+        global_vec: (I, h) float32 global-attention vectors.
+        global_norm2: (I,) float32 ``|g|^2``.
+        prior: optional (I,) float32 score offset (the audience-size prior).
+    """
+
+    table: torch.Tensor
+    k: int
+    weight: torch.Tensor
+    log_weight: torch.Tensor
+    gram: torch.Tensor
+    global_vec: torch.Tensor
+    global_norm2: torch.Tensor
+    prior: torch.Tensor | None = None
+
+    @property
+    def n_items(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.table.dtype
+
+    def rows(self, lo: int, hi: int) -> ItemTerms:
+        """Views of items ``lo:hi`` (no copy)."""
+        return ItemTerms(
+            table=self.table[lo * self.k : hi * self.k],
+            k=self.k,
+            weight=self.weight[lo:hi],
+            log_weight=self.log_weight[lo:hi],
+            gram=self.gram[lo:hi],
+            global_vec=self.global_vec[lo:hi],
+            global_norm2=self.global_norm2[lo:hi],
+            prior=None if self.prior is None else self.prior[lo:hi],
+        )
+
+
+# float16 is not offered: torch has no fast CPU float16 GEMM (measured 20x the float32
+# floor at batch 32), while bfloat16 runs on oneDNN's AVX512-BF16 kernels
+TABLE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@torch.no_grad()
+def prepare_items(
+    centroids: torch.Tensor,
+    mask: torch.Tensor,
+    global_vec: torch.Tensor,
+    gram: torch.Tensor | None = None,
+    log_prior: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
+    dtype: torch.dtype | str = torch.float32,
+) -> ItemTerms:
+    """Per-item constants of :func:`score_prepared` (see :class:`ItemTerms`).
+
+    Args:
+        centroids: (I, k, h) float32 seed centroids (masked slots ignored).
+        mask: (I, k) bool valid centroids.
+        global_vec: (I, h) global-attention vectors.
+        gram: optional (I, k, k) precomputed ``C C^T`` (computed when None).
+        log_prior: optional (I, k) log cluster sizes added to the attention logits.
+        prior: optional (I,) score offset added to every user's score of the item.
+        dtype: dtype of the centroid table: float32, or bfloat16 (half the memory
+            traffic; Gram matrices, global vectors and the chain stay float32).
+    """
+    if isinstance(dtype, str):
+        if dtype not in TABLE_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(TABLE_DTYPES)}, got {dtype!r}")
+        dtype = TABLE_DTYPES[dtype]
+    if dtype not in TABLE_DTYPES.values():
+        raise ValueError(f"centroid table dtype must be float32 or bfloat16, got {dtype}")
+    n_i, k, h = centroids.shape
+    flat = centroids.reshape(n_i * k, h)  # (I*k, h), a view when contiguous
+    table = flat.to(dtype).contiguous()
+    if gram is None:
+        gram = gram_matrix(centroids.to(torch.float32))  # (I, k, k)
+    weight = mask.to(torch.float32)  # (I, k)
+    if log_prior is not None:
+        weight = weight * torch.exp(log_prior.to(torch.float32))
+    g = global_vec.to(torch.float32).contiguous()  # (I, h)
+    weight = weight.unsqueeze(-1).contiguous()  # (I, k, 1)
+    return ItemTerms(
+        table=table,
+        k=k,
+        weight=weight,
+        log_weight=torch.log(weight),  # (I, k, 1), -inf on masked slots
+        gram=gram.to(torch.float32).contiguous(),
+        global_vec=g,
+        global_norm2=(g * g).sum(dim=-1),  # (I,)
+        prior=None if prior is None else prior.to(torch.float32).contiguous(),
+    )
+
+
+@torch.no_grad()
+def score_prepared(
+    e_u: torch.Tensor,
+    w_local: torch.Tensor,
+    terms: ItemTerms,
+    alpha: float = 0.3,
+    beta: float = 0.7,
+    use_local: bool = True,
+    use_global: bool = True,
+    chunk_items: int = 1024,
+) -> torch.Tensor:
+    """Scores (B, I) of users against prepared items; same numbers as :func:`score_matrix`.
+
+    Inference only (no autograd; training uses :func:`score_pairs`). Per chunk of items:
+    one matmul ``(Ic*k, h) @ (h, 2B)`` gives the attention logits and the dots in its own
+    ``(Ic, k, 2B)`` layout, used as is (no permute, no copy). The chain after it runs in
+    place on that buffer, with ``tanh(x) = 2 sigmoid(2x) - 1`` (torch's sigmoid is
+    vectorised, its tanh is ~6x slower on CPU) and the constant ``exp(-1)`` cancelled by
+    the normalisation::
+
+        u = exp(log weight + 2 sigmoid(2 q.c))   (Ic, k, B)  unnormalised softmax
+        Z = sum_k u,  num = sum_k u * (e.c),  el = sum_k u * (G u)
+        cos_local = (num / Z) / sqrt(|e|^2 el / Z^2)
+
+    torch.compile of this chain was measured faster only with static shapes (a 25 s
+    compile per batch size and chunk length) and slower than this with dynamic shapes.
+
+    Args:
+        e_u: (B, h) transformed target users.
+        w_local: (h, h) local-attention matrix W_l.
+        terms: the items' constants from :func:`prepare_items`.
+        alpha: weight of the global term.
+        beta: weight of the local term.
+        use_local: include the local term.
+        use_global: include the global term.
+        chunk_items: items per chunk (the (Ic*k, 2B) buffer should stay in cache).
+    """
+    if not (use_local or use_global):
+        raise ValueError("at least one of the global / local terms is required")
+    e_u = e_u.to(torch.float32)
+    n_b = e_u.shape[0]
+    n_i, k = terms.n_items, terms.k
+    out = e_u.new_empty((n_i, n_b))  # (I, B): the chain's natural layout, transposed once
+    if n_i == 0:
+        return out.T
+    u_norm2 = (e_u * e_u).sum(dim=-1)  # (B,)
+    # (h, 2B): [2 q | e] columns in the table's dtype; 2q folds the 2x of 2 sigmoid(2x) - 1
+    rhs = torch.cat([2.0 * (e_u @ w_local.to(torch.float32)), e_u], dim=0).T
+    rhs = rhs.to(terms.dtype).contiguous()
+    e_t = e_u.T.contiguous()  # (h, B)
+    half = terms.dtype != torch.float32
+    step = max(1, chunk_items)
+    for lo in range(0, n_i, step):
+        hi = min(n_i, lo + step)
+        t = terms.rows(lo, hi)
+        o = out[lo:hi]  # (Ic, B)
+        if use_local:
+            r = torch.mm(t.table, rhs)  # (Ic*k, 2B)
+            if half:
+                r = r.to(torch.float32)
+            r = r.view(hi - lo, k, 2 * n_b)  # (Ic, k, 2B), no copy
+            u = r[:, :, :n_b]  # (Ic, k, B) attention logits (2 q.c)
+            dots = r[:, :, n_b:]  # (Ic, k, B) e.c
+            u.sigmoid_()  # (1 + tanh(q.c)) / 2
+            torch.add(t.log_weight, u, alpha=2.0, out=u)  # log n + 1 + tanh; -inf if masked
+            u.exp_()  # unnormalised masked softmax (the constant e cancels)
+            z = u.sum(dim=1).clamp_(min=1e-30)  # (Ic, B); 0 only for items with no seeds
+            num = dots.mul_(u).sum(dim=1).div_(z)  # (Ic, B)  e . E_local
+            el = torch.bmm(t.gram, u).mul_(u).sum(dim=1)  # (Ic, B)  u^T G u
+            el.div_(z).div_(z).mul_(u_norm2).clamp_(min=EPS).sqrt_()  # sqrt(|e|^2 |E_l|^2)
+            torch.div(num, el, out=o)
+            o.mul_(beta)
+        else:
+            o.zero_()
+        if use_global:
+            gd = t.global_vec @ e_t  # (Ic, B)
+            gn = (t.global_norm2[:, None] * u_norm2[None, :]).clamp_(min=EPS).sqrt_()
+            o.add_(gd.div_(gn), alpha=alpha)
+        if t.prior is not None:
+            o.add_(t.prior[:, None])
+    return out.T.contiguous()  # (B, I)
+
+
 def score_matrix(
     e_u: torch.Tensor,
     w_local: torch.Tensor,
@@ -97,9 +294,12 @@ def score_matrix(
     use_global: bool = True,
     gram: torch.Tensor | None = None,
     log_prior: torch.Tensor | None = None,
-    chunk_items: int = 4096,
+    chunk_items: int = 1024,
 ) -> torch.Tensor:
     """Raw scores of every user against every item, (B, I) in [-1, 1].
+
+    :func:`prepare_items` then :func:`score_prepared` (a caller that scores the same items
+    many times should keep the prepared terms instead).
 
     Args:
         e_u: (B, h) transformed target users.
@@ -113,33 +313,12 @@ def score_matrix(
         use_global: include the global term.
         gram: optional (I, k, k) precomputed ``C C^T`` (e.g. from a SeedIndex).
         log_prior: optional (I, k) log cluster sizes added to the local-attention logits.
-        chunk_items: items scored per chunk (bounds the (B, chunk, k) intermediates).
+        chunk_items: items scored per chunk.
     """
-    n_b, h = e_u.shape
-    n_i, k, _ = centroids.shape
-    u_norm2 = (e_u * e_u).sum(dim=-1)  # (B,)
-    q = e_u @ w_local if use_local else None  # (B, h)
-    out = []
-    for lo in range(0, n_i, max(1, chunk_items)):
-        hi = min(n_i, lo + chunk_items)
-        c = centroids[lo:hi]  # (Ic, k, h)
-        cg = None
-        if use_global:
-            g = global_vec[lo:hi]  # (Ic, h)
-            dot = e_u @ g.T  # (B, Ic)
-            cg = safe_cos(dot, u_norm2[:, None], (g * g).sum(dim=-1)[None, :])
-        cl = None
-        if q is not None:
-            both = torch.cat([q, e_u], dim=0)  # (2B, h)
-            r = (c.reshape(-1, h) @ both.T).reshape(hi - lo, k, 2 * n_b)  # (Ic, k, 2B)
-            r = r.permute(2, 0, 1)  # (2B, Ic, k)
-            gm = gram_matrix(c) if gram is None else gram[lo:hi]  # (Ic, k, k)
-            lp = None if log_prior is None else log_prior[lo:hi][None]  # (1, Ic, k)
-            cl = local_cos(r[:n_b], r[n_b:], mask[lo:hi][None], gm, u_norm2[:, None], lp)
-        out.append(combine(cg, cl, alpha, beta))  # (B, Ic)
-    if not out:
-        return e_u.new_zeros((n_b, 0))
-    return torch.cat(out, dim=1)  # (B, I)
+    terms = prepare_items(centroids, mask, global_vec, gram=gram, log_prior=log_prior)
+    return score_prepared(
+        e_u, w_local, terms, alpha, beta, use_local, use_global, chunk_items=chunk_items
+    )
 
 
 def score_pairs(

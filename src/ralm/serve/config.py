@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +40,7 @@ class ServeConfig(BaseModel):
         keep_index_versions: how many published index versions are kept on disk.
         torch_threads: intra-op threads for scoring (None = torch default).
         seed: seed of the k-means runs.
+        score_dtype: precision of the scorer's centroid table, float32 or bfloat16.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -88,3 +90,8 @@ class ServeConfig(BaseModel):
     )
     torch_threads: int | None = Field(default=None, ge=1, description="Scoring threads.")
     seed: int = Field(default=0, description="k-means seed.")
+    score_dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="Centroid table precision for scoring (bfloat16: half the memory "
+        "traffic; accuracy in docs/LOOKALIKE.md).",
+    )

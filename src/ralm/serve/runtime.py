@@ -43,6 +43,20 @@ class Scorer(Protocol):
         chunk_items: int = 4096,
     ) -> torch.Tensor: ...
 
+    def prepare_items(
+        self,
+        centroids: torch.Tensor,
+        mask: torch.Tensor,
+        global_vec: torch.Tensor,
+        gram: torch.Tensor | None = None,
+        sizes: torch.Tensor | None = None,
+        dtype: torch.dtype | str = torch.float32,
+    ) -> Any: ...
+
+    def score_prepared(
+        self, e_u: torch.Tensor, terms: Any, chunk_items: int = 1024
+    ) -> torch.Tensor: ...
+
     def pctr(self, s: torch.Tensor) -> torch.Tensor: ...
 
 

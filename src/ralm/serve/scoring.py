@@ -4,18 +4,26 @@ The math is stage 2's (:meth:`LookalikeModel.score` through the :class:`Scorer`
 interface); this module only stacks the requests, masks and ranks. Only servable rows are
 scored (each chunk keeps a compact copy of its servable rows, shared by every version that
 shares the chunk), and non-finite scores rank last.
+
+The scorer's per-item constants (``LookalikeModel.prepare_items``: the flat centroid
+table, slot weights with the size prior folded in, Gram matrices, |g|^2, the audience
+prior) are computed once per chunk and model and cached on the chunk, so a request only
+runs the matmul and the post-matmul chain; a new index version re-prepares only the
+chunks it changed (the others are the same objects).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from ralm.lookalike.seed_index import SeedIndex
+from ralm.lookalike.seed_index import IndexChunk, SeedIndex
 from ralm.serve.runtime import Scorer
 
 
@@ -46,15 +54,48 @@ class ScoreRequest:
     exclude: frozenset[str] = field(default_factory=frozenset)
 
 
+_TERMS_LOCK = threading.Lock()
+
+
+def chunk_terms(scorer: Scorer, chunk: IndexChunk, dtype: str = "float32") -> Any:
+    """The scorer's prepared terms of ``chunk``'s servable rows, computed once and cached."""
+    cache: dict[tuple[int, str], tuple[Scorer, Any]] = chunk.__dict__.setdefault(
+        "_prepared_terms", {}
+    )
+    key = (id(scorer), dtype)
+    hit = cache.get(key)
+    if hit is not None and hit[0] is scorer:
+        return hit[1]
+    t = chunk.scoring_tensors
+    with torch.no_grad():
+        terms = scorer.prepare_items(
+            t["centroids"], t["mask"], t["global_vec"], gram=t["gram"], sizes=t["sizes"],
+            dtype=dtype,
+        )  # fmt: skip
+    with _TERMS_LOCK:
+        cache[key] = (scorer, terms)
+    return terms
+
+
+def _score_chunk(scorer: Scorer, e_u: torch.Tensor, chunk: IndexChunk, dtype: str) -> torch.Tensor:
+    if hasattr(scorer, "prepare_items") and hasattr(scorer, "score_prepared"):
+        return scorer.score_prepared(e_u, chunk_terms(scorer, chunk, dtype))  # (B, R_c)
+    t = chunk.scoring_tensors  # a scorer without prepared terms (tests' stand-ins)
+    return scorer.score(
+        e_u, t["centroids"], t["mask"], t["global_vec"], gram=t["gram"], sizes=t["sizes"]
+    )
+
+
 def score_batch(
-    scorer: Scorer, snap: SeedIndex, reqs: Sequence[ScoreRequest]
+    scorer: Scorer, snap: SeedIndex, reqs: Sequence[ScoreRequest], dtype: str = "float32"
 ) -> list[RecommendResult]:
     """Top-n of every request of a micro-batch, all scored on the ONE index ``snap``.
 
     E_u is computed once for the batch; the stage-2 scorer runs once per index chunk over
     that chunk's *servable* rows only (non-servable rows are never scored); a non-finite
     score (NaN / inf) counts as -inf, so a damaged item never hides the good ones; excluded
-    items are masked before one ``topk``.
+    items are masked before one ``topk``. ``dtype`` "bfloat16" scores from a half-precision
+    centroid table (accuracy in docs/LOOKALIKE.md).
     """
     rows = snap.servable_rows  # (R,) index rows the scorer sees, ascending
     if rows.size == 0:
@@ -62,17 +103,8 @@ def score_batch(
     with torch.no_grad():
         u = torch.from_numpy(np.stack([r.universal for r in reqs]))  # (B, m)
         e_u = scorer.transform(u)  # (B, h)
-        parts = []
-        for c in snap.chunks:
-            if c.servable_rows.size:
-                t = c.scoring_tensors  # the chunk's servable rows
-                parts.append(
-                    scorer.score(
-                        e_u, t["centroids"], t["mask"], t["global_vec"], gram=t["gram"],
-                        sizes=t["sizes"],
-                    )  # (B, R_c)
-                )  # fmt: skip
-        s = torch.cat(parts, dim=1)  # (B, R)
+        parts = [_score_chunk(scorer, e_u, c, dtype) for c in snap.chunks if c.servable_rows.size]
+        s = torch.cat(parts, dim=1).float()  # (B, R)
         s = torch.where(torch.isfinite(s), s, torch.full_like(s, -math.inf))
         for b, r in enumerate(reqs):
             ex = np.asarray([snap.row_of[i] for i in r.exclude if i in snap.row_of], np.int64)

@@ -298,7 +298,9 @@ class RalmService:
         return dataclasses.replace(res, user=how)
 
     def _score_batch(self, reqs: Sequence[ScoreRequest]) -> list[RecommendResult]:
-        return score_batch(self.model.scorer, self.holder.current(), reqs)
+        return score_batch(
+            self.model.scorer, self.holder.current(), reqs, dtype=self.config.score_dtype
+        )
 
     # ---- clicks and items ----------------------------------------------------------------
     def add_clicks(

@@ -18,6 +18,31 @@ from ralm.data.encoded import FieldInfo
 from ralm.errors import ConfigError
 
 CONTINUOUS_FIELD = "continuous"
+# dense-gradient bags over a small vocabulary: mean-pool as one (B, V) @ (V, d) matmul when
+# B x V is at most this many floats (its backward is one matmul too; EmbeddingBag's dense
+# backward sorts every value: 18 ms of a 104 ms ML-100K step)
+BAG_MATMUL_MAX = 1 << 20
+
+
+def bag_mean_matmul(
+    weight: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor
+) -> torch.Tensor:
+    """``EmbeddingBag(mode="mean")`` as ``M @ weight`` with ``M (B, V)`` the bag shares.
+
+    Args:
+        weight: (V, d) table.
+        values: int64 (N,) codes of all bags, concatenated.
+        offsets: int64 (B,) start of every bag in ``values``.
+    Returns:
+        (B, d) bag means; an empty bag gives zeros.
+    """
+    n_b, n_v = offsets.numel(), values.numel()
+    lengths = torch.diff(offsets, append=offsets.new_tensor([n_v]))  # (B,)
+    rows = torch.repeat_interleave(torch.arange(n_b), lengths)  # (N,) bag of every value
+    share = (1.0 / lengths.clamp(min=1).to(weight.dtype))[rows]  # (N,)
+    m = weight.new_zeros(n_b, weight.shape[0])  # (B, V)
+    m.index_put_((rows, values), share, accumulate=True)
+    return m @ weight  # (B, d)
 
 
 class FeatureEmbedding(nn.Module):
@@ -96,7 +121,11 @@ class FeatureEmbedding(nn.Module):
                 vecs.append(table(batch.univalent[f.name]))  # (B, d)
             else:
                 values, offsets = batch.multivalent[f.name]
-                vecs.append(table(values, offsets))  # (B, d), empty bag -> zeros
+                assert isinstance(table, nn.EmbeddingBag)
+                if not table.sparse and offsets.numel() * f.vocab_size <= BAG_MATMUL_MAX:
+                    vecs.append(bag_mean_matmul(table.weight, values, offsets))  # (B, d)
+                else:
+                    vecs.append(table(values, offsets))  # (B, d), empty bag -> zeros
         if self.continuous_fc is not None:
             x = batch.continuous  # (B, n_continuous_in)
             if self.n_continuous != self.n_continuous_in:

@@ -22,6 +22,11 @@ from torch import nn
 
 from ralm.errors import ConfigError
 
+# Draws per distinct item above which the logits come from one dense (B, U) matmul against
+# the U distinct candidates instead of a (B, K, d) gather (measured at B = 256, d = 128:
+# 4.5x faster at 100 negatives on 1,682 items, slower at 3 and 10 negatives)
+UNIQUE_RATIO = 8
+
 
 def sampled_logits(
     user_vec: torch.Tensor,
@@ -38,6 +43,11 @@ def sampled_logits(
             positive in column 0.
         pos: int64 (B,) positive item index per row.
         neg: int64 (B, K) negatives per row, or (K,) negatives shared by all rows.
+
+    With an item table and per-row negatives drawn with many repeats (at least
+    ``UNIQUE_RATIO`` draws per distinct item), the logits are computed against the
+    distinct candidates in one (B, U) matmul instead of a (B, K, d) gather: the same dot
+    products, far fewer gathered rows (and fewer rows in the table's gradient).
     """
     if isinstance(items, nn.Embedding):  # module call: sparse gradients when sparse=True
         lookup: Callable[[torch.Tensor], torch.Tensor] = items
@@ -50,6 +60,16 @@ def sampled_logits(
             )
         table = items
         lookup = table.__getitem__
+    if neg.dim() == 2 and neg.numel() >= 1:
+        ids = torch.cat([pos.reshape(-1), neg.reshape(-1)])  # (B + B*K,)
+        uniq, inv = torch.unique(ids, return_inverse=True)  # (U,), (B + B*K,)
+        if ids.numel() >= UNIQUE_RATIO * uniq.numel():
+            # many repeats (K large against the catalogue): every row against the U
+            # distinct candidates in one matmul, then the row's columns; same dot products
+            full = user_vec @ lookup(uniq).T  # (B, U)
+            b = pos.numel()
+            cols = torch.cat([inv[:b, None], inv[b:].view(b, -1)], dim=1)  # (B, 1+K)
+            return full.gather(1, cols)  # (B, 1+K)
     pos_logit = (user_vec * lookup(pos)).sum(-1, keepdim=True)  # (B, 1)
     if neg.dim() == 1:
         neg_logit = user_vec @ lookup(neg).T  # (B, K) shared negatives

@@ -131,6 +131,7 @@ def test_api_conforms_to_its_schema(
         max_examples=EXAMPLES,
         deadline=None,
         database=None,
+        derandomize=True,  # the same cases on every run: CI cannot flip on a rare draw
         suppress_health_check=list(HealthCheck),
     )
     def fuzz(case: Any) -> None:

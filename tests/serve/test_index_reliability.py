@@ -166,16 +166,16 @@ def test_scorer_sees_only_servable_items(tmp_path: Path) -> None:
         svc.add_clicks([Click(group_users(0, 1)[0], f"thin-{j}", time.time())])
     svc.start()
     seen: list[int] = []
-    real = svc.model.scorer.score
+    real = svc.model.scorer.prepare_items
 
-    def counting(e_u: torch.Tensor, centroids: torch.Tensor, *a: Any, **kw: Any) -> Any:
-        seen.append(int(centroids.shape[0]))
-        return real(e_u, centroids, *a, **kw)
+    def counting(centroids: torch.Tensor, *a: Any, **kw: Any) -> Any:
+        seen.append(int(centroids.shape[0]))  # rows the scorer will score
+        return real(centroids, *a, **kw)
 
     try:
         snap = svc.holder.current()
         assert snap.n_items == 21 and snap.n_servable == 15
-        svc.model.scorer.score = counting  # type: ignore[method-assign]
+        svc.model.scorer.prepare_items = counting  # type: ignore[method-assign]
         res = svc.recommend(user_id="u0", n=21)
         assert sum(seen) == 15 and len(res.items) == 15
     finally:

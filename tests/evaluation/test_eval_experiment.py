@@ -51,7 +51,8 @@ def test_run_experiment_writes_report(tmp_path):
     ):
         assert (root / name).is_file() and (root / name).stat().st_size > 0, name
     res = json.loads((root / "results.json").read_text())
-    assert set(res["protocols"]) == {"warm", "cold"}
+    assert set(res["protocols"]) == {"warm", "cold", "mixed", "full"}
+    assert set(res["diagnostics"]) == {"copy"}
     warm = res["protocols"]["warm"]
     assert set(warm["summary"]) == {"Random", "Popularity", "Yahoo look-alike", "RALM"}
     runs = warm["runs"]["RALM"]
@@ -95,7 +96,9 @@ def test_presets_are_valid(name):
         Path(__file__).resolve().parents[2] / "src/ralm/configs" / f"experiment-ml100k-{name}.toml"
     )
     cfg = load_experiment_config(path)
-    assert len(cfg.seeds) >= 3 and cfg.protocols == ["warm", "cold"]
+    assert len(cfg.seeds) >= 3 and cfg.protocols[:2] == ["warm", "cold"]
+    assert {"mixed", "full", "copy"} <= set(cfg.protocols)
+    assert {"item_knn", "user_knn", "ease"} <= set(cfg.models)
     assert cfg.ablations is not None and 20 in cfg.ablations.k
 
 
@@ -127,3 +130,29 @@ def test_fixed_seeds_reproduce_every_number(tmp_path):
     )
     for proto in ("warm", "cold"):
         assert a["protocols"][proto]["runs"] == b["protocols"][proto]["runs"]
+
+
+def test_references_and_new_protocols_in_the_report(tmp_path):
+    """The classic references, the mixed / full protocols and the copy test, end to end."""
+    raw = {
+        **TINY,
+        "models": ["random", "popularity", "item_knn", "user_knn", "ease", "yahoo"],
+        "protocols": ["warm", "cold", "mixed", "full", "copy"],
+        "ablations": None,
+    }
+    root = run_experiment(ExperimentConfig.model_validate(raw), out_dir=tmp_path / "rep")
+    res = json.loads((root / "results.json").read_text())
+    assert set(res["protocols"]) == {"warm", "cold", "mixed", "full"}
+    mixed = res["protocols"]["mixed"]["summary"]
+    assert mixed["Popularity"]["recall@5"]["mean"] == 0.0  # cold items lose on raw counts
+    assert mixed["item-kNN"]["cold_share@5"]["mean"] > 0.0
+    full = res["protocols"]["full"]
+    assert full["n_candidates"] == res["dataset"]["n_items"]
+    assert {"recall@20", "ndcg@20", "recall@50", "ndcg@50"} <= set(full["summary"]["EASE"])
+    copy = res["diagnostics"]["copy"]["summary"]
+    assert "copy_rank" in copy["user-kNN look-alike"] and "copy_rank" not in copy["Random"]
+    assert "EASE" in res["protocols"]["cold"]["notes"]  # re-solved with the cold seeds
+    report = (root / "report.md").read_text()
+    for head in ("## Protocol: mixed", "## Protocol: full", "## Diagnostic: the copy test"):
+        assert head in report
+    assert "| item-kNN |" in report and "cold_share@5" in report and "recall@20" in report

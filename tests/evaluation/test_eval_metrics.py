@@ -89,3 +89,31 @@ def test_coverage_gini_tail():
     tail = M.long_tail_items(pop, np.array([0, 1, 2, 3, 4]), head_frac=0.2)
     assert tail.tolist() == [False, True, True, True, True]  # head = top 1 of 5
     assert M.long_tail_share(topk, tail) == pytest.approx(2 / 4)
+
+
+def test_recall_and_ndcg_at_20_by_hand():
+    """The full-ranking protocol's metrics on a hand-made 20-slot list."""
+    topk = np.full((2, 20), -1)
+    topk[0, :20] = np.arange(100, 120)
+    topk[0, [0, 4, 19]] = [1, 2, 3]  # user 0: hits at ranks 1, 5, 20 of 4 relevant items
+    topk[1, :20] = np.arange(200, 220)
+    topk[1, 1] = 7  # user 1: one hit at rank 2 of 1 relevant item
+    truth = [np.array([1, 2, 3, 4]), np.array([7])]
+    hits = M.hit_matrix(topk, truth)
+    n = np.array([4, 1])
+    assert M.recall_at_k(hits, n, 20) == pytest.approx((3 / 4 + 1) / 2)
+    assert M.recall_at_k(hits, n, 5) == pytest.approx((2 / 4 + 1) / 2)
+    dcg0 = 1 / np.log2(2) + 1 / np.log2(6) + 1 / np.log2(21)
+    idcg0 = 1 / np.log2(2) + 1 / np.log2(3) + 1 / np.log2(4) + 1 / np.log2(5)
+    dcg1 = 1 / np.log2(3)
+    assert M.ndcg_at_k(hits, n, 20) == pytest.approx((dcg0 / idcg0 + dcg1 / 1.0) / 2)
+
+
+def test_slot_share_counts_filled_slots_only():
+    topk = np.array([[0, 3, -1], [3, 4, 5]])
+    mask = np.zeros(6, dtype=bool)
+    mask[[3, 5]] = True
+    assert M.slot_share(topk, mask) == pytest.approx(3 / 5)  # 5 filled slots, 3 in the mask
+    assert M.long_tail_share(topk, mask) == M.slot_share(topk, mask)
+    with pytest.raises(ValueError, match="no recommendations"):
+        M.slot_share(np.full((1, 2), -1), mask)

@@ -12,7 +12,9 @@ from ralm.data.encoded import EncodedDataset, Interactions, Split
 from ralm.errors import DataError
 from ralm.evaluation.baselines import Popularity, Recommender
 from ralm.evaluation.baselines.base import item_seed_csr
+from ralm.evaluation.baselines.ease import EASE
 from ralm.evaluation.baselines.lr import LogisticRegression, LRConfig
+from ralm.evaluation.baselines.neighbours import ItemKNN, UserKNN
 from ralm.evaluation.baselines.yahoo import YahooLookalike
 from ralm.evaluation.evaluator import evaluate, rank_top_k
 from ralm.evaluation.protocols import build_task, training_view
@@ -81,8 +83,15 @@ def _perturb_test_rows(ds: EncodedDataset, seed: int = 1) -> EncodedDataset:
 
 @pytest.mark.parametrize(
     "make",
-    [Popularity, lambda: LogisticRegression(LRConfig(epochs=1)), YahooLookalike],
-    ids=["popularity", "lr", "yahoo"],
+    [
+        Popularity,
+        lambda: LogisticRegression(LRConfig(epochs=1)),
+        YahooLookalike,
+        ItemKNN,
+        UserKNN,
+        EASE,
+    ],
+    ids=["popularity", "lr", "yahoo", "item_knn", "user_knn", "ease"],
 )
 def test_models_never_see_test_clicks(toy, make):
     """Scores depend only on the training view: changing every test click changes nothing."""
@@ -153,3 +162,120 @@ def test_empty_protocol_is_a_clear_error(toy):
     )
     with pytest.raises(DataError, match="cold"):
         build_task(no_cold, "cold")
+
+
+def test_mixed_task_ranks_cold_items_among_warm_ones(toy):
+    task = build_task(toy, "mixed", seed=0)
+    cold = set(toy.extra["toy"]["cold"])
+    warm_items = {i for _, i in _clicks(toy, Split.TRAIN)}
+    seeded_cold = {i for _, i in _clicks(toy, Split.COLD_SEED)}
+    assert set(task.candidates.tolist()) == warm_items | seeded_cold
+    assert task.seed_splits == (Split.TRAIN, Split.COLD_SEED)
+    assert task.focus_items is not None
+    assert set(np.flatnonzero(task.focus_items).tolist()) == seeded_cold <= cold
+    cold_test = _clicks(toy, Split.COLD_TEST)
+    known = _clicks(toy, Split.TRAIN, Split.COLD_SEED)
+    for r, u in enumerate(task.users.tolist()):
+        assert all((u, i) in cold_test for i in task.truth[r].tolist())
+        excl = task.exclude_items[task.exclude_offsets[r] : task.exclude_offsets[r + 1]]
+        assert set(excl.tolist()) == {i for uu, i in known if uu == u}
+
+
+def test_full_task_ranks_every_item_minus_every_known_click(toy):
+    task = build_task(toy, "full", seed=0)
+    assert task.candidates.tolist() == list(range(toy.n_items))
+    assert task.extra_ks == (20, 50) and task.seed_splits == (Split.TRAIN,)
+    known = _clicks(toy, Split.TRAIN, Split.VALID)
+    test = _clicks(toy, Split.TEST)
+    assert any(uu == u for u in task.users.tolist() for uu, _ in _clicks(toy, Split.VALID))
+    for r, u in enumerate(task.users.tolist()):
+        excl = task.exclude_items[task.exclude_offsets[r] : task.exclude_offsets[r + 1]]
+        assert set(excl.tolist()) == {i for uu, i in known if uu == u}
+        assert all((u, i) in test and (u, i) not in known for i in task.truth[r].tolist())
+    res = evaluate(Popularity_fitted(toy), task, ks=(10,))
+    assert {"recall@20", "ndcg@20", "recall@50", "ndcg@50", "recall@10"} <= set(res)
+
+
+def Popularity_fitted(ds: EncodedDataset) -> Popularity:
+    pop = Popularity()
+    pop.fit(training_view(ds))
+    return pop
+
+
+def test_copy_task_contents(toy):
+    task = build_task(toy, "copy", seed=3)
+    assert task.copy_items is not None and task.copy_seeds is not None
+    assert task.copy_users is not None
+    pop = toy.item_popularity((Split.TRAIN,))
+    order = np.lexsort((np.arange(toy.n_items), -pop))
+    assert task.copy_items.tolist() == order[:5].tolist()  # toy: every top item has testers
+    train, test = _clicks(toy, Split.TRAIN), _clicks(toy, Split.TEST)
+    for j, seeds, users in zip(task.copy_items, task.copy_seeds, task.copy_users, strict=True):
+        assert seeds.size == min(40, pop[j]) and len(set(seeds.tolist())) == seeds.size
+        assert all((int(u), int(j)) in train for u in seeds)
+        assert set(users.tolist()) == {u for u, i in test if i == j} - {
+            u for u, i in train if i == j
+        }
+    again = build_task(toy, "copy", seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(task.copy_seeds, again.copy_seeds, strict=True))
+
+
+def test_copy_test_ranks_against_a_loop(toy):
+    """Ranks of the original and of the copy, recomputed by hand for item-kNN."""
+    from ralm.evaluation.evaluator import copy_test
+
+    model = ItemKNN()
+    model.fit(training_view(toy))
+    task = build_task(toy, "copy", seed=0)
+    res = evaluate(model, task)
+    train = _clicks(toy, Split.TRAIN)
+    cand = task.candidates.tolist()
+    med_o, med_c = [], []
+    for j, seeds, users in zip(task.copy_items, task.copy_seeds, task.copy_users, strict=True):
+        ro, rc = [], []
+        for u in users.tolist():
+            s = model.score_users(np.array([u]), task.candidates)[0]
+            others = [s[c] for c, i in enumerate(cand) if (u, i) not in train and i != j]
+            orig = s[cand.index(int(j))]
+            copy = model.score_seeded_items(np.array([u]), [seeds])[0, 0]
+            ro.append(1 + sum(x > orig for x in others) + sum(x == orig for x in others) / 2)
+            pool = [*others, orig]
+            rc.append(1 + sum(x > copy for x in pool) + sum(x == copy for x in pool) / 2)
+        med_o.append(np.median(ro))
+        med_c.append(np.median(rc))
+    assert res["orig_rank"] == pytest.approx(np.median(med_o))
+    assert res["copy_rank"] == pytest.approx(np.median(med_c))
+    assert res["copy_vs_orig"] == pytest.approx(np.median(med_c) / np.median(med_o))
+    nohook = copy_test(_Spy_fitted(toy), task)
+    assert "copy_rank" not in nohook and "orig_rank" in nohook
+
+
+def _Spy_fitted(ds: EncodedDataset) -> Recommender:
+    spy = _Spy()
+    spy.fit(training_view(ds))
+    return spy
+
+
+class _NaNModel(Recommender):
+    """Scores = -item index, but NaN for odd items (items a model cannot score)."""
+
+    def fit(self, ds: EncodedDataset, seed: int = 0) -> None:
+        self._ds = ds
+
+    def score_users(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        s = -np.asarray(items, dtype=np.float64)
+        s[np.asarray(items) % 2 == 1] = np.nan
+        return np.broadcast_to(s, (len(users), len(items))).copy()
+
+
+def test_unscorable_items_rank_last_but_are_ranked(toy):
+    model = _NaNModel()
+    model.fit(training_view(toy))
+    task = build_task(toy, "full")
+    top = rank_top_k(model, task, toy.n_items)
+    for r in range(3):
+        row = [i for i in top[r].tolist() if i >= 0]
+        n_excl = task.exclude_offsets[r + 1] - task.exclude_offsets[r]
+        assert len(row) == toy.n_items - n_excl  # every non-excluded item is ranked
+        evens = [i for i in row if i % 2 == 0]
+        assert row[: len(evens)] == sorted(evens)  # scorable items first, in score order

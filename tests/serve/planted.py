@@ -47,9 +47,10 @@ def planted_model(
         return out
 
     torch.manual_seed(seed)
-    scorer = LookalikeModel(LookalikeConfig(m=m, h=h, k=k)).eval()
+    backend = kw.pop("kmeans_backend", "faiss")
+    scorer = LookalikeModel(LookalikeConfig(m=m, h=h, k=k, kmeans_backend=backend)).eval()
     emb = TableEmbedder(np.asarray([f"u{i}" for i in range(n_users)]), table, features)
-    return ServingModel(scorer=scorer, embedder=emb, k=k, h=h, **kw)
+    return ServingModel(scorer=scorer, embedder=emb, **kw)
 
 
 def group_users(group: int, n: int, start: int = 0) -> list[str]:

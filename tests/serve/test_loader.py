@@ -54,3 +54,15 @@ def test_missing_stage_is_a_clear_error(trained_run: Run, tmp_path: Path) -> Non
         load_serving_model(tmp_path, data)
     with pytest.raises(CheckpointError, match=r"meta\.json"):
         load_serving_model(run, tmp_path)
+
+
+def test_unsound_training_index_is_not_served(trained_run: Run, tmp_path: Path) -> None:
+    run, data, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    chunk = next((copy / "lookalike" / "seed_index").glob("chunk-*.safetensors"))
+    chunk.write_bytes(chunk.read_bytes()[:-7])  # truncated
+    model = load_serving_model(copy, data)
+    assert model.initial_index is None  # re-clustered from the seeds instead
+    good = load_serving_model(run, data).initial_index
+    assert good is not None and good.n_items > 0

@@ -155,9 +155,10 @@ class EncodedDataset:
 
     def item_popularity(self, splits: tuple[Split, ...] = (Split.TRAIN,)) -> np.ndarray:
         """Click count per item over the given splits, int64 (n_items,)."""
+        from ralm.data.clicks import click_rows  # clicks.py imports this module
+
         it = self.interactions
-        m = it.mask(*splits) & (it.label > 0)
-        return np.bincount(it.item[m], minlength=self.n_items).astype(np.int64)
+        return np.bincount(it.item[click_rows(it, splits)], minlength=self.n_items).astype(np.int64)
 
     def item_popularity_rank(self) -> np.ndarray:
         """Rank of every item by training clicks (0 = most clicked), int64 (n_items,).

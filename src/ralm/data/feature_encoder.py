@@ -25,7 +25,8 @@ import torch
 
 from ralm.data.batching import UserBatch
 from ralm.data.encoded import EncodedDataset, FieldInfo
-from ralm.data.features import encode
+from ralm.data.features import minmax_scale
+from ralm.data.transforms import apply_ops, apply_ops_one
 from ralm.errors import DataError
 
 
@@ -38,37 +39,22 @@ def _as_token(value: Any, where: str) -> str | None:
     if isinstance(value, float):
         if math.isnan(value):
             return None
-        if not value.is_integer():
+        if not value.is_integer():  # also inf: the string "inf", an unknown value (OOV)
             return str(value)
         value = int(value)
-    return str(value).strip() or None
+    try:
+        return str(value).strip() or None
+    except ValueError as e:  # an integer beyond Python's str() digit limit
+        raise DataError(f"{where}: integer with too many digits") from e
 
 
 def apply_transforms(token: str | None, ops: Sequence[Mapping[str, Any]]) -> str | None:
     """Replay a reader's raw-value transforms on one categorical value.
 
-    Ops (from ``extra["transforms"]``): ``upper``; ``prefix`` (first ``n`` characters);
-    ``bucket`` (numeric value -> ``labels[searchsorted(edges, x, "right")]``; non-numeric
-    values, e.g. an existing label, pass unchanged); ``map`` (``values`` lookup, other
-    values unchanged). Every op is idempotent, so already-transformed values pass too.
+    The ops and their engine are :mod:`ralm.data.transforms` (the same code the readers
+    ran at ingestion); :meth:`FeatureEncoder.batch` applies them to a whole column at once.
     """
-    for op in ops:
-        if token is None:
-            return None
-        kind = op.get("op")
-        if kind == "upper":
-            token = token.upper()
-        elif kind == "prefix":
-            token = token[: int(op["n"])]
-        elif kind == "bucket":
-            try:
-                x = float(token)
-            except ValueError:
-                continue
-            token = str(op["labels"][int(np.searchsorted(op["edges"], x, side="right"))])
-        elif kind == "map":
-            token = str(op["values"].get(token, token))
-    return token
+    return apply_ops_one(token, ops)
 
 
 class FeatureEncoder:
@@ -92,13 +78,16 @@ class FeatureEncoder:
         self.transforms = {k: list(v) for k, v in (transforms or {}).items()}
         self._by_name = {f.name: f for f in self.fields}
         self._vocab: dict[str, pa.Array] = {}
+        self._code: dict[str, dict[str, int]] = {}  # raw value -> code (hash lookup per call)
         for f in self.fields:
             if f.kind == "continuous":
                 continue
             raw = item_ids if f.item_history else vocabs.get(f.name)
             if raw is None:
                 raise DataError(f"field {f.name!r}: the dataset has no vocabulary for it")
-            self._vocab[f.name] = pa.array(np.asarray(raw).astype(str).tolist(), pa.string())
+            values = np.asarray(raw).astype(str).tolist()
+            self._vocab[f.name] = pa.array(values, pa.string())
+            self._code[f.name] = {v: c for c, v in enumerate(values, start=1)}
 
     @classmethod
     def from_dataset(cls, ds: EncodedDataset) -> FeatureEncoder:
@@ -123,8 +112,7 @@ class FeatureEncoder:
             if v is None:
                 out.append([])
             elif isinstance(v, (list, tuple, np.ndarray)):
-                ops = self.transforms.get(f.name, [])
-                toks = (apply_transforms(_as_token(x, where), ops) for x in v)
+                toks = (_as_token(x, where) for x in v)
                 out.append([t for t in toks if t is not None])
             else:
                 raise DataError(f"{where}: multivalent field needs a list, got {v!r}")
@@ -136,11 +124,26 @@ class FeatureEncoder:
             return 0.0
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise DataError(f"record {r}, field {f.name!r}: expected a number, got {v!r}")
-        x = float(v)
-        if math.isnan(x) or f.min is None or f.max is None:
+        try:
+            x = float(v)
+        except OverflowError:  # e.g. a 400-digit integer
+            x = math.inf
+        if not math.isfinite(x):
+            raise DataError(f"record {r}, field {f.name!r}: {v!r} is not a finite number")
+        if f.min is None or f.max is None:
             return 0.0
-        scale = f.max - f.min if f.max > f.min else 1.0
-        return float(min(max((x - f.min) / scale, 0.0), 1.0))
+        return float(minmax_scale(np.array([x]), f.min, f.max)[0])
+
+    def _encode(self, name: str, values: pa.Array) -> np.ndarray:
+        """Codes of raw values (0 = unknown / missing), int64 like :func:`features.encode`."""
+        code = self._code[name]
+        return np.fromiter(
+            (code.get(v, 0) for v in values.to_pylist()), dtype=np.int64, count=len(values)
+        )
+
+    def _ops(self, name: str, values: pa.Array) -> pa.Array:
+        ops = self.transforms.get(name)
+        return apply_ops(values, ops) if ops else values
 
     def batch(self, records: Sequence[Mapping[str, Any]]) -> UserBatch:
         """Encode ``records`` (one per user) into a :class:`UserBatch`.
@@ -155,20 +158,18 @@ class FeatureEncoder:
         cont_cols: list[list[float]] = []
         for f in self.fields:
             if f.kind == "univalent":
-                ops = self.transforms.get(f.name, [])
                 toks = [
-                    apply_transforms(
-                        _as_token(rec.get(f.name), f"record {r}, field {f.name!r}"), ops
-                    )
+                    _as_token(rec.get(f.name), f"record {r}, field {f.name!r}")
                     for r, rec in enumerate(records)
                 ]
-                codes = encode(pa.array(toks, pa.string()), self._vocab[f.name])
+                raw = self._ops(f.name, pa.array(toks, pa.string()))
+                codes = self._encode(f.name, raw)
                 uni[f.name] = torch.from_numpy(codes)  # (B,)
             elif f.kind == "multivalent":
                 bags = self._tokens(records, f)
                 lengths = np.array([len(b) for b in bags], dtype=np.int64)
-                flat = pa.array([t for b in bags for t in b], pa.string())
-                values = encode(flat, self._vocab[f.name])  # (nnz,)
+                flat = self._ops(f.name, pa.array([t for b in bags for t in b], pa.string()))
+                values = self._encode(f.name, flat)  # (nnz,)
                 offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if n else lengths
                 multi[f.name] = (
                     torch.from_numpy(values),

@@ -167,6 +167,18 @@ def list_elements(lists: pa.Array) -> tuple[np.ndarray, pa.Array]:
     return parents[keep_np], pc.filter(flat, keep)
 
 
+def minmax_scale(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``clip((x - lo) / (hi - lo), 0, 1)`` as float64, without overflow for any finite input.
+
+    Halving first keeps ``x - lo`` and ``hi - lo`` finite even for values near the float64
+    limits (``1e308 - -1e308`` would overflow to inf and give NaN); ``hi == lo`` maps to 0.
+    """
+    span = hi / 2 - lo / 2
+    scale = span if span > 0 else 0.5
+    with np.errstate(over="ignore"):  # a tiny span can overflow to +-inf: clipped to 0 / 1
+        return np.clip((np.asarray(x, np.float64) / 2 - lo / 2) / scale, 0.0, 1.0)
+
+
 def minmax_normalise(
     x: np.ndarray, stat_rows: np.ndarray
 ) -> tuple[np.ndarray, float | None, float | None]:
@@ -175,7 +187,13 @@ def minmax_normalise(
     Returns ``(normalised float32 in [0, 1], min, max)``. Missing values map to the
     minimum, i.e. 0. If the stat rows have no value, all rows are used; if there is
     no value at all, min = max = None and the column is all zeros.
+
+    Raises:
+        ValueError: ``x`` holds +-inf (ingestion rejects non-finite values before this;
+            the stored range is always finite).
     """
+    if np.isinf(x).any():
+        raise ValueError("minmax_normalise: x holds non-finite values")
     ref = x[stat_rows]
     ref = ref[~np.isnan(ref)]
     if ref.size == 0:
@@ -183,6 +201,5 @@ def minmax_normalise(
     if ref.size == 0:
         return np.zeros(x.shape[0], dtype=np.float32), None, None
     lo, hi = float(ref.min()), float(ref.max())
-    scale = hi - lo if hi > lo else 1.0
-    out = np.clip((np.nan_to_num(x, nan=lo) - lo) / scale, 0.0, 1.0)
+    out = minmax_scale(np.nan_to_num(x, nan=lo), lo, hi)
     return out.astype(np.float32), lo, hi

@@ -9,6 +9,8 @@ Policy (documented in ``docs/DATA.md``):
 - vocabularies and continuous min/max come from TRAIN users (users with a TRAIN row);
   values seen only outside TRAIN encode as OOV.
 - derived fields use each user's TRAIN-split clicks (label > 0) only.
+- with ``SplitConfig.fold_valid``, "TRAIN" above means TRAIN + VALID (VALID only picks the
+  early-stopping epoch; the given train stays whole for features, fit and seeds).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pyarrow as pa
 
 from ralm.data.encoded import DerivedInfo, EncodedDataset, FieldInfo, Interactions, Split
 from ralm.data.features import map_ids
-from ralm.data.schema import DatasetSchema
+from ralm.data.schema import TABLE_ROLES, DatasetSchema
 from ralm.data.splits import SplitConfig, assign_splits
 from ralm.data.tables import (
     TableSource,
@@ -49,10 +51,13 @@ class RawData:
         users: optional users table.
         items: optional items table.
         test_interactions: optional separate test events (``given`` split).
+        valid_interactions: optional separate validation events (``given-file`` VALID).
         sources: table role -> :class:`TableSource`, for error messages.
         transforms: field -> raw-value transforms the reader applied (e.g. age -> bucket),
             stored in ``extra["transforms"]`` so that
             :class:`~ralm.data.feature_encoder.FeatureEncoder` applies them to new users.
+        time_from_order: the reader made the timestamps up from file order (the data had
+            none), so they are no usable time: VALID is then drawn at random (``auto``).
     """
 
     schema: DatasetSchema
@@ -60,8 +65,10 @@ class RawData:
     users: pa.Table | None = None
     items: pa.Table | None = None
     test_interactions: pa.Table | None = None
+    valid_interactions: pa.Table | None = None
     sources: dict[str, TableSource] = field(default_factory=dict)
     transforms: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    time_from_order: bool = False
 
     def source(self, role: str) -> TableSource:
         return self.sources.get(role, TableSource(f"<{role} table>"))
@@ -71,7 +78,7 @@ def load_raw(schema: DatasetSchema) -> RawData:
     """Read the tables a schema names (paths relative to its TOML file)."""
     tables: dict[str, pa.Table] = {}
     sources: dict[str, TableSource] = {}
-    for role in ("interactions", "users", "items", "test_interactions"):
+    for role in TABLE_ROLES:
         path = schema.path(role)
         if path is not None:
             tables[role], sources[role] = read_table(path, role)
@@ -120,18 +127,27 @@ def ingest(raw: RawData, split: SplitConfig | None = None) -> EncodedDataset:
     split = split or SplitConfig()
     schema = raw.schema
     ev = _events(raw.interactions, schema, raw.source("interactions"), "interactions")
-    given: np.ndarray | None = None
-    if raw.test_interactions is not None:
-        te = _events(raw.test_interactions, schema, raw.source("test_interactions"), "test")
-        given = np.r_[np.zeros(ev.ts.size, bool), np.ones(te.ts.size, bool)]
+    origin = np.zeros(ev.ts.size, np.int8)  # 0 = interactions, 1 = test file, 2 = valid file
+    for code, role, table in (
+        (1, "test_interactions", raw.test_interactions),
+        (2, "valid_interactions", raw.valid_interactions),
+    ):
+        if table is None:
+            continue
+        more = _events(table, schema, raw.source(role), role.split("_")[0])
+        origin = np.r_[origin, np.full(more.ts.size, code, np.int8)]
         ev = _Events(
-            _concat_ids(ev.user, te.user),
-            _concat_ids(ev.item, te.item),
-            np.r_[ev.ts, te.ts],
-            np.r_[ev.label, te.label],
+            _concat_ids(ev.user, more.user),
+            _concat_ids(ev.item, more.item),
+            np.r_[ev.ts, more.ts],
+            np.r_[ev.label, more.label],
         )
-    elif split.method == "given":
+    if split.method == "given" and raw.test_interactions is None:
         raise DataError("split 'given' needs a test interactions file ([files] test_interactions)")
+    if split.valid_from == "given-file" and raw.valid_interactions is None:
+        raise DataError(
+            "valid_from 'given-file' needs a validation file ([files] valid_interactions)"
+        )
 
     users_tab, users_src, users_uid = None, raw.source("users"), None
     if raw.users is not None:
@@ -148,9 +164,21 @@ def ingest(raw: RawData, split: SplitConfig | None = None) -> EncodedDataset:
 
     order = np.argsort(ev.ts, kind="stable")
     user, item, ts, label = user[order], item[order], ev.ts[order], ev.label[order]
-    given = None if given is None else given[order]
-    split_codes, split_extra = assign_splits(user, item, ts, label, n_items, split, given)
-    train = split_codes == int(Split.TRAIN)
+    origin = origin[order]
+    split_codes, split_extra = assign_splits(
+        user,
+        item,
+        ts,
+        label,
+        n_items,
+        split,
+        given_test=origin == 1 if raw.test_interactions is not None else None,
+        given_valid=origin == 2 if raw.valid_interactions is not None else None,
+        time_usable=False if raw.time_from_order else None,
+    )
+    # the rows features are built from: TRAIN, or TRAIN + VALID when VALID is folded back
+    fit_codes = [int(Split.TRAIN)] + ([int(Split.VALID)] if split.fold_valid else [])
+    train = np.isin(split_codes, fit_codes)
     train_users = np.zeros(n_users, dtype=bool)
     train_users[user[train]] = True
     log.info("%d users (%d with TRAIN rows), %d items", n_users, train_users.sum(), n_items)

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ralm.data.ingest import RawData
 from ralm.data.schema import DatasetSchema, schema_from_dict
 from ralm.data.tables import TableSource
+from ralm.data.transforms import apply_ops
 
 # ML-1M README: age groups 1 "Under 18", 18 "18-24", 25 "25-34", 35 "35-44", 45 "45-49",
 # 50 "50-55", 56 "56+". ML-100K's exact ages are bucketed on the same edges.
@@ -45,14 +45,12 @@ ZIP_PREFIX_LEN = 2
 
 def age_bucket(ages: pa.Array) -> pa.Array:
     """Exact ages (numbers or numeric strings) -> ML-1M bucket labels; null stays null."""
-    x = pc.cast(ages, pa.float64()).to_numpy(zero_copy_only=False)
-    labels = AGE_LABELS[np.digitize(np.nan_to_num(x, nan=0.0), AGE_EDGES)]
-    return pa.array(labels, mask=np.isnan(x))
+    return apply_ops(ages, movielens_transforms()["age"])
 
 
 def zip_prefix(zips: pa.Array, n: int = ZIP_PREFIX_LEN) -> pa.Array:
     """First ``n`` characters of the zip code, upper-cased (US: the region of the code)."""
-    return pc.utf8_slice_codeunits(pc.utf8_upper(pc.utf8_trim_whitespace(zips)), 0, n)
+    return apply_ops(zips, [{"op": "upper"}, {"op": "prefix", "n": n}])
 
 
 def movielens_schema(name: str) -> DatasetSchema:
@@ -106,29 +104,23 @@ def movielens_raw(
         users: ``user_id, gender, age, occupation, zip``.
         items: ``item_id, genres`` (``list<string>``).
         sources: table role -> source, for error messages.
-        age_is_bucket: ``age`` already holds ML-1M bucket codes (1, 18, 25, ...).
+        age_is_bucket: ``age`` holds ML-1M bucket codes (1, 18, 25, ...) and
+            ``occupation`` ML-1M codes 0..20 (mapped to names).
+
+    Every raw-value change is one of :func:`movielens_transforms`, applied with
+    :func:`ralm.data.transforms.apply_ops`, the engine the FeatureEncoder replays.
     """
-    age = users["age"].combine_chunks()
-    if age_is_bucket:
-        codes = pa.array(["1", "18", "25", "35", "45", "50", "56"])
-        idx = pc.index_in(pc.utf8_trim_whitespace(age), value_set=codes)
-        age = pc.take(pa.array(AGE_LABELS), idx)
-    else:
-        age = age_bucket(age)
-    users = pa.table(
-        {
-            "user_id": users["user_id"],
-            "gender": pc.utf8_upper(pc.utf8_trim_whitespace(users["gender"])),
-            "age": age,
-            "occupation": users["occupation"],
-            "zip": zip_prefix(users["zip"].combine_chunks()),
-        }
-    )
+    ops = movielens_transforms(occupation_codes=age_is_bucket)
+    # ML-1M age codes 1, 18, 25, ... bucket to their own labels on the same edges
+    columns = {"user_id": users["user_id"]}
+    for name in ("gender", "age", "occupation", "zip"):
+        columns[name] = apply_ops(users[name], ops.get(name, []))
+    users = pa.table(columns)
     return RawData(
         schema=movielens_schema(name),
         interactions=ratings.select(["user_id", "item_id", "timestamp"]),
         users=users,
         items=items.select(["item_id", "genres"]),
         sources=sources,
-        transforms=movielens_transforms(occupation_codes=age_is_bucket),
+        transforms=ops,
     )

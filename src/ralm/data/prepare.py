@@ -6,28 +6,32 @@ Sources (``SOURCE``):
 - ``ml100k:DIR``: a GroupLens ``ml-100k`` folder (or the RecBole copy of it);
 - ``ml1m:DIR``: a GroupLens ``ml-1m`` folder;
 - ``recbole:DIR``: a folder of RecBole atomic files (generic mapping);
+- ``lightgcn:DIR``: ``train.txt`` / ``test.txt`` lines ``user item item ...`` (LightGCN /
+  NGCF data, see :mod:`.user_item_lists`; use ``--split given``);
 - ``PATH.toml``: a generic dataset description (see :mod:`.schema`).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from ralm.common.atomic import atomic_dir
 from ralm.data.encoded import EncodedDataset
 from ralm.data.fetch import cached_movielens_100k, fetch_movielens_100k
 from ralm.data.ingest import RawData, ingest, load_raw
 from ralm.data.readers import read_ml1m, read_ml100k, read_ml100k_recbole, read_recbole
 from ralm.data.schema import load_schema
 from ralm.data.splits import SplitConfig
+from ralm.data.user_item_lists import read_user_item_lists
 from ralm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SOURCE_FORMS = "movielens-100k, ml100k:DIR, ml1m:DIR, recbole:DIR or a dataset .toml file"
+SOURCE_FORMS = (
+    "movielens-100k, ml100k:DIR, ml1m:DIR, recbole:DIR, lightgcn:DIR or a dataset .toml file"
+)
 
 
 def _ml100k_folder(folder: Path) -> RawData:
@@ -50,12 +54,14 @@ def load_source(source: str, cache_dir: str | Path | None = None) -> RawData:
         folder, fmt = found
         return read_ml100k_recbole(folder) if fmt == "recbole" else read_ml100k(folder)
     kind, sep, rest = source.partition(":")
-    if sep and kind in ("ml100k", "ml1m", "recbole"):
+    if sep and kind in ("ml100k", "ml1m", "recbole", "lightgcn"):
         folder = Path(rest).expanduser()
         if not folder.is_dir():
             raise ConfigError(f"source {source!r}: {folder} is not a folder")
         if kind == "ml100k":
             return _ml100k_folder(folder)
+        if kind == "lightgcn":
+            return read_user_item_lists(folder)
         return read_ml1m(folder) if kind == "ml1m" else read_recbole(folder)
     path = Path(source).expanduser()
     if path.suffix.lower() == ".toml":
@@ -76,15 +82,8 @@ def write_dataset(ds: EncodedDataset, out: str | Path) -> Path:
         raise ConfigError(
             f"--out {dest} exists and is not an encoded dataset; refusing to overwrite"
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:  # built aside, fsynced, renamed into place
         ds.save(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

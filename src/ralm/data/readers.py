@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ralm.data.ingest import RawData
-from ralm.data.movielens import ML1M_OCCUPATIONS, ML100K_GENRES, movielens_raw
+from ralm.data.movielens import ML100K_GENRES, movielens_raw
 from ralm.data.schema import schema_from_dict
 from ralm.data.tables import TableSource, read_delimited
 from ralm.errors import DataError
@@ -30,6 +30,25 @@ log = logging.getLogger(__name__)
 
 RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
 _ROLES = {"interactions": "inter", "users": "user", "items": "item"}  # role -> suffix
+
+
+def with_file_order_time(tables: list[pa.Table | None]) -> list[pa.Table | None]:
+    """Add a ``timestamp`` column = running row number over the tables, in file order.
+
+    The RecBole rule for data without time: rows keep their file order (train file first,
+    then test, then valid); a dataset read this way sets ``RawData.time_from_order``.
+    """
+    out: list[pa.Table | None] = []
+    start = 0
+    for t in tables:
+        if t is None:
+            out.append(None)
+            continue
+        if "timestamp" in t.column_names:
+            t = t.drop_columns(["timestamp"])
+        out.append(t.append_column("timestamp", pa.array(np.arange(start, start + len(t)))))
+        start += len(t)
+    return out
 
 
 def _need(path: Path) -> Path:
@@ -74,31 +93,31 @@ def read_recbole(folder: str | Path) -> RawData:
         raise DataError(f"{d}: not a folder of RecBole atomic files")
     inter_p = _find_atomic(d, "inter")
     test_p = next(iter(sorted(d.glob("*.test.inter"))), None)
-    train_ps = sorted(d.glob("*.train.inter")) + sorted(d.glob("*.valid.inter"))
+    train_p = next(iter(sorted(d.glob("*.train.inter"))), None)
+    valid_p = next(iter(sorted(d.glob("*.valid.inter"))), None)
     sources: dict[str, TableSource] = {}
-    test = None
+    test = valid = None
     if inter_p is not None:
         inter, itypes = read_recbole_atomic(inter_p)
         sources["interactions"] = TableSource(str(inter_p))
-    elif test_p is not None and train_ps:
-        parts = [read_recbole_atomic(p) for p in train_ps]
-        inter, itypes = pa.concat_tables([t for t, _ in parts]), parts[0][1]
+    elif test_p is not None and train_p is not None:
+        inter, itypes = read_recbole_atomic(train_p)
         test = read_recbole_atomic(test_p)[0]
-        sources["interactions"] = TableSource(str(train_ps[0]))
+        sources["interactions"] = TableSource(str(train_p))
         sources["test_interactions"] = TableSource(str(test_p))
+        if valid_p is not None:  # the benchmark's own VALID (valid_from auto / given-file)
+            valid = read_recbole_atomic(valid_p)[0]
+            sources["valid_interactions"] = TableSource(str(valid_p))
     else:
         raise DataError(f"{d}: no <name>.inter file (nor .train.inter/.test.inter) found")
     for col in ("user_id", "item_id"):
         if col not in itypes:
             raise DataError(f"{sources['interactions'].path}: no {col!r} column in the header")
-    if "timestamp" not in itypes:
-        log.warning("%s has no timestamp column: row order is used as time", d)
-        order = pa.array(np.arange(inter.num_rows).astype(str))
-        inter = inter.append_column("timestamp", order)
-        if test is not None:
-            test = test.append_column(
-                "timestamp", pa.array(np.arange(inter.num_rows, inter.num_rows + len(test)))
-            )
+    no_time = "timestamp" not in itypes
+    if no_time:
+        log.warning("%s has no timestamp column: file order is used as time", d)
+        timed = with_file_order_time([inter, test, valid])
+        inter, test, valid = timed[0] or inter, timed[1], timed[2]
     fields, derived = [], [{"name": "history", "source": "item_id"}]
     users = items = None
     user_p, item_p = _find_atomic(d, "user"), _find_atomic(d, "item")
@@ -117,7 +136,7 @@ def read_recbole(folder: str | Path) -> RawData:
         {
             "dataset": {"name": d.name},
             "files": {
-                "interactions": str(inter_p or train_ps[0]),
+                "interactions": str(inter_p or train_p),
                 "users": str(user_p) if user_p else None,
                 "items": str(item_p) if item_p else None,
             },
@@ -126,7 +145,16 @@ def read_recbole(folder: str | Path) -> RawData:
         },
         origin=str(d),
     )
-    return RawData(schema, inter, users, items, test, sources)
+    return RawData(
+        schema,
+        inter,
+        users,
+        items,
+        test,
+        valid,
+        sources,
+        time_from_order=no_time,
+    )
 
 
 def read_ml100k_recbole(folder: str | Path) -> RawData:
@@ -180,17 +208,40 @@ def _read_dat(path: Path, names: list[str]) -> pa.Table:
     return read_delimited(data, "\x1f", names, quoting=False, name=str(path))
 
 
+def _read_ml1m_ratings(path: Path) -> tuple[pa.Table, bool]:
+    """``ratings.dat`` with or without its timestamp column. Returns (table, time_from_order).
+
+    Some public copies drop the timestamps (``user::movie::rating``): then, as RecBole does,
+    file order is the time (with a warning). A file mixing both row forms is refused
+    (naming the first line of the other form).
+    """
+    with _need(path).open("rb") as fh:
+        first = fh.readline().decode("latin-1").rstrip("\r\n")
+    if first.count("::") == 2:
+        log.warning("%s has no timestamps (user::movie::rating): file order is used as time", path)
+        table = _read_dat(path, ["user_id", "item_id", "r"])
+        (table,) = with_file_order_time([table])
+        assert table is not None
+        return table, True
+    table = _read_dat(path, ["user_id", "item_id", "r", "timestamp"])
+    if table["timestamp"].null_count == len(table):  # user::movie::rating:: (empty field)
+        log.warning("%s has empty timestamps: file order is used as time", path)
+        (table,) = with_file_order_time([table])
+        assert table is not None
+        return table, True
+    return table, False
+
+
 def read_ml1m(folder: str | Path) -> RawData:
-    """GroupLens ML-1M: ``ratings.dat``, ``users.dat``, ``movies.dat`` (``::``, latin-1)."""
+    """GroupLens ML-1M: ``ratings.dat``, ``users.dat``, ``movies.dat`` (``::``, latin-1).
+
+    ``ratings.dat`` without timestamps is accepted (file order is the time, with a warning;
+    see :func:`_read_ml1m_ratings`).
+    """
     d = Path(folder)
-    ratings = _read_dat(d / "ratings.dat", ["user_id", "item_id", "r", "timestamp"])
+    ratings, time_from_order = _read_ml1m_ratings(d / "ratings.dat")
     users = _read_dat(d / "users.dat", ["user_id", "gender", "age", "occupation", "zip"])
     movies = _read_dat(d / "movies.dat", ["item_id", "title", "genres"])
-    occ = pc.index_in(
-        pc.utf8_trim_whitespace(users["occupation"]),
-        value_set=pa.array([str(i) for i in range(len(ML1M_OCCUPATIONS))]),
-    )
-    users = users.set_column(3, "occupation", pc.take(pa.array(ML1M_OCCUPATIONS), occ))
     genres = pc.split_pattern(pc.fill_null(movies["genres"], ""), "|")
     srcs = {
         r: TableSource(str(d / f))
@@ -200,7 +251,7 @@ def read_ml1m(folder: str | Path) -> RawData:
             ("items", "movies.dat"),
         )
     }
-    return movielens_raw(
+    raw = movielens_raw(
         "ml-1m",
         ratings,
         users,
@@ -208,3 +259,5 @@ def read_ml1m(folder: str | Path) -> RawData:
         srcs,
         age_is_bucket=True,
     )
+    raw.time_from_order = time_from_order
+    return raw

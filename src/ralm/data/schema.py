@@ -10,6 +10,7 @@ which, how the standard columns are named and which user fields to build::
     users = "users.parquet"                   # optional: user_id + feature columns
     items = "items.parquet"                   # optional: item_id + attribute columns
     test_interactions = "test.parquet"        # optional: only for the `given` split
+    valid_interactions = "valid.parquet"      # optional: VALID (valid_from = given-file)
     [columns]                                 # optional renames (defaults shown)
     user_id = "user_id"
     item_id = "item_id"
@@ -42,6 +43,7 @@ from ralm.errors import ConfigError
 FieldKind = Literal["univalent", "multivalent", "continuous"]
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _RESERVED = {"continuous"}  # features/continuous.npy holds the continuous matrix
+TABLE_ROLES = ("interactions", "users", "items", "test_interactions", "valid_interactions")
 
 
 class _Strict(BaseModel):
@@ -66,6 +68,7 @@ class FilesSpec(_Strict):
         users: optional user table (user_id + feature columns).
         items: optional item table (item_id + attribute columns for derived fields).
         test_interactions: optional test events, used by the ``given`` split.
+        valid_interactions: optional validation events (``valid_from`` = ``given-file``).
     """
 
     interactions: str = Field(description="Event table: user_id, item_id, timestamp[, label].")
@@ -73,6 +76,10 @@ class FilesSpec(_Strict):
     items: str | None = Field(default=None, description="Item table: item_id + attribute columns.")
     test_interactions: str | None = Field(
         default=None, description="Held-out test events (the `given` split puts them in TEST)."
+    )
+    valid_interactions: str | None = Field(
+        default=None,
+        description="Validation events (VALID with valid_from 'given-file' or 'auto').",
     )
 
 
@@ -100,12 +107,20 @@ class FieldSpec(_Strict):
         kind: ``univalent`` | ``multivalent`` | ``continuous``.
         column: source column (defaults to ``name``).
         separator: separator of multivalent values in CSV cells (``a|b|c``).
+        non_finite: continuous only: ``error`` (default) rejects NaN, +-inf and numbers
+            beyond float64 with a DataError naming file, row and column; ``missing``
+            treats them as missing values (normalised to 0, like an empty cell).
     """
 
     name: str = Field(description="Field name.")
     kind: FieldKind = Field(description="univalent | multivalent | continuous.")
     column: str | None = Field(default=None, description="Source column in the users table.")
     separator: str = Field(default="|", min_length=1, description="CSV multivalent separator.")
+    non_finite: Literal["error", "missing"] = Field(
+        default="error",
+        description="Continuous fields: 'error' rejects NaN/inf/overflow, 'missing' treats "
+        "them as missing (-> 0).",
+    )
 
     @property
     def source_column(self) -> str:
@@ -230,7 +245,7 @@ def load_schema(path: str | Path, check_files: bool = True) -> DatasetSchema:
         raise ConfigError(f"{p}: not valid TOML: {e}") from e
     schema = schema_from_dict(data, p.parent, origin=str(p))
     if check_files:
-        for role in ("interactions", "users", "items", "test_interactions"):
+        for role in TABLE_ROLES:
             f = schema.path(role)
             if f is None:
                 continue

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ralm.common.keys import contains
 from ralm.data.synth_types import SynthConfig
 
 log = logging.getLogger(__name__)
@@ -82,15 +83,6 @@ def heavy_tailed_counts(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarra
         counts += np.clip(excess - before, 0, room)
     assert int(counts.sum()) == cfg.n_clicks
     return counts
-
-
-def _in_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Boolean (n,): which of ``keys`` occur in ``sorted_keys``."""
-    if sorted_keys.shape[0] == 0:
-        return np.zeros(keys.shape[0], dtype=bool)
-    pos = np.searchsorted(sorted_keys, keys)
-    pos = np.minimum(pos, sorted_keys.shape[0] - 1)
-    return sorted_keys[pos] == keys
 
 
 def cover_items(
@@ -165,7 +157,7 @@ def unique_clicks(
         uniform = r >= model_rounds
         items = rng.integers(0, n_items, users.shape[0]) if uniform else draw(users, rng)
         new = sorted_unique(users * n_items + items)  # distinct within this round
-        new = new[~_in_sorted(keys, new)]
+        new = new[~contains(keys, new)]
         keys = np.sort(np.concatenate([keys, new]))
         deficit = counts - np.bincount(keys // n_items, minlength=n_users)
         missing = int(deficit.sum())

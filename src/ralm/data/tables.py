@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,8 @@ import pyarrow.parquet as pq
 from ralm.errors import DataError
 
 log = logging.getLogger(__name__)
+
+_INT64_LIMIT = 2.0**63  # float timestamps must be below this in magnitude
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,15 @@ def read_table(path: str | Path, role: str = "table") -> tuple[pa.Table, TableSo
 
 def _read_csv(p: Path) -> pa.Table:
     try:
-        with p.open(encoding="utf-8-sig", newline="") as fh:  # tolerate a UTF-8 BOM
-            header = next(csv.reader(fh), None)
-    except (OSError, UnicodeDecodeError) as e:
+        with p.open("rb") as fh:
+            first = fh.readline()
+    except OSError as e:
         raise DataError(f"{p}: cannot read CSV file: {e}") from e
+    try:
+        header_line = first.decode("utf-8-sig")  # tolerate a UTF-8 BOM
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}, line 1: not valid UTF-8 ({e.reason})") from e
+    header = next(csv.reader([header_line]), None)
     if not header:
         raise DataError(f"{p}: CSV file is empty (no header line)")
     dupes = sorted({c for c in header if header.count(c) > 1})
@@ -142,10 +150,25 @@ def read_delimited(
             ),
         )
     except (pa.ArrowException, OSError) as e:
+        line = _first_bad_utf8_line(source) if encoding == "utf-8" else None
+        if line is not None:
+            raise DataError(f"{label}, line {line}: not valid UTF-8") from e
         raise DataError(f"{label}: malformed file: {e}") from e
     if bad:
         raise DataError(f"malformed row: {bad[0]}")
     return table
+
+
+def _first_bad_utf8_line(source: str | Path | bytes) -> int | None:
+    """1-based line of the first invalid UTF-8 byte (error path only: reads the file)."""
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return data.count(b"\n", 0, e.start) + 1
+    except OSError:
+        return None
+    return None
 
 
 def require_columns(table: pa.Table, columns: list[str], src: TableSource, role: str) -> None:
@@ -176,6 +199,13 @@ def first_failing_row(arr: pa.Array, fn: Callable[[pa.Array], object]) -> int | 
     return lo
 
 
+def _fits_int64(arr: pa.Array) -> bool:
+    """An integer array casts to int64 without overflow (only uint64 can fail)."""
+    if arr.type != pa.uint64() or len(arr) == arr.null_count:
+        return True
+    return int(pc.max(arr).as_py()) <= 2**63 - 1
+
+
 def _combine(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
@@ -197,7 +227,8 @@ def to_string(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) ->
         return to_string(arr.cast(t.value_type), src, column)
     if pa.types.is_floating(t):
         valid = pc.drop_null(arr)
-        if len(valid) and pc.all(pc.equal(pc.floor(valid), valid)).as_py():
+        integral = pc.and_(pc.equal(pc.floor(valid), valid), pc.less(pc.abs(valid), 2.0**63))
+        if len(valid) and pc.all(integral).as_py():
             return arr.cast(pa.int64()).cast(pa.string())
         return arr.cast(pa.string())
     if pa.types.is_integer(t) or pa.types.is_boolean(t):
@@ -209,9 +240,9 @@ def to_ids(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) -> pa
     """Id column: int64 when integer typed (fast path), else strings; no nulls allowed."""
     arr = _combine(col)
     t = arr.type
-    if pa.types.is_integer(t):
+    if pa.types.is_integer(t) and _fits_int64(arr):
         out = arr.cast(pa.int64())
-    else:
+    else:  # strings (uint64 ids beyond int64 become their decimal strings)
         out = to_string(arr, src, column)
         if pa.types.is_floating(t) and pa.types.is_string(out.type):
             raise DataError(f"{src.at(None, column)}: ids must be integers or strings, not floats")
@@ -224,12 +255,48 @@ def to_ids(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) -> pa
     return out
 
 
-def to_float(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) -> pa.Array:
-    """Numeric column as float64 (nulls kept)."""
+NonFinite = Literal["error", "missing"]
+
+
+def _non_finite(
+    arr: pa.Array, raw: pa.Array, src: TableSource, column: str, rule: NonFinite
+) -> pa.Array:
+    """Apply the non-finite rule to a float64 column converted from ``raw``."""
+    x = arr.to_numpy(zero_copy_only=False)  # nulls -> NaN here, told apart below
+    bad = ~np.isfinite(x) & ~pc.is_null(arr).to_numpy(zero_copy_only=False)
+    if not bad.any():
+        return arr
+    if rule == "missing":
+        return pc.if_else(pa.array(bad), pa.scalar(None, pa.float64()), arr)
+    row = int(np.flatnonzero(bad)[0])
+    shown = _shown(raw[row].as_py())
+    spelled_inf = any(w in shown.lower() for w in ("inf", "nan"))
+    why = "is not a finite number" if spelled_inf or np.isnan(x[row]) else "overflows float64"
+    raise DataError(f"{src.at(row, column)}: {shown!r} {why} (non-finite values are rejected)")
+
+
+def _shown(value: object) -> str:
+    """A cell value for an error message, shortened when long."""
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def to_float(
+    col: pa.ChunkedArray | pa.Array, src: TableSource, column: str, non_finite: NonFinite = "error"
+) -> pa.Array:
+    """Numeric column as float64 (nulls kept).
+
+    Args:
+        col: the column (numbers, booleans or numeric strings).
+        src: its source (error messages).
+        column: its name (error messages).
+        non_finite: ``"error"``: NaN, +-inf and numbers beyond float64 (``1e400``) raise
+            a :class:`DataError` naming the row; ``"missing"``: they become nulls.
+    """
     arr = _combine(col)
     t = arr.type
     if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t):
-        return arr.cast(pa.float64())
+        return _non_finite(arr.cast(pa.float64()), arr, src, column, non_finite)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         arr = pc.utf8_trim_whitespace(arr.cast(pa.string()))
 
@@ -238,8 +305,8 @@ def to_float(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str) -> 
 
         row = first_failing_row(arr, cast)
         if row is not None:
-            raise DataError(f"{src.at(row, column)}: {arr[row].as_py()!r} is not a number")
-        return cast(arr)
+            raise DataError(f"{src.at(row, column)}: {_shown(arr[row].as_py())!r} is not a number")
+        return _non_finite(cast(arr), arr, src, column, non_finite)
     raise DataError(f"{src.at(None, column)}: expected numbers, got type {t}")
 
 
@@ -247,8 +314,11 @@ def _parse_time(a: pa.Array) -> pa.Array:
     """Strings -> int64 unix seconds: integers, or ISO-8601 (with or without offset)."""
     if pc.all(pc.match_substring_regex(a, r"^-?\d+$")).as_py() is not False:
         return a.cast(pa.int64())
-    if pc.all(pc.match_substring_regex(a, r"^-?\d+\.\d*$")).as_py():
-        return pc.floor(a.cast(pa.float64())).cast(pa.int64())
+    if pc.all(pc.match_substring_regex(a, r"^-?\d+(\.\d*)?([eE][+-]?\d+)?$")).as_py():
+        x = a.cast(pa.float64())
+        if not pc.all(pc.less(pc.abs(x), _INT64_LIMIT)).as_py():
+            raise ValueError("timestamp beyond int64")
+        return pc.floor(x).cast(pa.int64())
     has_tz = pc.match_substring_regex(a, r"(Z|[+-]\d\d:?\d\d)$").to_numpy(zero_copy_only=False)
     out = np.empty(len(a), dtype=np.int64)
     if has_tz.any():
@@ -266,8 +336,19 @@ def to_timestamp(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str)
     check_not_null(arr, src, column)
     t = arr.type
     if pa.types.is_integer(t):
+        if not _fits_int64(arr):
+            big = int(pc.index(pc.greater(arr, pa.scalar(2**63 - 1, t)), True).as_py())
+            raise DataError(f"{src.at(big, column)}: {arr[big].as_py()} is beyond int64 seconds")
         return arr.cast(pa.int64())
     if pa.types.is_floating(t):
+        x = arr.to_numpy(zero_copy_only=False)
+        bad = ~(np.abs(x) < _INT64_LIMIT)  # NaN, +-inf and beyond int64 seconds
+        if bad.any():
+            at = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{src.at(at, column)}: {x[at]!r} is not a timestamp (not a finite number "
+                "of seconds within int64)"
+            )
         return pc.floor(arr).cast(pa.int64())
     if pa.types.is_timestamp(t):
         return arr.cast(pa.timestamp("s", tz=t.tz), safe=False).cast(pa.int64())
@@ -277,9 +358,10 @@ def to_timestamp(col: pa.ChunkedArray | pa.Array, src: TableSource, column: str)
         arr = pc.utf8_trim_whitespace(arr.cast(pa.string()))
         row = first_failing_row(arr, _parse_time)
         if row is not None:
+            shown = _shown(arr[row].as_py())
             raise DataError(
-                f"{src.at(row, column)}: {arr[row].as_py()!r} is not a timestamp "
-                "(expected unix seconds or ISO-8601)"
+                f"{src.at(row, column)}: {shown!r} is not a timestamp "
+                "(expected unix seconds within int64 or ISO-8601)"
             )
         return _parse_time(arr)
     raise DataError(f"{src.at(None, column)}: expected timestamps, got type {t}")

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ralm.common.keys import pair_keys
 from ralm.data.batching import gather_csr
 from ralm.data.encoded import DerivedInfo, EncodedDataset, FieldInfo, Interactions, Split
-from ralm.data.features import csr_distinct_counts, item_codes_csr
+from ralm.data.features import csr_distinct_counts, csr_from_pairs, item_codes_csr
 
 
 def make_toy_dataset(
@@ -52,7 +53,7 @@ def make_toy_dataset(
     user = np.concatenate(users)
     item = np.concatenate(items)
     # dedupe (user, item) pairs, then timestamps
-    pair = np.unique(user * n_items + item)
+    pair = pair_keys(user, item, n_items)
     user, item = pair // n_items, pair % n_items
     ts = rng.integers(1_000_000, 2_000_000, user.size)
     order = np.argsort(ts, kind="stable")
@@ -79,10 +80,7 @@ def make_toy_dataset(
     age = np.clip(group / max(n_groups - 1, 1) * 0.6 + rng.normal(0.2, 0.1, n_users), 0, 1)
     train = split == int(Split.TRAIN)
     hu, hi = user[train], item[train]
-    o = np.lexsort((hi, hu))
-    counts = np.bincount(hu, minlength=n_users)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    values = (hi[o] + 1).astype(np.int64)
+    offsets, values = csr_from_pairs(hu, hi + 1, n_users, unique=True)  # pairs are distinct
 
     fields = [
         FieldInfo("group_hint", "univalent", vocab_size=n_groups + 1),

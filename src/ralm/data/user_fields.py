@@ -104,7 +104,7 @@ def encode_user_fields(
             fields.append(FieldInfo(f.name, "multivalent", vocab_size=len(vocab) + 1))
         else:
             x = np.full(n_users, np.nan)  # users without a row: missing -> 0
-            vals = to_float(col, src, f.source_column)
+            vals = to_float(col, src, f.source_column, f.non_finite)
             x[row_user] = pc.fill_null(vals, np.nan).to_numpy(zero_copy_only=False)
             norm, lo, hi = minmax_normalise(x, row_user[train_rows])
             cont_cols.append(norm)

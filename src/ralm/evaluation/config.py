@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ralm.data.splits import SplitConfig
 from ralm.errors import ConfigError
+from ralm.evaluation.baselines.ease import EASEConfig
 from ralm.evaluation.baselines.lr import LRConfig
+from ralm.evaluation.baselines.neighbours import KNNConfig
 from ralm.evaluation.baselines.yahoo import YahooConfig
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
 from ralm.user.config import UserModelConfig, UserTrainConfig
@@ -30,13 +32,17 @@ ModelName = Literal[
     "ralm_average",
     "ralm_paper",
     "ralm",
+    "item_knn",
+    "user_knn",
+    "ease",
 ]
-ProtocolName = Literal["warm", "cold"]
+ProtocolName = Literal["warm", "cold", "mixed", "full", "copy"]
 AttentionTerms = Literal["both", "local", "global"]
-ALL_PROTOCOLS: list[ProtocolName] = ["warm", "cold"]
+ALL_PROTOCOLS: list[ProtocolName] = ["warm", "cold", "mixed", "full", "copy"]
 ALL_TERMS: list[AttentionTerms] = ["both", "local", "global"]
 ALL_MODELS: list[ModelName] = [
-    "random", "popularity", "lr", "yahoo", "youtube_dnn", "ralm_average", "ralm"
+    "random", "popularity", "lr", "yahoo", "youtube_dnn", "ralm_average", "ralm",
+    "item_knn", "user_knn", "ease",
 ]  # fmt: skip
 
 
@@ -106,8 +112,12 @@ class ExperimentConfig(BaseModel):
         out_dir: parent folder of the report.
         seeds: run seeds (>= 3 for a mean ± std headline table); each seed retrains
             every model (initialisation, example and negative sampling, k-means, AUC pairs).
-        protocols: ``warm`` and/or ``cold``.
-        models: models compared (``ralm_tower`` = RALM's stage-1 tower scored by dot product).
+        protocols: any of ``warm``, ``cold``, ``mixed`` (cold items ranked among every warm
+            item), ``full`` (standard full ranking, every known click excluded, recall /
+            NDCG at 20 and 50) and ``copy`` (the copy-test diagnostic); see
+            :mod:`ralm.evaluation.protocols`.
+        models: models compared (``ralm_tower`` = RALM's stage-1 tower scored by dot product;
+            ``item_knn``, ``user_knn`` and ``ease`` are the classic references).
         ks: cut-offs of the top-K metrics.
         auc_negatives: sampled non-clicked candidates per test click for AUC / GAUC.
         max_test_users: evaluate a seeded subset of test users (None = all).
@@ -119,6 +129,9 @@ class ExperimentConfig(BaseModel):
         lookalike_train: stage-2 training loop.
         lr: LR baseline.
         yahoo: Yahoo look-alike baseline.
+        item_knn: item-kNN reference (neighbours per item).
+        user_knn: user-kNN look-alike reference (neighbours per user).
+        ease: EASE reference (λ, dense-solve limit).
         ablations: ablation grid, or None to skip.
         run_dir: a trained run folder with ``user/`` and ``lookalike/`` checkpoints (from
             ``ralm train``); RALM and its tower are then evaluated from them instead of
@@ -151,6 +164,9 @@ class ExperimentConfig(BaseModel):
     )
     lr: LRConfig = Field(default_factory=lambda: LRConfig(), description="LR baseline.")
     yahoo: YahooConfig = Field(default_factory=lambda: YahooConfig(), description="Yahoo baseline.")
+    item_knn: KNNConfig = Field(default_factory=lambda: KNNConfig(), description="item-kNN.")
+    user_knn: KNNConfig = Field(default_factory=lambda: KNNConfig(), description="user-kNN.")
+    ease: EASEConfig = Field(default_factory=lambda: EASEConfig(), description="EASE.")
     ablations: AblationConfig | None = Field(default=None, description="Ablations (None = skip).")
     run_dir: Path | None = Field(default=None, description="Trained checkpoints to evaluate.")
 

@@ -181,10 +181,16 @@ def long_tail_items(
     return tail
 
 
-def long_tail_share(topk: np.ndarray, tail_mask: np.ndarray) -> float:
-    """Share of recommended slots filled with long-tail items."""
+def slot_share(topk: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the recommended slots (``topk (U, K)``, -1 = empty) filled with items in
+    ``mask (n_items,)``; e.g. the cold items' share of the top-K in the mixed protocol."""
     flat = np.asarray(topk, dtype=np.int64).ravel()
     flat = flat[flat >= 0]
     if flat.size == 0:
         raise ValueError("no recommendations")
-    return float(np.asarray(tail_mask)[flat].mean())
+    return float(np.asarray(mask)[flat].mean())
+
+
+def long_tail_share(topk: np.ndarray, tail_mask: np.ndarray) -> float:
+    """Share of recommended slots filled with long-tail items (:func:`slot_share`)."""
+    return slot_share(topk, tail_mask)

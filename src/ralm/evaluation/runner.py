@@ -17,7 +17,9 @@ import numpy as np
 
 from ralm.data.encoded import EncodedDataset, Split
 from ralm.evaluation.baselines.base import RandomRecommender, Recommender
+from ralm.evaluation.baselines.ease import EASE
 from ralm.evaluation.baselines.lr import LogisticRegression
+from ralm.evaluation.baselines.neighbours import ItemKNN, UserKNN
 from ralm.evaluation.baselines.popularity import Popularity
 from ralm.evaluation.baselines.ralm import RalmRecommender
 from ralm.evaluation.baselines.yahoo import YahooLookalike
@@ -38,6 +40,9 @@ DISPLAY = {
     "ralm_average": "RALM-average",
     "ralm_paper": "RALM (paper score, no audience prior)",
     "ralm": "RALM",
+    "item_knn": "item-kNN",
+    "user_knn": "user-kNN look-alike",
+    "ease": "EASE",
 }
 
 
@@ -140,6 +145,12 @@ class RunContext:
             model = LogisticRegression(cfg.lr)
         elif name == "yahoo":
             model = YahooLookalike(cfg.yahoo)
+        elif name == "item_knn":
+            model = ItemKNN(cfg.item_knn)
+        elif name == "user_knn":
+            model = UserKNN(cfg.user_knn)
+        elif name == "ease":
+            model = EASE(cfg.ease)
         elif name == "youtube_dnn":
             model = TowerDotProduct(name=DISPLAY[name], model=self.tower("concat", seed))
         elif name == "ralm_tower":

@@ -119,6 +119,7 @@ def cluster_seeds(
     warm_niter: int = 5,
     init_mask: np.ndarray | None = None,
     progress: bool = False,
+    item_seeds: np.ndarray | None = None,
 ) -> SeedClusters:
     """k-means of every item's seeds (see module docstring).
 
@@ -133,6 +134,8 @@ def cluster_seeds(
         init_mask: optional (I, k) validity of ``init`` slots; invalid slots are replaced by
             seeds of the item (k-means needs k distinct starting points).
         progress: show a tqdm bar.
+        item_seeds: optional int64 (I,) k-means seed of every item (replaces
+            ``seed + i``), so an item's clusters do not depend on its position in the call.
     """
     seed_emb = np.ascontiguousarray(seed_emb, dtype=np.float32)
     item_offsets = np.asarray(item_offsets, dtype=np.int64)
@@ -165,14 +168,15 @@ def cluster_seeds(
             lo, hi = int(item_offsets[i]), int(item_offsets[i + 1])
             x = seed_emb[lo:hi]  # (n, h)
             start = None
+            item_seed = int(item_seeds[i]) if item_seeds is not None else seed + int(i)
             if init is not None:
                 start = np.array(init[i], dtype=np.float32)  # (k, h)
                 bad = ~init_mask[i] if init_mask is not None else np.zeros(k, dtype=bool)
                 if bad.any():
-                    rng = np.random.default_rng(seed + int(i))
+                    rng = np.random.default_rng(item_seed)
                     start[bad] = x[rng.choice(x.shape[0], int(bad.sum()), replace=False)]
             iters = warm_niter if start is not None else niter
-            c, s, m, lab, inn = _kmeans_one(x, k, iters, seed + int(i), start)
+            c, s, m, lab, inn = _kmeans_one(x, k, iters, item_seed, start)
             centroids[i], sizes[i], mask[i] = c, s, m
             assign[lo:hi] = lab
             inertia += inn
@@ -204,4 +208,67 @@ def average_seeds(seed_emb: np.ndarray, item_offsets: np.ndarray) -> SeedCluster
         assign=np.zeros(seed_emb.shape[0], dtype=np.int64),
         inertia=inertia,
         seconds=time.perf_counter() - t0,
+    )
+
+
+def cluster_items(
+    seed_emb: np.ndarray,
+    item_offsets: np.ndarray,
+    k: int,
+    variant: str = "ralm",
+    backend: str = "faiss",
+    niter: int = 20,
+    warm_niter: int = 5,
+    init: np.ndarray | None = None,
+    init_mask: np.ndarray | None = None,
+    seed: int = 0,
+    item_seeds: np.ndarray | None = None,
+    progress: bool = False,
+) -> SeedClusters:
+    """THE clustering dispatch of stage 2: the mean for "average", else k-means by backend.
+
+    Args:
+        seed_emb: float32 (S, h) transformed seed embeddings, grouped by item.
+        item_offsets: int64 (I + 1,) CSR offsets.
+        k: clusters per item (ignored by "average").
+        variant: "ralm" (k-means) or "average" (one centroid: the mean of the seeds).
+        backend: "faiss" (per-item faiss k-means, :func:`cluster_seeds`) or "torch"
+            (batched Lloyd, :func:`ralm.lookalike.clustering_batched.lloyd_batched`).
+        niter: Lloyd iterations of a cold start.
+        warm_niter: Lloyd iterations of a warm start (``init`` given).
+        init: optional (I, k, h) warm-start centroids.
+        init_mask: optional (I, k) validity of ``init`` slots.
+        seed: k-means seed.
+        item_seeds: optional (I,) per-item seeds (faiss backend: makes an item's clusters
+            independent of the other items in the call; the torch backend draws its random
+            starts for the whole call from ``seed``).
+        progress: show a progress bar (faiss backend).
+    """
+    if variant == "average":
+        return average_seeds(seed_emb, item_offsets)
+    if backend == "torch":
+        from ralm.lookalike.clustering_batched import lloyd_batched
+
+        return lloyd_batched(
+            seed_emb,
+            item_offsets,
+            k,
+            init=init,
+            init_mask=init_mask,
+            niter=warm_niter if init is not None else niter,
+            seed=seed,
+        )
+    if backend != "faiss":
+        raise ValueError(f"kmeans_backend must be 'faiss' or 'torch', got {backend!r}")
+    return cluster_seeds(
+        seed_emb,
+        item_offsets,
+        k,
+        init=init,
+        init_mask=init_mask,
+        seed=seed,
+        niter=niter,
+        warm_niter=warm_niter,
+        progress=progress,
+        item_seeds=item_seeds,
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ralm.data.clicks import click_keys, seed_csr
 from ralm.data.encoded import EncodedDataset, Split
 
 
@@ -53,21 +54,10 @@ class SeedSets:
         return np.where(hit, pos_c, -1).astype(np.int64)
 
 
-def click_keys(ds: EncodedDataset, splits: tuple[Split, ...] = (Split.TRAIN,)) -> np.ndarray:
-    """Sorted unique ``user * n_items + item`` keys of clicks in ``splits``."""
-    it = ds.interactions
-    m = it.mask(*splits) & (np.asarray(it.label) > 0)
-    return np.unique(np.asarray(it.user)[m] * ds.n_items + np.asarray(it.item)[m])
-
-
 def seed_sets(ds: EncodedDataset, splits: tuple[Split, ...] = (Split.TRAIN,)) -> SeedSets:
     """Distinct clickers of every item in ``splits`` (CSR by item)."""
-    keys = click_keys(ds, splits)
-    users, items = keys // ds.n_items, keys % ds.n_items
-    order = np.lexsort((users, items))
-    counts = np.bincount(items, minlength=ds.n_items)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return SeedSets(offsets=offsets, users=users[order].astype(np.int64), n_users=ds.n_users)
+    offsets, users = seed_csr(ds, splits)
+    return SeedSets(offsets=offsets, users=users, n_users=ds.n_users)
 
 
 def _sample_negatives(

@@ -1,115 +1,65 @@
-"""The HTTP API (FastAPI): recommend, clicks, items, health, metrics; docs at ``/docs``.
+"""The HTTP API (FastAPI): recommend, clicks, user features, items, health, metrics.
 
-Every client mistake is a 4xx whose message names the field (422 validation, 401 token,
-404 unknown user/item, 413 body too large); unexpected errors are logged and answered
-500 without stopping the server. Write endpoints (``/clicks``, ``/admin/*``) require
-``Authorization: Bearer <token>`` when the service has a token.
+Docs at ``/docs``, schema at ``/openapi.json``; every answer documented there is the real
+one (the test suite fuzzes the app against its own schema). Every client mistake is a 4xx
+whose ``detail`` names the field: 422 validation (strict types, bounds from
+:class:`~ralm.serve.config.ServeConfig`, malformed / non-UTF-8 / too deeply nested JSON),
+401 token, 404 unknown user/item, 413 body too large. An unexpected error is logged once,
+counted in ``ralm_requests_total`` and answered 500 without stopping the server. Write
+endpoints (``/clicks``, ``PUT /users/{user_id}/features``, ``/admin/*``) require
+``Authorization: Bearer <token>`` when the service has a token; it is checked before the
+body is parsed. ``POST /recommend`` never writes.
 
 (No ``from __future__ import annotations`` here: FastAPI must see the request-model
-classes built at run time by :func:`bounded_models` as real types, not strings.)
+classes built at run time by :func:`request_models` as real types, not strings.)
 """
 
-import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 
 from ralm.errors import DataError, RalmError
-from ralm.serve.schemas import ClicksOut, Recommended, RecommendOut, bounded_models
+from ralm.serve.http_io import (
+    FastJSONResponse,
+    ObserveMiddleware,
+    error_response,
+    field_errors,
+    require_token,
+    route_class,
+)
+from ralm.serve.schemas import (
+    ClicksOut,
+    ErrorOut,
+    FeaturesOut,
+    HealthOut,
+    ItemOut,
+    ReclusterOut,
+    RecommendOut,
+    request_models,
+)
 from ralm.serve.service import RalmService, UnknownItemError, UnknownUserError
 from ralm.serve.store import Click
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ROUTES = ("/recommend", "/clicks", "/healthz", "/metrics", "/admin/recluster", "/docs")
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def _route_label(path: str) -> str:
-    if path.startswith("/items/"):
-        return "/items/{item_id}"
-    return path if path in ROUTES else "other"
-
-
-class ObserveMiddleware:
-    """ASGI middleware: request latency/status metrics and the request-body size cap."""
-
-    def __init__(self, app: ASGIApp, service: RalmService) -> None:
-        self.app = app
-        self.service = service
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.service.config.max_body_bytes
-        t0 = time.perf_counter()
-        status = {"code": 500, "started": False}
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await self._reply_413(send, limit)
-                self._observe(scope, 413, t0)
-                return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            msg = await receive()
-            seen += len(msg.get("body", b""))
-            if seen > limit:
-                raise _TooLarge
-            return msg
-
-        async def tracking_send(msg: Message) -> None:
-            if msg["type"] == "http.response.start":
-                status["code"], status["started"] = msg["status"], True
-            await send(msg)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not status["started"]:
-                await self._reply_413(send, limit)
-            status["code"] = 413
-        self._observe(scope, int(status["code"]), t0)
-
-    @staticmethod
-    async def _reply_413(send: Send, limit: int) -> None:
-        body = f'{{"detail":"request body larger than {limit} bytes"}}'.encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    def _observe(self, scope: Scope, code: int, t0: float) -> None:
-        route = _route_label(scope.get("path", ""))
-        m = self.service.metrics
-        m.request_latency.observe(time.perf_counter() - t0, route=route)
-        m.requests.inc(route=route, status=str(code))
-
-
-def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
-    out = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
-        field = ".".join(loc) or "body"
-        out.append({"field": field, "message": str(err.get("msg", "invalid"))})
-    return out
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    what = {
+        401: "Missing or wrong bearer token.",
+        404: "Unknown user (no features) or item.",
+        413: "Request body larger than max_body_bytes.",
+        422: "Validation error (body, path or query); `errors` names each field.",
+        500: "Unexpected error (logged).",
+    }
+    every = (413, 422, 500)  # 422 too: an unknown query parameter is refused on any route
+    return {c: {"model": ErrorOut, "description": what[c]} for c in sorted({*codes, *every})}
 
 
 def create_app(service: RalmService, start_service: bool = True) -> FastAPI:
@@ -120,7 +70,8 @@ def create_app(service: RalmService, start_service: bool = True) -> FastAPI:
         start_service: call ``service.start()`` / ``service.close()`` in the app lifespan.
     """
     cfg = service.config
-    RecommendIn, ClicksIn = bounded_models(cfg)
+    models = request_models(cfg)
+    RecommendIn, ClicksIn, FeaturesIn = models.recommend, models.clicks, models.features
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -134,43 +85,34 @@ def create_app(service: RalmService, start_service: bool = True) -> FastAPI:
         title="ralm",
         description="RALM real-time look-alike recommendation service.",
         lifespan=lifespan,
+        default_response_class=FastJSONResponse,
     )
+    app.state.token = cfg.token
+    app.router.route_class = route_class(cfg.token)
+    auth = [Depends(require_token)]
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = _field_errors(exc)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        errs = field_errors(exc)
         msg = "; ".join(f"{e['field']}: {e['message']}" for e in errs)
-        return JSONResponse({"detail": msg, "errors": errs}, status_code=422)
+        return FastJSONResponse({"detail": msg, "errors": errs}, status_code=422)
 
     @app.exception_handler(RalmError)
-    async def _ralm_error(_: Request, exc: RalmError) -> JSONResponse:
+    async def _ralm_error(_: Request, exc: RalmError) -> Response:
         if isinstance(exc, UnknownUserError | UnknownItemError):
             code = 404
         elif isinstance(exc, DataError):
             code = 422
         else:
             code = 400
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+        return error_response(code, str(exc))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+    @app.post("/recommend", response_model=RecommendOut, responses=_responses(404, 422))
+    async def recommend(body: RecommendIn) -> Response:  # type: ignore[valid-type]
+        """Top-n items (with pCTR) for a known user and/or a new user's raw features.
 
-    def require_token(authorization: str | None = Header(None)) -> None:
-        if cfg.token is None:
-            return
-        want = f"Bearer {cfg.token}".encode()
-        if authorization is None or not hmac.compare_digest(authorization.encode(), want):
-            raise HTTPException(
-                401,
-                "authorization: a valid bearer token is required",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    @app.post("/recommend", response_model=RecommendOut)
-    async def recommend(body: RecommendIn) -> RecommendOut:  # type: ignore[valid-type]
-        """Top-n items (with pCTR) for a known user and/or a new user's raw features."""
+        Read-only: features given here are used for this request and never stored.
+        """
         res = await service.arecommend(
             user_id=body.user_id,  # type: ignore[attr-defined]
             features=body.features,  # type: ignore[attr-defined]
@@ -178,10 +120,12 @@ def create_app(service: RalmService, start_service: bool = True) -> FastAPI:
             exclude=body.exclude,  # type: ignore[attr-defined]
             exclude_clicked=body.exclude_clicked,  # type: ignore[attr-defined]
         )
-        items = [Recommended(item_id=r.item_id, pctr=r.pctr, score=r.score) for r in res.items]
-        return RecommendOut(items=items, index_version=res.version, user=res.user)
+        items = [{"item_id": r.item_id, "pctr": r.pctr, "score": r.score} for r in res.items]
+        return FastJSONResponse({"items": items, "index_version": res.version, "user": res.user})
 
-    @app.post("/clicks", response_model=ClicksOut, dependencies=[Depends(require_token)])
+    @app.post(
+        "/clicks", response_model=ClicksOut, dependencies=auth, responses=_responses(401, 422)
+    )
     def clicks(body: ClicksIn) -> ClicksOut:  # type: ignore[valid-type]
         """Append click events to their items' seeds; answered once durably stored."""
         now = time.time()
@@ -191,39 +135,64 @@ def create_app(service: RalmService, start_service: bool = True) -> FastAPI:
         added = service.add_clicks(batch, feats or None)
         return ClicksOut(accepted=len(batch), new_seeds=added)
 
-    @app.get("/items/{item_id:path}")
-    def item(item_id: str = Path(min_length=1, max_length=256)) -> dict[str, Any]:
+    @app.put(
+        "/users/{user_id}/features",
+        response_model=FeaturesOut,
+        dependencies=auth,
+        responses=_responses(401, 422),
+    )
+    def user_features(
+        body: FeaturesIn,  # type: ignore[valid-type]
+        user_id: str = Path(min_length=1, max_length=cfg.max_id_length),
+    ) -> FeaturesOut:
+        """Validate and durably store a user's raw features (replacing earlier ones).
+
+        A user the model does not know is embedded from them (its recommends without
+        features, and its clicks as seeds of the items it clicked).
+        """
+        service.set_user_features(user_id, body.features)  # type: ignore[attr-defined]
+        return FeaturesOut(user_id=user_id, stored=True)
+
+    @app.get("/items/{item_id:path}", response_model=ItemOut, responses=_responses(404, 422))
+    def item(item_id: str = Path(min_length=1, max_length=cfg.max_id_length)) -> Any:
         """Seed count, cluster sizes, servability and last re-cluster time of one item."""
         return service.item_info(item_id)
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
+    @app.get("/healthz", response_model=HealthOut, responses=_responses())
+    def healthz() -> Any:
         """Liveness and index summary."""
         return service.health()
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=_responses())
     def metrics() -> PlainTextResponse:
         """Prometheus text exposition."""
         return PlainTextResponse(
             service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
-    @app.post("/admin/recluster", dependencies=[Depends(require_token)])
+    @app.post(
+        "/admin/recluster",
+        response_model=ReclusterOut,
+        dependencies=auth,
+        responses=_responses(401, 422),
+    )
     def recluster(
         kind: str = Query("full", pattern="^(full|fast)$", description="full or fast cycle"),
-    ) -> dict[str, Any]:
+    ) -> ReclusterOut:
         """Run a re-clustering cycle now and return its report."""
         r = service.reclusterer.run_full() if kind == "full" else service.reclusterer.run_fast()
-        return {
-            "kind": r.kind,
-            "items": r.n_items,
-            "seeds": r.n_seeds,
-            "seconds": r.seconds,
-            "version": r.version,
-            "index_version": service.holder.version,
-        }
+        return ReclusterOut(
+            kind=r.kind,
+            items=r.n_items,
+            seeds=r.n_seeds,
+            seconds=r.seconds,
+            version=r.version,
+            index_version=service.holder.version,
+        )
 
-    app.add_middleware(ObserveMiddleware, service=service)
+    app.add_middleware(
+        ObserveMiddleware, metrics=service.metrics, max_body_bytes=cfg.max_body_bytes
+    )
     return app
 
 

@@ -4,7 +4,8 @@ A single worker thread takes the first waiting request, then keeps collecting un
 ``max_batch`` requests are in hand or ``window_ms`` has passed since the first one, and runs
 the batch function once. Callers get a :class:`concurrent.futures.Future` (awaitable from
 asyncio through :func:`asyncio.wrap_future`). An exception of the batch function is set on
-every future of that batch; the worker keeps running.
+every future of that batch (one warning line here; the traceback is logged once, by whoever
+handles the caller's error, e.g. the HTTP layer's 500); the worker keeps running.
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ class MicroBatcher(Generic[Req, Res]):
             results = self._fn([r for r, _ in live])
             if len(results) != len(live):
                 raise RuntimeError(f"batch function returned {len(results)} for {len(live)}")
-        except BaseException as e:  # every caller of the batch gets the error
-            log.exception("micro-batch of %d failed", len(live))
+        except BaseException as e:  # every caller of the batch gets the error (and logs it)
+            log.warning("micro-batch of %d failed: %s: %s", len(live), type(e).__name__, e)
             for _, f in live:
                 f.set_exception(e)
             return

@@ -25,7 +25,13 @@ class ServeConfig(BaseModel):
         max_n: the largest ``n`` a client may ask for.
         max_clicks_per_request: cap on events in one ``POST /clicks``.
         max_exclude: cap on the ``exclude`` list of one request.
-        max_body_bytes: requests with a larger body are refused (413) before parsing.
+        max_body_bytes: requests with a larger body (declared or chunked) are refused (413)
+            before parsing.
+        max_id_length: longest user id, item id and feature field name (characters).
+        max_string_length: longest string feature value (characters).
+        max_features: most feature fields in one ``features`` object.
+        max_feature_values: longest multivalent feature list (values of one field).
+        max_clock_skew_s: a click's ``ts`` may be at most this many seconds in the future.
         token: bearer token required by write endpoints (clicks, admin); None = open.
         synchronous: SQLite ``synchronous`` pragma. FULL fsyncs the WAL on every commit
             (survives power loss); NORMAL survives ``kill -9`` of the server (the WAL is in
@@ -57,7 +63,22 @@ class ServeConfig(BaseModel):
         default=10_000, ge=1, description="Events per POST /clicks."
     )
     max_exclude: int = Field(default=10_000, ge=0, description="Items in one exclude list.")
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Request body cap.")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Request body cap in bytes (413 above)."
+    )
+    max_id_length: int = Field(
+        default=256, ge=1, description="Longest user/item id or feature field name (chars)."
+    )
+    max_string_length: int = Field(
+        default=1024, ge=1, description="Longest string feature value (chars)."
+    )
+    max_features: int = Field(default=256, ge=1, description="Most fields in one features object.")
+    max_feature_values: int = Field(
+        default=1024, ge=1, description="Longest multivalent feature list."
+    )
+    max_clock_skew_s: float = Field(
+        default=3600.0, ge=0, description="How far in the future a click's ts may be (s)."
+    )
     token: str | None = Field(default=None, description="Bearer token for write endpoints.")
     synchronous: str = Field(
         default="FULL", pattern="^(FULL|NORMAL|EXTRA)$", description="SQLite sync."

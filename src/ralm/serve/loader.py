@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ralm.errors import CheckpointError
-from ralm.serve.runtime import InitialIndex, ServingModel, TableEmbedder
+from ralm.serve.runtime import ServingModel, TableEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,10 @@ def load_serving_model(run_dir: str | Path, data_dir: str | Path) -> ServingMode
 
     initial = None
     if (run / "lookalike" / "seed_index").is_dir():
-        si = SeedIndex.load(run / "lookalike" / "seed_index")
-        initial = InitialIndex(
-            item_ids=si.item_ids,
-            centroids=si.centroids,
-            mask=si.mask,
-            sizes=si.sizes,
-            n_seeds=si.n_seeds,
-            global_vec=si.global_vec,
-        )
+        try:  # verified (checksums, shapes, finite); an unsound one is re-clustered instead
+            initial = SeedIndex.load(run / "lookalike" / "seed_index")
+        except CheckpointError as e:
+            log.error("not serving the training seed index (re-clustering instead): %s", e)
 
     def history() -> Iterator[tuple[str, str, float]]:
         it = ds.interactions
@@ -116,14 +111,9 @@ def load_serving_model(run_dir: str | Path, data_dir: str | Path) -> ServingMode
             while block := fh.read(1 << 20):
                 digest.update(block)
 
-    return ServingModel(
+    return ServingModel(  # the clustering settings (k-means backend included) are cfg's
         scorer=scorer,
         embedder=TableEmbedder(np.asarray(ds.user_ids), table, features),
-        k=cfg.n_clusters,
-        h=cfg.h,
-        variant=cfg.variant,
-        kmeans_niter=cfg.kmeans_niter,
-        kmeans_warm_niter=cfg.kmeans_warm_niter,
         initial_index=initial,
         bootstrap_clicks=history,
         fingerprint=digest.hexdigest(),

@@ -1,11 +1,16 @@
 """The re-clustering job (paper Fig. 2: "clusters recomputed every 5 minutes").
 
 A full cycle re-clusters only the items whose seeds changed since their last published
-clustering, warm-started from their previous centroids, with stage 2's clustering
-function, computes their global vectors with stage 2's model, and publishes a new index
-version. The fast path (every few seconds) makes items that are not servable yet but
-have a handful of seeds servable at once: their most recent seeds become the centroids
-(stage 2's clustering keeps <= k seeds as centroids without k-means); the next full cycle
+clustering: it reads their seeds with one batch call (``store.seeds_many``), embeds them,
+and calls stage 2's builder :func:`ralm.lookalike.index_builder.index_items` (warm-started
+from the current index by item id; the model's variant and k-means backend) over chunks
+of at most ``MAX_SEEDS_PER_GROUP`` seeds, then publishes the update as a new index version
+(:meth:`SeedIndex.updated`: changed chunks only). This module does I/O and scheduling only;
+the unit of work, ``index_items`` over a chunk of items, is a pure function.
+
+The fast path (every few seconds) makes items that are not servable yet but have a
+handful of seeds servable at once: their most recent seeds become the centroids (stage 2's
+clustering keeps <= k seeds as centroids without k-means); the next full cycle
 re-clusters them properly. One background thread runs both, so publications never race.
 
 Servable rule: ``n >= min_seeds``, or ``fast_path and n >= fast_path_min_seeds``, with n
@@ -21,19 +26,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ralm.common.progress import progress_enabled
+from ralm.lookalike.index_builder import index_items
+from ralm.lookalike.seed_index import IndexUpdate, SeedIndex
 from ralm.serve.config import ServeConfig
-from ralm.serve.index_holder import IndexHolder, IndexSnapshot, ItemUpdate
+from ralm.serve.index_holder import IndexHolder
 from ralm.serve.metrics import ServiceMetrics
 from ralm.serve.runtime import ServingModel
-from ralm.serve.store import ItemState, SeedStore
+from ralm.serve.seed_store import ItemState, SeedStore
 
 log = logging.getLogger(__name__)
 
 MAX_SEEDS_PER_GROUP = 1_000_000  # seeds embedded at once (bounds memory of a cycle)
 FAST_PATH_MAX_ITEMS = 2_000  # items handled by one fast-path tick
+
+
+def min_servable_seeds(config: ServeConfig) -> int:
+    """Embeddable seeds an item needs to be servable (the rule of the module docstring)."""
+    if config.fast_path:
+        return min(config.min_seeds, config.fast_path_min_seeds)
+    return config.min_seeds
 
 
 @dataclass
@@ -74,7 +87,7 @@ class Reclusterer:
         model: ServingModel,
         config: ServeConfig,
         metrics: ServiceMetrics | None = None,
-        on_publish: Callable[[IndexSnapshot, str], None] | None = None,
+        on_publish: Callable[[SeedIndex, str], None] | None = None,
     ) -> None:
         self.store = store
         self.holder = holder
@@ -88,9 +101,17 @@ class Reclusterer:
         self.last_full: CycleReport | None = None
         self.last_error: str | None = None
 
-    # ---- embedding of seeds --------------------------------------------------------------
-    def _embed_seeds(self, seed_lists: Sequence[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """Transformed embeddings of every item's seeds: (S, h) float32 and offsets (I+1,).
+    # ---- reading and embedding seeds (I/O) ----------------------------------------------
+    def _read_seeds(self, item_ids: Sequence[str], limit: int | None) -> list[list[str]]:
+        """Every item's seeds, most recent first, with ONE batch read of the store."""
+        many = getattr(self.store, "seeds_many", None)
+        if many is not None:
+            got = many(list(item_ids), limit)
+            return [list(got.get(i, [])) for i in item_ids]
+        return [self.store.seeds(i, limit) for i in item_ids]  # a store without batch reads
+
+    def _universal_seeds(self, seed_lists: Sequence[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Universal embeddings of every item's embeddable seeds: (S, m) and offsets (I+1,).
 
         Known users come from the embedding table; users first seen online from their stored
         raw features; seeds with neither are skipped (they cannot be embedded).
@@ -112,71 +133,28 @@ class Reclusterer:
         counts = np.bincount(owner[keep], minlength=len(seed_lists))
         offsets = np.zeros(len(seed_lists) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        out = np.empty((keep.size, self.model.h), dtype=np.float32)
-        with torch.no_grad():
-            for lo in range(0, keep.size, 65536):
-                u = torch.from_numpy(np.ascontiguousarray(uni[keep[lo : lo + 65536]]))
-                out[lo : lo + 65536] = self.model.scorer.transform(u).float().numpy()  # (b, h)
-        return out, offsets
-
-    def _servable(self, n: np.ndarray) -> np.ndarray:
-        cfg = self.config
-        ok = n >= cfg.min_seeds
-        if cfg.fast_path:
-            ok |= n >= cfg.fast_path_min_seeds
-        return ok
+        return np.ascontiguousarray(uni[keep], dtype=np.float32), offsets
 
     def _update(
-        self, snap: IndexSnapshot, items: Sequence[ItemState], seed_limit: int | None, warm: bool
-    ) -> tuple[ItemUpdate, int]:
-        """Cluster ``items`` (their most recent ``seed_limit`` seeds) into an ItemUpdate."""
-        seed_lists = [self.store.seeds(it.item_id, seed_limit) for it in items]
-        emb, offsets = self._embed_seeds(seed_lists)  # (S, h), (I+1,)
-        k, h = self.model.k, self.model.h
-        init = init_mask = None
-        if warm and self.model.variant != "average":
-            init = np.zeros((len(items), k, h), dtype=np.float32)
-            init_mask = np.zeros((len(items), k), dtype=bool)
-            pos = [
-                (j, snap.row_of[it.item_id])
-                for j, it in enumerate(items)
-                if it.item_id in snap.row_of
-            ]
-            if pos:
-                js, rows = (np.asarray(a, dtype=np.int64) for a in zip(*pos, strict=True))
-                cen, msk = snap.gather(rows)  # (R, k, h), (R, k)
-                init[js], init_mask[js] = cen.numpy(), msk.numpy()
-            if not init_mask.any():
-                init = init_mask = None
-        big = len(items) >= 1000 and progress_enabled()
-        clusters = self.model.cluster(
-            emb, offsets, init, init_mask, seed=self.config.seed, progress=big
+        self, snap: SeedIndex, items: Sequence[ItemState], seed_limit: int | None, warm: bool
+    ) -> tuple[IndexUpdate, int]:
+        """Stage 2's builder over ``items`` (their most recent ``seed_limit`` seeds)."""
+        ids = [it.item_id for it in items]
+        uni, offsets = self._universal_seeds(self._read_seeds(ids, seed_limit))  # (S, m)
+        upd = index_items(
+            self.model.scorer,
+            uni,
+            (offsets, np.arange(uni.shape[0], dtype=np.int64)),
+            prev=snap if warm else None,
+            item_ids=ids,
+            seed=self.config.seed,
+            min_seeds=min_servable_seeds(self.config),
+            progress=len(items) >= 1000 and progress_enabled(),
         )
-        centroids = torch.from_numpy(clusters.centroids)  # (I, k, h)
-        mask = torch.from_numpy(clusters.mask)  # (I, k)
-        sizes = torch.from_numpy(np.asarray(clusters.sizes, np.int64))  # (I, k)
-        glb = torch.zeros(len(items), h)  # (I, h)
-        has = mask.any(dim=1)
-        if bool(has.any()):
-            with torch.no_grad():
-                g = self.model.scorer.item_global(centroids[has], mask[has], sizes[has])
-                glb[has] = g.float()
-        n_emb = np.diff(offsets)
-        upd = ItemUpdate(
-            item_ids=[it.item_id for it in items],
-            centroids=centroids,
-            mask=mask,
-            global_vec=glb,
-            sizes=clusters.sizes,
-            n_seeds=n_emb,
-            servable=self._servable(n_emb),
-            clustered_at=time.time(),
-        )
-        return upd, int(emb.shape[0])
+        return upd, int(uni.shape[0])
 
-    def _publish(self, upd: ItemUpdate, kind: str) -> IndexSnapshot:
-        snap = self.holder.current()
-        new = snap.updated(snap.version + 1, upd)
+    def _publish(self, upd: IndexUpdate, kind: str) -> SeedIndex:
+        new = self.holder.current().updated(upd)
         self.holder.publish(new)
         if self.on_publish is not None:
             self.on_publish(new, kind)
@@ -190,7 +168,7 @@ class Reclusterer:
             changed = self.store.items(changed_only=True)
             if not changed:
                 return CycleReport("full", 0, 0, time.perf_counter() - t0, None)
-            upds: list[ItemUpdate] = []
+            upds: list[IndexUpdate] = []
             n_seeds, group, size = 0, [], 0
             for it in changed:
                 group.append(it)
@@ -203,7 +181,7 @@ class Reclusterer:
                 u, n = self._update(self.holder.current(), group, None, warm=True)
                 upds.append(u)
                 n_seeds += n
-            new = self._publish(_concat(upds), "full")
+            new = self._publish(IndexUpdate.concat(upds), "full")
             self.store.mark_clustered({it.item_id: it.changed_seq for it in changed})
             rep = CycleReport("full", len(changed), n_seeds, time.perf_counter() - t0, new.version)
             self._record(rep)
@@ -219,7 +197,7 @@ class Reclusterer:
             todo = []
             for it in self.store.items(changed_only=True):
                 r = snap.row_of.get(it.item_id)
-                if it.n_seeds >= need and (r is None or not bool(snap.servable[r])):
+                if it.n_seeds >= need and (r is None or not _servable(snap, r)):
                     todo.append(it)
                 if len(todo) >= FAST_PATH_MAX_ITEMS:
                     break
@@ -281,16 +259,6 @@ class Reclusterer:
                 next_full = max(next_full, time.monotonic() + min(cfg.recluster_every_s, 30.0))
 
 
-def _concat(upds: Sequence[ItemUpdate]) -> ItemUpdate:
-    if len(upds) == 1:
-        return upds[0]
-    return ItemUpdate(
-        item_ids=[i for u in upds for i in u.item_ids],
-        centroids=torch.cat([u.centroids for u in upds]),
-        mask=torch.cat([u.mask for u in upds]),
-        global_vec=torch.cat([u.global_vec for u in upds]),
-        sizes=np.concatenate([u.sizes for u in upds]),
-        n_seeds=np.concatenate([u.n_seeds for u in upds]),
-        servable=np.concatenate([u.servable for u in upds]),
-        clustered_at=max(u.clustered_at for u in upds),
-    )
+def _servable(snap: SeedIndex, row: int) -> bool:
+    chunk, local = snap.row(row)
+    return bool(chunk.servable[local])

@@ -5,8 +5,9 @@
 * :class:`UserEmbedder` turns a request's user into a universal (stage-1) embedding: a
   known user by id (exported embedding table), a new user from raw features
   (``FeatureEncoder`` + ``embed_batch``).
-* :class:`ServingModel` bundles both with the clustering settings and the optional
-  initial seed index produced by training.
+* :class:`ServingModel` bundles both with the optional initial seed index produced by
+  training (one :class:`ralm.lookalike.seed_index.SeedIndex`, the same type serving
+  publishes).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ralm.lookalike.clustering import SeedClusters, average_seeds, cluster_seeds
+from ralm.lookalike.model import LookalikeModel
+from ralm.lookalike.seed_index import SeedIndex
 
 
 class Scorer(Protocol):
@@ -115,75 +117,41 @@ class TableEmbedder:
 
 
 @dataclass
-class InitialIndex:
-    """Seed clusters produced by training, used when the service starts with no state.
-
-    Args:
-        item_ids: raw ids (I,).
-        centroids: float32 (I, k, h).
-        mask: bool (I, k).
-        sizes: int64 (I, k).
-        n_seeds: int64 (I,).
-        global_vec: float32 (I, h) precomputed global vectors, or None to compute them.
-    """
-
-    item_ids: np.ndarray
-    centroids: np.ndarray
-    mask: np.ndarray
-    sizes: np.ndarray
-    n_seeds: np.ndarray
-    global_vec: np.ndarray | None = None
-
-
-@dataclass
 class ServingModel:
     """Everything model-side the service runs on.
+
+    The clustering settings (variant, k, k-means backend, Lloyd iterations) are the stage-2
+    model's own (``scorer.config``): the re-clustering job calls stage 2's builder
+    :func:`ralm.lookalike.index_builder.index_items` with this model, so an index is
+    re-clustered online exactly as training clustered it.
 
     Args:
         scorer: the stage-2 model (eval mode).
         embedder: request users -> universal embeddings.
-        k: clusters per item (1 for the "average" variant).
-        h: transformed dimension.
-        variant: "ralm" (k-means clusters) or "average" (mean of seeds).
-        kmeans_niter: Lloyd iterations of a cold k-means.
-        kmeans_warm_niter: Lloyd iterations of a warm-started k-means.
-        initial_index: clusters from training, or None.
+        initial_index: the seed index produced by training, or None.
         bootstrap_clicks: historical (user_id, item_id, ts) clicks loaded into an empty store.
         fingerprint: identifies the model weights; a state folder whose published index was
             built by other weights is not reused (its centroids live in another space).
     """
 
-    scorer: Scorer
+    scorer: LookalikeModel
     embedder: UserEmbedder
-    k: int
-    h: int
-    variant: str = "ralm"
-    kmeans_niter: int = 20
-    kmeans_warm_niter: int = 5
-    initial_index: InitialIndex | None = None
+    initial_index: SeedIndex | None = None
     bootstrap_clicks: Callable[[], Any] | None = None
     fingerprint: str = ""
 
-    def cluster(
-        self,
-        seed_emb: np.ndarray,
-        offsets: np.ndarray,
-        init: np.ndarray | None = None,
-        init_mask: np.ndarray | None = None,
-        seed: int = 0,
-        progress: bool = False,
-    ) -> SeedClusters:
-        """Stage 2's clustering of every item's seeds (CSR ``offsets``), warm-started."""
-        if self.variant == "average":
-            return average_seeds(seed_emb, offsets)
-        return cluster_seeds(
-            seed_emb,
-            offsets,
-            self.k,
-            init=init,
-            init_mask=init_mask,
-            seed=seed,
-            niter=self.kmeans_niter,
-            warm_niter=self.kmeans_warm_niter,
-            progress=progress,
-        )
+    @property
+    def k(self) -> int:
+        """Clusters stored per item (1 for the "average" variant)."""
+        return int(self.scorer.config.n_clusters)
+
+    @property
+    def h(self) -> int:
+        """Transformed embedding dimension."""
+        return int(self.scorer.config.h)
+
+    def unsound(self) -> str | None:
+        """Why the model cannot be trusted (non-finite weights), or None."""
+        bad = [n for n, p in self.scorer.named_parameters() if not bool(torch.isfinite(p).all())]
+        bad += [n for n, b in self.scorer.named_buffers() if not bool(torch.isfinite(b).all())]
+        return f"model: non-finite weights in {', '.join(bad[:5])}" if bad else None

@@ -12,26 +12,46 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from ralm.errors import CheckpointError, RalmError
+from ralm.lookalike.seed_index import IndexChunk, SeedIndex
+from ralm.serve import store as sqlite_store
 from ralm.serve.batcher import MicroBatcher
 from ralm.serve.config import ServeConfig
-from ralm.serve.index_holder import IndexHolder, IndexSnapshot
+from ralm.serve.index_holder import IndexHolder
 from ralm.serve.metrics import ServiceMetrics
-from ralm.serve.recluster import Reclusterer
+from ralm.serve.recluster import Reclusterer, min_servable_seeds
 from ralm.serve.runtime import ServingModel
 from ralm.serve.scoring import RecommendResult, ScoreRequest, score_batch
-from ralm.serve.snapshot_io import load_snapshot, prune_versions, save_snapshot
-from ralm.serve.store import Click, SeedStore
+from ralm.serve.seed_store import Click, SeedStore
+from ralm.serve.snapshot_io import (
+    clean_temporaries,
+    list_versions,
+    load_snapshot,
+    prune_versions,
+    save_snapshot,
+)
 
 log = logging.getLogger(__name__)
+
+
+def _open_sqlite_store(path: Path, config: ServeConfig) -> SeedStore:
+    """The default store: SQLite in the state folder."""
+    cls = getattr(sqlite_store, "SQLiteSeedStore", sqlite_store.SeedStore)
+    return cast(SeedStore, cls(path, config.max_seeds_per_item, config.synchronous))
+
+
+def _n_seeds(snap: SeedIndex, row: int) -> int:
+    chunk, j = snap.row(row)
+    return int(chunk.n_seeds[j])
 
 
 class UnknownUserError(RalmError):
@@ -63,14 +83,22 @@ class RalmService:
         self.config = config
         self.metrics = metrics or ServiceMetrics()
         self.started_at = time.time()
-        state = Path(config.state_dir)
-        self.index_dir = state / "index"
-        self.store = store or SeedStore(
-            state / "seeds.sqlite3", config.max_seeds_per_item, config.synchronous
-        )
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
-        self.holder = IndexHolder(self._restore())
+        self.state_dir = Path(config.state_dir)
+        self.index_dir = self.state_dir / "index"
+        self._saved_dir: Path | None = None  # last version folder on disk (chunk sharing)
+        self.model_problem = model.unsound()
+        if self.model_problem:
+            log.error("serving an unsound model: %s", self.model_problem)
+        clean_temporaries(self.index_dir)  # half-written versions of a crash
+        db = self.state_dir / "seeds.sqlite3"
+        try:
+            self.store: SeedStore = store or _open_sqlite_store(db, config)
+            if config.torch_threads:
+                torch.set_num_threads(config.torch_threads)
+            initial = self._restore()
+        except sqlite3.DatabaseError as e:
+            raise CheckpointError(f"{db}: the seed store is unreadable ({e})") from e
+        self.holder = IndexHolder(initial)
         self._set_index_gauges(self.holder.current())
         self.reclusterer = Reclusterer(
             self.store, self.holder, model, config, self.metrics, on_publish=self._on_publish
@@ -80,7 +108,7 @@ class RalmService:
         )
 
     # ---- start-up and persistence --------------------------------------------------------
-    def _restore(self) -> IndexSnapshot:
+    def _restore(self) -> SeedIndex:
         """Last published index if any, else training's seed index, else empty."""
         m = self.model
         if self.store.n_items() == 0 and m.bootstrap_clicks is not None:
@@ -89,7 +117,7 @@ class RalmService:
             secs = time.perf_counter() - t0
             log.info("bootstrapped the seed store with %d seeds in %.1fs", n, secs)
         base = int(self.store.get_meta("max_version", 0))
-        snap: IndexSnapshot | None = None
+        snap: SeedIndex | None = None
         saved = self.store.get_meta("index")
         stored_fp = self.store.get_meta("model_fingerprint")
         if saved is not None and stored_fp is not None and stored_fp != m.fingerprint:
@@ -101,81 +129,87 @@ class RalmService:
             self.store.mark_all_changed()
         self.store.set_meta("model_fingerprint", m.fingerprint)
         if saved is not None:
-            snap = self._load_published(Path(saved["path"]))
+            snap = self._load_published(self._state_path(saved.get("path")))
         if snap is None and m.initial_index is not None:
-            snap = self._from_initial()
+            snap = self._from_initial(m.initial_index)
             # items whose stored seeds are exactly those training clustered need no cycle
             self.store.mark_clustered(
                 {
                     it.item_id: it.changed_seq
                     for it in self.store.items(changed_only=True)
                     if it.item_id in snap.row_of
-                    and it.n_seeds == int(snap.n_seeds[snap.row_of[it.item_id]])
+                    and it.n_seeds == _n_seeds(snap, snap.row_of[it.item_id])
                 }
             )
         if snap is None:
-            return IndexSnapshot.empty(m.k, m.h, version=base + 1 if base else 0)
+            return SeedIndex.empty(m.k, m.h, version=base + 1 if base else 0)
         if snap.k != m.k or snap.h != m.h:
             raise RalmError(
                 f"{self.index_dir}: the published index has k={snap.k}, h={snap.h} but the "
                 f"model has k={m.k}, h={m.h}; use a fresh --state-dir for this model"
             )
         if snap.version <= base:
-            snap = dataclasses.replace(snap, version=base + 1)
+            snap = snap.with_version(base + 1)
         return snap
 
-    def _load_published(self, preferred: Path) -> IndexSnapshot | None:
-        """The recorded version, else the newest readable one on disk, else None."""
-        found = sorted(self.index_dir.glob("v*"), reverse=True) if self.index_dir.is_dir() else []
-        for path in [preferred, *(p for p in found if p != preferred)]:
+    def _state_path(self, stored: object) -> Path | None:
+        """A path recorded in the store, resolved against the state folder.
+
+        Paths are recorded relative to the state folder (a copied or moved state folder
+        serves its own index); an absolute path of an older state keeps only its version
+        folder's name.
+        """
+        if not isinstance(stored, str) or not stored:
+            return None
+        p = Path(stored)
+        return self.index_dir / p.name if p.is_absolute() else self.state_dir / p
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.state_dir).as_posix()
+
+    def _load_published(self, preferred: Path | None) -> SeedIndex | None:
+        """The recorded version, else the newest sound one on disk, else None.
+
+        A version that is unreadable, fails its checksums, holds non-finite arrays or is
+        inconsistent (shapes, item ids) is skipped with a one-line error.
+        """
+        found = list_versions(self.index_dir)
+        order = [p for p in [preferred] if p is not None] + [p for p in found if p != preferred]
+        for path in order:
             if not path.is_dir():
                 continue
             try:
                 snap = load_snapshot(path)
             except CheckpointError as e:
-                log.error("skipping unreadable published index: %s", e)
+                log.error("skipping unsound published index: %s", e)
                 continue
             log.info("restored index version %d from %s", snap.version, path)
             if path != preferred:  # clusterings newer than this one are lost: redo them
                 self.store.mark_all_changed()
+            self._saved_dir = path
             return snap
-        log.warning("no readable published index in %s", self.index_dir)
+        log.warning("no sound published index in %s", self.index_dir)
         return None
 
-    def _from_initial(self) -> IndexSnapshot:
-        ini = self.model.initial_index
-        assert ini is not None
-        cen, mask = torch.from_numpy(ini.centroids), torch.from_numpy(ini.mask)
-        sizes = torch.from_numpy(np.asarray(ini.sizes, np.int64))  # (I, k)
-        has = mask.any(dim=1)
-        if ini.global_vec is not None:
-            glb = torch.from_numpy(np.asarray(ini.global_vec, np.float32))  # (I, h)
-        else:
-            glb = torch.zeros(cen.shape[0], self.model.h)  # (I, h)
-            with torch.no_grad():
-                for lo in range(0, cen.shape[0], 8192):  # bounds the attention intermediates
-                    sl = slice(lo, lo + 8192)
-                    idx = torch.nonzero(has[sl]).squeeze(1) + lo
-                    if idx.numel():
-                        g = self.model.scorer.item_global(cen[idx], mask[idx], sizes[idx])
-                        glb[idx] = g.float()  # (b, h)
-        n = np.asarray(ini.n_seeds, np.int64)
-        ok = n >= self.config.min_seeds
-        if self.config.fast_path:
-            ok |= n >= self.config.fast_path_min_seeds
-        return IndexSnapshot.from_arrays(
-            1, [str(i) for i in ini.item_ids], cen, mask, glb, ini.sizes, n, ok & has.numpy(), 0.0
-        )
+    def _from_initial(self, index: SeedIndex) -> SeedIndex:
+        """Training's index, with this service's servable rule, as version 1."""
+        need = min_servable_seeds(self.config)
 
-    def _on_publish(self, snap: IndexSnapshot, kind: str) -> None:
+        def rule(c: IndexChunk) -> np.ndarray:
+            return np.asarray((c.n_seeds >= need) & c.mask.any(axis=1))
+
+        return index.with_servable(rule, version=1)
+
+    def _on_publish(self, snap: SeedIndex, kind: str) -> None:
         self.store.set_meta("max_version", snap.version)
         self._set_index_gauges(snap)
         if kind == "full":
-            path = save_snapshot(snap, self.index_dir)
-            self.store.set_meta("index", {"version": snap.version, "path": str(path)})
+            path = save_snapshot(snap, self.index_dir, prev=self._saved_dir)
+            self._saved_dir = path
+            self.store.set_meta("index", {"version": snap.version, "path": self._relative(path)})
             prune_versions(self.index_dir, self.config.keep_index_versions)
 
-    def _set_index_gauges(self, snap: IndexSnapshot) -> None:
+    def _set_index_gauges(self, snap: SeedIndex) -> None:
         self.metrics.index_version.set(snap.version)
         self.metrics.index_items.set(snap.n_items)
         self.metrics.index_servable.set(snap.n_servable)
@@ -200,17 +234,14 @@ class RalmService:
     def universal(
         self, user_id: str | None, features: Mapping[str, Any] | None
     ) -> tuple[np.ndarray, str]:
-        """The user's universal embedding (m,) and how it was obtained."""
+        """The user's universal embedding (m,) and how it was obtained (stores nothing)."""
         emb = self.model.embedder
         if user_id is not None:
             vec, found = emb.lookup([user_id])
             if bool(found[0]):
                 return vec[0], "known"
-        if features is not None:
-            vec = emb.embed_features([features])[0]
-            if user_id is not None:  # remember them: their clicks become embeddable seeds
-                self.store.put_user_features(user_id, features)
-            return vec, "features"
+        if features is not None:  # used for this request only: a read never writes
+            return emb.embed_features([features])[0], "features"
         if user_id is not None:
             stored = self.store.user_features([user_id]).get(user_id)
             if stored is not None:
@@ -272,7 +303,7 @@ class RalmService:
     # ---- clicks and items ----------------------------------------------------------------
     def add_clicks(
         self,
-        clicks: Sequence[Click],
+        clicks: Sequence[Click] | Sequence[sqlite_store.Click],
         features: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> int:
         """Store clicks durably (returns new seeds); ``features`` for users first seen online.
@@ -287,10 +318,22 @@ class RalmService:
                 self.model.embedder.embed_features([features[i] for i in new])  # validates
                 for i in new:
                     self.store.put_user_features(i, features[i])
-        added = self.store.add_clicks(clicks)
+        added = self.store.add_clicks(cast(Sequence[Click], clicks))  # same fields
         self.metrics.seeds_ingested.inc(len(clicks))
         self.metrics.new_seeds.inc(added)
         return added
+
+    def set_user_features(self, user_id: str, features: Mapping[str, Any]) -> None:
+        """Store the raw features of a user first seen online (an authenticated write).
+
+        The features are validated by embedding them once before anything is stored; the
+        user's clicks then become embeddable seeds and ``recommend(user_id=...)`` finds them.
+
+        Raises:
+            ralm.errors.DataError: a malformed feature (named in the message).
+        """
+        self.model.embedder.embed_features([features])  # validates
+        self.store.put_user_features(user_id, features)
 
     def item_info(self, item_id: str) -> dict[str, Any]:
         """Seed count, cluster sizes, servability and last re-cluster time of an item."""
@@ -301,7 +344,7 @@ class RalmService:
             raise UnknownItemError(f"item_id: item {item_id!r} has never been seen")
         info: dict[str, Any] = {
             "item_id": item_id,
-            "n_seeds": st.n_seeds if st is not None else int(snap.n_seeds[r]),  # type: ignore[index]
+            "n_seeds": st.n_seeds if st is not None else _n_seeds(snap, r),  # type: ignore[arg-type]
             "last_click": st.last_click if st is not None else None,
             "pending_recluster": bool(st is not None and st.changed_seq > st.clustered_seq),
             "index_version": snap.version,
@@ -312,21 +355,32 @@ class RalmService:
             "last_recluster": None,
         }
         if r is not None:
-            sizes = snap.sizes[r]
+            chunk, j = snap.row(r)
+            sizes = chunk.sizes[j]
             info.update(
-                servable=bool(snap.servable[r]),
-                clustered_seeds=int(snap.n_seeds[r]),
+                servable=bool(chunk.servable[j]),
+                clustered_seeds=int(chunk.n_seeds[j]),
                 cluster_sizes=[int(x) for x in sizes[sizes > 0]],
-                last_recluster=float(snap.clustered_at[r]) or None,
+                last_recluster=float(chunk.clustered_at[j]) or None,
             )
         return info
 
     def health(self) -> dict[str, Any]:
-        """Liveness and index summary."""
+        """Liveness and index summary; "degraded" with a reason when something is unsound.
+
+        Degraded: the model has non-finite weights, the served index holds items with
+        non-finite arrays (they are not scored), or the last re-clustering cycle failed.
+        """
         snap = self.holder.current()
         last = self.reclusterer.last_full
+        reasons = [r for r in (self.model_problem,) if r]
+        if snap.n_unsound:
+            reasons.append(f"index: {snap.n_unsound} items have non-finite arrays")
+        if self.reclusterer.last_error is not None:
+            reasons.append(f"recluster: {self.reclusterer.last_error}")
         return {
-            "status": "ok" if self.reclusterer.last_error is None else "degraded",
+            "status": "degraded" if reasons else "ok",
+            "reason": "; ".join(reasons) or None,
             "index_version": snap.version,
             "items": snap.n_items,
             "servable_items": snap.n_servable,

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+import scipy.sparse as sp
 
+from ralm.data.clicks import seed_csr, split_clicks
 from ralm.data.encoded import EncodedDataset, Split
 
 log = logging.getLogger(__name__)
@@ -26,9 +29,7 @@ FallbackKind = Literal["popularity", "random"]
 
 def clicks(ds: EncodedDataset, splits: tuple[Split, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Positive (user, item) rows of the given splits: int64 (n,), int64 (n,)."""
-    it = ds.interactions
-    m = it.mask(*splits) & (np.asarray(it.label) > 0)
-    return np.asarray(it.user[m], dtype=np.int64), np.asarray(it.item[m], dtype=np.int64)
+    return split_clicks(ds, splits)
 
 
 def item_seed_csr(ds: EncodedDataset, splits: tuple[Split, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -36,12 +37,19 @@ def item_seed_csr(ds: EncodedDataset, splits: tuple[Split, ...]) -> tuple[np.nda
 
     Each (user, item) pair counts once even when the log repeats it.
     """
-    u, i = clicks(ds, splits)
-    pair = np.unique(i * ds.n_users + u)  # sorted by item, then user
-    items, users = pair // ds.n_users, pair % ds.n_users
-    counts = np.bincount(items, minlength=ds.n_items)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return offsets, users.astype(np.int64)
+    return seed_csr(ds, splits)
+
+
+def click_matrix(ds: EncodedDataset, splits: tuple[Split, ...]) -> sp.csr_matrix:
+    """Binary user x item matrix of the clicks in ``splits``, float64 CSR (n_users, n_items).
+
+    Each (user, item) pair counts once even when the log repeats it.
+    """
+    offsets, users = item_seed_csr(ds, splits)
+    items = np.repeat(np.arange(ds.n_items), np.diff(offsets))
+    return sp.csr_matrix(
+        (np.ones(users.size), (users, items)), shape=(ds.n_users, ds.n_items), dtype=np.float64
+    )
 
 
 class Recommender(ABC):
@@ -82,6 +90,25 @@ class Recommender(ABC):
     @abstractmethod
     def score_users(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Scores of every (user, item) combination, float (B, I); higher = better."""
+
+    @property
+    def supports_seeded_items(self) -> bool:
+        """True when the model implements :meth:`score_seeded_items` (the copy test)."""
+        return type(self).score_seeded_items is not Recommender.score_seeded_items
+
+    def score_seeded_items(self, users: np.ndarray, seed_sets: Sequence[np.ndarray]) -> np.ndarray:
+        """Scores of hypothetical new items known only by their seed users, float (B, S).
+
+        Optional hook (the copy test of ``ralm.evaluation.protocols`` uses it): item ``s`` is
+        a brand-new item whose clickers are ``seed_sets[s]`` (user indices); every other
+        item keeps its current state under the current seed splits. Scores must be on the
+        same scale as :meth:`score_users`, so the new item can be ranked among the others.
+
+        Args:
+            users: int64 (B,) users to score for.
+            seed_sets: S arrays of seed user indices, one per hypothetical item.
+        """
+        raise NotImplementedError(f"{self.name} cannot score an item from its seeds alone")
 
     def score_pairs(self, users: np.ndarray, items: np.ndarray, chunk: int = 512) -> np.ndarray:
         """Score of each (users[n], items[n]) pair, float64 (n,)."""

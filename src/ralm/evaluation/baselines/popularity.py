@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from ralm.data.encoded import EncodedDataset, Split
@@ -33,3 +35,7 @@ class Popularity(Recommender):
     def score_users(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         row = self._counts[np.asarray(items, dtype=np.int64)]  # (I,)
         return np.broadcast_to(row, (len(users), row.shape[0])).copy()
+
+    def score_seeded_items(self, users: np.ndarray, seed_sets: Sequence[np.ndarray]) -> np.ndarray:
+        row = np.asarray([np.unique(np.asarray(s)).size for s in seed_sets], dtype=np.float64)
+        return np.broadcast_to(row, (len(users), row.size)).copy()  # (B, S)

@@ -6,8 +6,9 @@ embeddings of every user (:func:`ralm.user.embed.embed_users`; histories hold TR
 only), then stage 2 (:func:`ralm.lookalike.train.train_lookalike`, which takes seeds and
 positives from TRAIN). Before each protocol, :meth:`RalmRecommender.set_seed_splits`
 rebuilds the seed index from exactly the allowed splits with
-:func:`ralm.lookalike.seed_index.build_seed_index` — the function the online service uses —
-so cold items are ranked from their seeding-window clickers without any retraining.
+:func:`ralm.lookalike.seed_index.build_seed_index`, i.e. stage 2's one builder
+:func:`~ralm.lookalike.seed_index.index_items` that training and the online re-clustering
+job call too, so cold items are ranked from their seeding-window clickers without any retraining.
 Scores are the stage-2 raw score ``s`` (the calibrated pCTR is monotone in it).
 """
 

@@ -25,6 +25,9 @@ classifier; continuous features are bucketed into tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
@@ -34,6 +37,17 @@ from ralm.evaluation.baselines.base import Recommender, item_seed_csr
 from ralm.evaluation.baselines.features import FeatureSpace
 
 _PRIME = (1 << 31) - 1
+
+
+@dataclass
+class _ItemStats:
+    """Per-item statistics of a seed set: (n,) arrays, (n, D) weights, LSH tables."""
+
+    base: np.ndarray
+    delta: sp.csr_matrix
+    log_prior: np.ndarray
+    n_seeds: np.ndarray
+    lsh: list[sp.csc_matrix]
 
 
 class YahooConfig(BaseModel):
@@ -99,39 +113,61 @@ class YahooLookalike(Recommender):
         super().set_seed_splits(splits)
         if self._ds is None:
             return
+        offsets, users = item_seed_csr(self.ds, self.seed_splits)
+        self.total_seeds = float(users.size)
+        self.stats = self._stats(offsets, users)
+
+    def _stats(self, offsets: np.ndarray, users: np.ndarray) -> _ItemStats:
+        """Per-item weights of evidence, prior and LSH tables from a seed CSR of n items."""
         ds, cfg = self.ds, self.config
-        offsets, users = item_seed_csr(ds, self.seed_splits)
-        n_seeds = np.diff(offsets).astype(np.float64)  # (I,)
+        n_items = offsets.size - 1
+        n_seeds = np.diff(offsets).astype(np.float64)  # (n,)
         seeds = sp.csr_matrix(
-            (np.ones(users.size), users, offsets), shape=(ds.n_items, ds.n_users)
-        )  # (I, n_users) seed indicator
-        c = (seeds @ self.x).tocsr()  # (I, D) seeds having each token
+            (np.ones(users.size), users, offsets), shape=(n_items, ds.n_users)
+        )  # (n, n_users) seed indicator
+        c = (seeds @ self.x).tocsr()  # (n, D) seeds having each token
         # w = log((c + a p) / (n + a)) - log p = base_j + delta_{j,f}, delta = 0 where c = 0
-        self.base = np.log(cfg.smoothing / (n_seeds + cfg.smoothing))  # (I,)
+        base = np.log(cfg.smoothing / (n_seeds + cfg.smoothing))  # (n,)
         cc = c.tocoo()
         p = self.p_f[cc.col]
         delta = np.log1p(cc.data / (cfg.smoothing * p))
-        self.delta = sp.csr_matrix((delta, (cc.row, cc.col)), shape=c.shape)  # (I, D)
-        self.log_prior = np.log((n_seeds + 1.0) / (n_seeds.sum() + ds.n_items))
-        self.n_seeds = n_seeds
-        self.lsh = []  # per band: (I, n_buckets) seeds of item j in bucket b
+        # the prior's normaliser is that of the current seed splits (Σ n + I)
+        log_prior = np.log((n_seeds + 1.0) / (self.total_seeds + ds.n_items))
+        lsh = []  # per band: (n, n_buckets) seeds of item j in bucket b
         for band in range(cfg.n_bands):
             bucket = self.buckets[:, band]
             onehot = sp.csr_matrix(
                 (np.ones(ds.n_users), (np.arange(ds.n_users), bucket)),
                 shape=(ds.n_users, int(bucket.max()) + 1),
             )
-            self.lsh.append((seeds @ onehot).tocsc())
+            lsh.append((seeds @ onehot).tocsc())
+        return _ItemStats(
+            base=base,
+            delta=sp.csr_matrix((delta, (cc.row, cc.col)), shape=c.shape),  # (n, D)
+            log_prior=log_prior,
+            n_seeds=n_seeds,
+            lsh=lsh,
+        )
+
+    def _score(self, st: _ItemStats, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        weight = np.asarray((self.x_norm[users] @ st.delta[items].T).toarray())  # (B, I)
+        weight += self.n_fields_present[users, None] * st.base[None, items]
+        collide = np.zeros((users.size, items.size))  # (B, I)
+        for band, table in enumerate(st.lsh):
+            cols = table[:, self.buckets[users, band]]  # (I_all, B) sparse
+            collide += np.asarray(cols[items].toarray()).T
+        denom = np.maximum(st.n_seeds[items], 1.0) * len(st.lsh)  # (I,)
+        lsh = collide / denom[None, :]
+        return st.log_prior[None, items] + weight + self.config.lsh_weight * lsh
 
     def score_users(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
-        weight = np.asarray((self.x_norm[users] @ self.delta[items].T).toarray())  # (B, I)
-        weight += self.n_fields_present[users, None] * self.base[None, items]
-        collide = np.zeros((users.size, items.size))  # (B, I)
-        for band, table in enumerate(self.lsh):
-            cols = table[:, self.buckets[users, band]]  # (I_all, B) sparse
-            collide += np.asarray(cols[items].toarray()).T
-        denom = np.maximum(self.n_seeds[items], 1.0) * len(self.lsh)  # (I,)
-        lsh = collide / denom[None, :]
-        return self.log_prior[None, items] + weight + self.config.lsh_weight * lsh
+        return self._score(self.stats, users, items)
+
+    def score_seeded_items(self, users: np.ndarray, seed_sets: Sequence[np.ndarray]) -> np.ndarray:
+        sets = [np.unique(np.asarray(s, dtype=np.int64)) for s in seed_sets]
+        offsets = np.concatenate([[0], np.cumsum([s.size for s in sets])]).astype(np.int64)
+        st = self._stats(offsets, np.concatenate(sets) if sets else np.zeros(0, np.int64))
+        users = np.asarray(users, dtype=np.int64)
+        return self._score(st, users, np.arange(len(sets)))  # (B, S)

@@ -78,8 +78,9 @@ def test_no_import_cycles() -> None:
                 todo.extend(graph.get(m, ()))
         return False
 
-    cycles = [(a, b) for a, deps in graph.items() for b in deps if reaches(b, a)]
-    assert cycles == []
+    cycles = {frozenset({a, b}) for a, deps in graph.items() for b in deps if reaches(b, a)}
+    assert frozenset({"ralm.evaluation.ablations", "ralm.evaluation.experiment"}) not in cycles
+    assert not cycles, sorted(map(sorted, cycles))
 
 
 @pytest.mark.parametrize("cmd", [[], ["train"], ["data"], ["data", "describe"]])

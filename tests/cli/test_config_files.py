@@ -69,17 +69,31 @@ def test_known_tables_are_the_command_sections() -> None:
     assert len(set(names)) == len(names)
 
 
+class A(BaseModel):
+    seed: int = Field(default=0, description="a")
+
+
+class B(BaseModel):
+    seed: int = Field(default=1, description="b")
+
+
 def test_flag_clash_is_caught() -> None:
-    class A(BaseModel):
-        seed: int = Field(default=0, description="a")
-
-    class B(BaseModel):
-        seed: int = Field(default=1, description="b")
-
     with pytest.raises(ValueError, match="--seed"):
         derive_flags([Section("user", A), Section("serve", B)], set())
     with pytest.raises(ValueError, match="--seed"):
         derive_flags([Section("user", A)], {"--seed"})
+
+    import typer
+
+    from ralm.cli.options import with_settings
+
+    def command(seed: int = typer.Option(0, "--seed"), *, user: A) -> None:
+        """A command whose own option takes a field's flag."""
+
+    with pytest.raises(ValueError, match="--seed"):
+        with_settings(Section("user", A))(command)
+    with pytest.raises(ValueError, match="KNOWN_TABLES"):
+        with_settings(Section("no_such_table", A))(command)
 
 
 @pytest.mark.parametrize("which", list(Command))

@@ -1,13 +1,22 @@
 """The seed-store interface: what the service and the re-clustering job need from storage.
 
-Per item the store keeps its most recent ``max_seeds`` distinct clickers (recency is
-event time ``ts``, then arrival order); a repeat click by the same user refreshes that
-seed instead of adding one, and re-sending the same ``(user, item, ts)`` changes nothing
-(idempotent). ``changed_seq > clustered_seq`` marks an item whose seeds changed since its
-last published clustering.
+Per item the store keeps its most recent ``max_seeds`` distinct clickers. Every stored
+event gets a sequence number ``seq`` (one counter per store, increasing, never reused);
+recency is event time ``ts``, then ``seq``. Rules shared by every implementation:
+
+- a click newer than the user's stored seed on the item refreshes it (new ``ts`` and
+  ``seq``); an older or equal one changes nothing, so re-sending the same
+  ``(user, item, ts)`` is idempotent (no new seq, no ``changed_seq`` move);
+- after a write, items over ``max_seeds`` lose their oldest seeds;
+- an item *changed* in a write when one of the write's events survived the trim; its
+  ``changed_seq`` is then the highest ``seq`` among its stored seeds. ``changed_seq >
+  clustered_seq`` marks an item whose seeds changed since its last published clustering;
+- ``clicks_since(w)`` returns the stored seeds with ``seq > w`` in seq order (a refreshed
+  seed once, with its newest event; trimmed seeds not at all).
 
 Two implementations satisfy it: :class:`ralm.serve.store.SQLiteSeedStore` (embedded, the
-zero-set-up default) and a Redis store for several replicas. One contract suite
+zero-set-up default) and :class:`ralm.serve.redis_store.RedisSeedStore` for several
+replicas; :func:`open_seed_store` picks one from a location. One contract suite
 (``tests/serve/test_store_contract.py``) runs against every implementation.
 """
 
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -53,7 +63,7 @@ class SeedStore(Protocol):
 
     # ---- writes ----------------------------------------------------------------------
     def add_clicks(self, clicks: Sequence[Click]) -> int:
-        """Store clicks durably in one atomic step; returns the number of new seeds."""
+        """Store clicks durably in one atomic step; returns the number of new seeds kept."""
         ...
 
     def bulk_import(self, clicks: Iterable[tuple[str, str, float]]) -> int:
@@ -113,3 +123,23 @@ class SeedStore(Protocol):
     def n_seed_rows(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+def open_seed_store(
+    location: str | Path, max_seeds: int = 3_000_000, synchronous: str = "FULL"
+) -> SeedStore:
+    """Open the store at ``location``.
+
+    Args:
+        location: ``redis://host:port/db`` (Redis, shared by replicas) or a SQLite file.
+        max_seeds: N, distinct clickers kept per item.
+        synchronous: SQLite only: ``FULL``, ``NORMAL`` or ``EXTRA``.
+    """
+    loc = str(location)
+    if loc.startswith(("redis://", "rediss://", "unix://")):
+        from ralm.serve.redis_store import RedisSeedStore
+
+        return RedisSeedStore(loc, max_seeds=max_seeds)
+    from ralm.serve.store import SQLiteSeedStore
+
+    return SQLiteSeedStore(Path(location), max_seeds=max_seeds, synchronous=synchronous)

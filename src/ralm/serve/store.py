@@ -1,4 +1,7 @@
-"""The seed store: per item, its most recent N clickers, in SQLite (WAL mode).
+"""The SQLite seed store: per item, its most recent N clickers (WAL mode).
+
+Implements :class:`ralm.serve.seed_store.SeedStore` (see that module for the semantics
+shared with the Redis store).
 
 Durability: every ``add_clicks`` call is one transaction, and the HTTP layer acknowledges a
 click only after that commit returned. In WAL mode a commit appends the transaction to the
@@ -10,9 +13,10 @@ acknowledged click survives a power cut too; ``NORMAL`` trades that for fewer fs
 Tables::
 
     items(item_id, n_seeds, first_seen, last_click, changed_seq, clustered_seq)
-    seeds(item_id, user_id, ts, seq)     one row per (item, user): a repeat click refreshes it
+    seeds(item_id, user_id, ts, seq)     one row per (item, user): a newer click refreshes it
     users(user_id, features)             raw features of users first seen online
     meta(key, value)                     last published index version/path, ...
+    counters(name, value)                the last sequence number handed out
 
 Recency is (ts, seq): event time, then arrival order. ``changed_seq > clustered_seq``
 marks an item whose seeds changed since its last published clustering; the re-cluster job
@@ -24,13 +28,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ralm.serve.seed_store import Click, ItemState
+
+__all__ = ["Click", "ItemState", "SQLiteSeedStore", "SeedStore"]
 
 log = logging.getLogger(__name__)
 
@@ -52,39 +60,17 @@ CREATE TABLE IF NOT EXISTS seeds(
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seeds_recency ON seeds(item_id, ts, seq);
 CREATE INDEX IF NOT EXISTS seeds_user ON seeds(user_id);
+CREATE INDEX IF NOT EXISTS seeds_seq ON seeds(seq);
 CREATE TABLE IF NOT EXISTS users(user_id TEXT PRIMARY KEY, features TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-
-@dataclass(frozen=True)
-class Click:
-    """One click event.
-
-    Args:
-        user_id: raw user id.
-        item_id: raw item id (created on its first click).
-        ts: event time, unix seconds.
-    """
-
-    user_id: str
-    item_id: str
-    ts: float
+_ITEM_COLS = "item_id, n_seeds, first_seen, last_click, changed_seq, clustered_seq"
+_IN_CHUNK = 200  # items per compound query (SQLite allows 500 terms)
 
 
-@dataclass(frozen=True)
-class ItemState:
-    """What the store knows about one item."""
-
-    item_id: str
-    n_seeds: int
-    first_seen: float
-    last_click: float
-    changed_seq: int
-    clustered_seq: int
-
-
-class SeedStore:
+class SQLiteSeedStore:
     """Durable per-item seed sets (most recent ``max_seeds`` distinct clickers).
 
     Thread-safe: writes go through one connection under a lock; every reading thread gets
@@ -99,6 +85,8 @@ class SeedStore:
     def __init__(self, path: str | Path, max_seeds: int = 3_000_000, synchronous: str = "FULL"):
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
+        if int(max_seeds) < 1:
+            raise ValueError(f"max_seeds must be >= 1, got {max_seeds}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_seeds = int(max_seeds)
@@ -109,10 +97,15 @@ class SeedStore:
         self._readers_lock = threading.Lock()
         self._w = self._connect()
         self._w.executescript(_SCHEMA)
-        row = self._w.execute("SELECT MAX(seq) FROM seeds").fetchone()
-        self._seq = int(row[0] or 0)
-        changed = self._w.execute("SELECT MAX(changed_seq) FROM items").fetchone()
-        self._seq = max(self._seq, int(changed[0] or 0))
+        seq = 0
+        for q in (
+            "SELECT MAX(seq) FROM seeds",
+            "SELECT MAX(changed_seq) FROM items",
+            "SELECT value FROM counters WHERE name = 'seq'",
+        ):
+            row = self._w.execute(q).fetchone()
+            seq = max(seq, int(row[0] or 0) if row else 0)
+        self._seq = seq
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -141,11 +134,11 @@ class SeedStore:
 
     # ---- writes --------------------------------------------------------------------------
     def add_clicks(self, clicks: Sequence[Click]) -> int:
-        """Append clicks in ONE durable transaction; returns how many new (item, user) seeds.
+        """Store clicks in ONE durable transaction; returns how many new seeds it kept.
 
-        A repeat click of the same user on the same item refreshes its recency instead of
-        adding a seed. Items never seen are created. Items over ``max_seeds`` lose their
-        oldest seeds. When this returns, the clicks are committed.
+        A click newer than the user's stored seed on that item refreshes it; an older or
+        equal one (a re-sent event) changes nothing. Items never seen are created. Items
+        over ``max_seeds`` lose their oldest seeds. When this returns, it is committed.
         """
         if not clicks:
             return 0
@@ -153,65 +146,108 @@ class SeedStore:
         with self._wlock:
             cur = self._w.cursor()
             cur.execute("BEGIN IMMEDIATE")
+            seq0 = self._seq
             try:
-                added: dict[str, int] = {}
-                last: dict[str, float] = {}
+                written: dict[str, dict[str, tuple[float, int, bool]]] = {}
                 for c in clicks:
+                    row = cur.execute(
+                        "SELECT ts FROM seeds WHERE item_id = ? AND user_id = ?",
+                        (c.item_id, c.user_id),
+                    ).fetchone()
+                    ts = float(c.ts)
+                    if not math.isfinite(ts):
+                        raise ValueError(
+                            f"click ({c.user_id!r}, {c.item_id!r}): ts must be finite, got {ts}"
+                        )
+                    if row is not None and ts <= row[0]:
+                        continue  # a re-sent or older event: nothing changes
                     self._seq += 1
-                    cur.execute(
-                        "INSERT OR IGNORE INTO seeds(item_id, user_id, ts, seq) VALUES (?,?,?,?)",
-                        (c.item_id, c.user_id, c.ts, self._seq),
-                    )
-                    if cur.rowcount == 1:
-                        added[c.item_id] = added.get(c.item_id, 0) + 1
+                    if row is None:
+                        cur.execute(
+                            "INSERT INTO seeds(item_id, user_id, ts, seq) VALUES (?,?,?,?)",
+                            (c.item_id, c.user_id, ts, self._seq),
+                        )
                     else:
                         cur.execute(
-                            "UPDATE seeds SET ts = MAX(ts, ?), seq = ? "
-                            "WHERE item_id = ? AND user_id = ?",
-                            (c.ts, self._seq, c.item_id, c.user_id),
+                            "UPDATE seeds SET ts = ?, seq = ? WHERE item_id = ? AND user_id = ?",
+                            (ts, self._seq, c.item_id, c.user_id),
                         )
-                    last[c.item_id] = max(last.get(c.item_id, c.ts), c.ts)
-                for item_id, t in last.items():
-                    cur.execute(
-                        "INSERT INTO items(item_id, n_seeds, first_seen, last_click, changed_seq)"
-                        " VALUES (?,?,?,?,?) ON CONFLICT(item_id) DO UPDATE SET "
-                        "n_seeds = n_seeds + excluded.n_seeds, "
-                        "last_click = MAX(last_click, excluded.last_click), "
-                        "changed_seq = excluded.changed_seq",
-                        (item_id, added.get(item_id, 0), now, t, self._seq),
-                    )
-                self._trim(cur, list(last))
+                    mine = written.setdefault(c.item_id, {})
+                    was_new = row is None or mine.get(c.user_id, (0.0, 0, False))[2]
+                    mine[c.user_id] = (ts, self._seq, was_new)
+                added = self._finish_items(cur, written, now)
+                if self._seq != seq0:
+                    self._save_seq(cur)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
+                self._seq = seq0
                 raise
-        return sum(added.values())
+        return added
 
-    def _trim(self, cur: sqlite3.Cursor, item_ids: Iterable[str]) -> None:
-        for item_id in item_ids:
-            (n,) = cur.execute("SELECT n_seeds FROM items WHERE item_id = ?", (item_id,)).fetchone()
-            excess = int(n) - self.max_seeds
-            if excess <= 0:
-                continue
+    def _finish_items(
+        self,
+        cur: sqlite3.Cursor,
+        written: Mapping[str, Mapping[str, tuple[float, int, bool]]],
+        now: float,
+    ) -> int:
+        """Trim the written items and update their rows; returns the new seeds kept.
+
+        ``written[item][user] = (ts, seq, is_new)`` are this step's stored events. An item
+        changed iff one of them survived the trim; its ``changed_seq`` is then the highest
+        seq among its stored seeds.
+        """
+        added = 0
+        for item_id, mine in written.items():
+            row = cur.execute("SELECT n_seeds FROM items WHERE item_id = ?", (item_id,)).fetchone()
+            n_new = sum(1 for _, _, new in mine.values() if new)
+            n = (int(row[0]) if row else 0) + n_new
+            removed: set[str] = set()
+            if n > self.max_seeds:
+                removed = {
+                    r[0]
+                    for r in cur.execute(
+                        "DELETE FROM seeds WHERE item_id = ?1 AND user_id IN (SELECT user_id "
+                        "FROM seeds WHERE item_id = ?1 ORDER BY ts, seq LIMIT ?2) "
+                        "RETURNING user_id",
+                        (item_id, n - self.max_seeds),
+                    ).fetchall()
+                }
+                n -= len(removed)
+            kept = [(ts, seq, new) for u, (ts, seq, new) in mine.items() if u not in removed]
+            if not kept:
+                continue  # every event of this step was trimmed again: the item is unchanged
+            added += sum(1 for _, _, new in kept if new)
             cur.execute(
-                "DELETE FROM seeds WHERE item_id = ?1 AND user_id IN (SELECT user_id FROM seeds "
-                "WHERE item_id = ?1 ORDER BY ts, seq LIMIT ?2)",
-                (item_id, excess),
+                "INSERT INTO items(item_id, n_seeds, first_seen, last_click, changed_seq)"
+                " VALUES (?,?,?,?,?) ON CONFLICT(item_id) DO UPDATE SET "
+                "n_seeds = excluded.n_seeds, "
+                "last_click = MAX(last_click, excluded.last_click), "
+                "changed_seq = excluded.changed_seq",
+                (item_id, n, now, max(t for t, _, _ in mine.values()), max(s for _, s, _ in kept)),
             )
-            cur.execute(
-                "UPDATE items SET n_seeds = n_seeds - ? WHERE item_id = ?", (cur.rowcount, item_id)
-            )
+        return added
+
+    def _save_seq(self, cur: sqlite3.Cursor) -> None:
+        cur.execute(
+            "INSERT INTO counters(name, value) VALUES ('seq', ?) ON CONFLICT(name) "
+            "DO UPDATE SET value = excluded.value",
+            (self._seq,),
+        )
 
     def bulk_import(self, clicks: Iterable[tuple[str, str, float]], chunk: int = 200_000) -> int:
         """Load historical (user_id, item_id, ts) clicks fast (bootstrap from a dataset).
 
-        Rows are upserted with ``executemany`` in chunks; seed counts are recomputed once at
-        the end. Returns the number of seed rows in the store afterwards.
+        Rows are upserted with ``executemany`` in chunks (a row older than or equal to the
+        stored seed changes nothing), then the touched items are trimmed and recounted once
+        at the end. The seeds equal those of one ``add_clicks`` call with the same rows.
+        Returns the number of seed rows in the store afterwards.
         """
         now = time.time()
         with self._wlock:
             cur = self._w.cursor()
             cur.execute("BEGIN IMMEDIATE")
+            seq0 = self._seq
             try:
                 buf: list[tuple[str, str, float, int]] = []
                 for user_id, item_id, ts in clicks:
@@ -221,18 +257,36 @@ class SeedStore:
                         self._upsert_many(cur, buf)
                         buf = []
                 self._upsert_many(cur, buf)
+                touched = [
+                    r[0]
+                    for r in cur.execute(
+                        "SELECT DISTINCT item_id FROM seeds WHERE seq > ?", (seq0,)
+                    ).fetchall()
+                ]
+                for item_id in touched:
+                    (n,) = cur.execute(
+                        "SELECT COUNT(*) FROM seeds WHERE item_id = ?", (item_id,)
+                    ).fetchone()
+                    if n > self.max_seeds:
+                        cur.execute(
+                            "DELETE FROM seeds WHERE item_id = ?1 AND user_id IN (SELECT "
+                            "user_id FROM seeds WHERE item_id = ?1 ORDER BY ts, seq LIMIT ?2)",
+                            (item_id, n - self.max_seeds),
+                        )
                 cur.execute(
                     "INSERT INTO items(item_id, n_seeds, first_seen, last_click, changed_seq) "
-                    "SELECT item_id, COUNT(*), ?, MAX(ts), MAX(seq) FROM seeds WHERE true "
-                    "GROUP BY item_id ON CONFLICT(item_id) DO UPDATE SET "
-                    "n_seeds = excluded.n_seeds, last_click = excluded.last_click, "
+                    "SELECT s.item_id, (SELECT COUNT(*) FROM seeds c WHERE c.item_id = s.item_id),"
+                    " ?, MAX(s.ts), MAX(s.seq) FROM seeds s WHERE s.seq > ? GROUP BY s.item_id "
+                    "ON CONFLICT(item_id) DO UPDATE SET n_seeds = excluded.n_seeds, "
+                    "last_click = MAX(last_click, excluded.last_click), "
                     "changed_seq = excluded.changed_seq",
-                    (now,),
+                    (now, seq0),
                 )
-                self._trim(cur, [r[0] for r in cur.execute("SELECT item_id FROM items")])
+                self._save_seq(cur)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
+                self._seq = seq0
                 raise
             (total,) = self._w.execute("SELECT COUNT(*) FROM seeds").fetchone()
         return int(total)
@@ -241,8 +295,8 @@ class SeedStore:
     def _upsert_many(cur: sqlite3.Cursor, rows: list[tuple[str, str, float, int]]) -> None:
         cur.executemany(
             "INSERT INTO seeds(item_id, user_id, ts, seq) VALUES (?,?,?,?) "
-            "ON CONFLICT(item_id, user_id) DO UPDATE SET ts = MAX(ts, excluded.ts), "
-            "seq = excluded.seq",
+            "ON CONFLICT(item_id, user_id) DO UPDATE SET ts = excluded.ts, seq = excluded.seq "
+            "WHERE excluded.ts > seeds.ts",
             rows,
         )
 
@@ -288,11 +342,7 @@ class SeedStore:
         """State of one item, or None if it was never clicked."""
         row = (
             self._reader()
-            .execute(
-                "SELECT item_id, n_seeds, first_seen, last_click, changed_seq, clustered_seq "
-                "FROM items WHERE item_id = ?",
-                (item_id,),
-            )
+            .execute(f"SELECT {_ITEM_COLS} FROM items WHERE item_id = ?", (item_id,))
             .fetchone()
         )
         return None if row is None else ItemState(*row)
@@ -302,17 +352,14 @@ class SeedStore:
         where = " WHERE changed_seq > clustered_seq" if changed_only else ""
         rows = (
             self._reader()
-            .execute(
-                "SELECT item_id, n_seeds, first_seen, last_click, changed_seq, clustered_seq "
-                f"FROM items{where} ORDER BY first_seen, item_id"
-            )
+            .execute(f"SELECT {_ITEM_COLS} FROM items{where} ORDER BY first_seen, item_id")
             .fetchall()
         )
         return [ItemState(*r) for r in rows]
 
     def seeds(self, item_id: str, limit: int | None = None) -> list[str]:
         """User ids of the item's seeds, most recent first (at most ``limit``)."""
-        lim = self.max_seeds if limit is None else int(limit)
+        lim = self.max_seeds if limit is None else max(0, int(limit))
         rows = (
             self._reader()
             .execute(
@@ -323,11 +370,66 @@ class SeedStore:
         )
         return [r[0] for r in rows]
 
-    def items_of_user(self, user_id: str, limit: int = 100_000) -> list[str]:
-        """Items the user clicked (as stored seeds)."""
+    def seeds_many(self, item_ids: Sequence[str], limit: int | None = None) -> dict[str, list[str]]:
+        """Seeds of many items (most recent first), read in one snapshot.
+
+        Items are read in chunks of compound queries (one index range scan with ``LIMIT``
+        per item) inside one read transaction; unknown items map to ``[]``.
+        """
+        lim = self.max_seeds if limit is None else max(0, int(limit))
+        ids = list(dict.fromkeys(item_ids))
+        out: dict[str, list[tuple[float, int, str]]] = {i: [] for i in ids}
+        if lim == 0 or not ids:
+            return {i: [] for i in ids}
+        con = self._reader()
+        con.execute("BEGIN")
+        try:
+            for lo in range(0, len(ids), _IN_CHUNK):
+                part = ids[lo : lo + _IN_CHUNK]
+                one = (
+                    "SELECT * FROM (SELECT item_id, user_id, ts, seq FROM seeds WHERE item_id = ?"
+                    " ORDER BY ts DESC, seq DESC LIMIT ?)"
+                )
+                q = " UNION ALL ".join([one] * len(part))
+                args: list[Any] = []
+                for i in part:
+                    args += [i, lim]
+                for item_id, user_id, ts, seq in con.execute(q, args):
+                    out[item_id].append((ts, seq, user_id))
+        finally:
+            con.execute("COMMIT")
+        res: dict[str, list[str]] = {}
+        for i, rows in out.items():
+            rows.sort(key=lambda r: (r[0], r[1]), reverse=True)  # already ordered: O(n)
+            res[i] = [u for _, _, u in rows]
+        return res
+
+    def clicks_since(self, watermark: int, limit: int = 100_000) -> tuple[list[Click], int]:
+        """Stored seed events with ``seq > watermark``, oldest first (at most ``limit``).
+
+        A seed refreshed later appears once, with its newest event; trimmed seeds do not
+        appear. Returns the events and the new watermark (the last seq returned, or
+        ``watermark`` when nothing is newer).
+        """
         rows = (
             self._reader()
-            .execute("SELECT item_id FROM seeds WHERE user_id = ? LIMIT ?", (user_id, limit))
+            .execute(
+                "SELECT user_id, item_id, ts, seq FROM seeds WHERE seq > ? ORDER BY seq LIMIT ?",
+                (int(watermark), max(0, int(limit))),
+            )
+            .fetchall()
+        )
+        clicks = [Click(u, i, t) for u, i, t, _ in rows]
+        return clicks, (int(rows[-1][3]) if rows else int(watermark))
+
+    def items_of_user(self, user_id: str, limit: int = 100_000) -> list[str]:
+        """Items the user clicked (as stored seeds), in item id order."""
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT item_id FROM seeds WHERE user_id = ? ORDER BY item_id LIMIT ?",
+                (user_id, max(0, int(limit))),
+            )
             .fetchall()
         )
         return [r[0] for r in rows]
@@ -351,3 +453,7 @@ class SeedStore:
     def n_seed_rows(self) -> int:
         (n,) = self._reader().execute("SELECT COUNT(*) FROM seeds").fetchone()
         return int(n)
+
+
+SeedStore = SQLiteSeedStore
+"""Temporary alias (the old name) until every caller says ``SQLiteSeedStore``."""

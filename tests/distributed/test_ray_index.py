@@ -235,3 +235,43 @@ def test_failing_cycle_keeps_the_previous_version(
         assert rep.version == 2 and "item-new" in job.holder.current().row_of
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_ray_cycle_on_a_real_run_with_online_users(
+    ray_runtime: None, trained_run: tuple[Path, Path, list[int]], tmp_path: Path
+) -> None:
+    """The loader's embedder (table + stage-1 feature path) travels to the tasks; seeds of
+    users first seen online are embedded there from their stored features."""
+    from ralm.data.encoded import EncodedDataset
+    from ralm.data.feature_encoder import FeatureEncoder
+    from ralm.serve.loader import load_serving_model
+
+    run, data, _ = trained_run
+    serving = load_serving_model(run, data)
+    ds = EncodedDataset.load(data)
+    enc = FeatureEncoder.from_dataset(ds)
+    history = list(serving.bootstrap_clicks())  # type: ignore[misc]
+    online = [(f"new{u}", enc.decode_user(ds, u)) for u in range(12)]
+    items = sorted({i for _, i, _ in history})[:5]
+    fresh = [Click(uid, it, 9e9) for uid, _ in online for it in items]
+    jobs, stores = [], []
+    backend = RayBackend(items_per_task=4)
+    for name, b in (("local", LocalBackend()), ("ray", backend)):
+        store = SQLiteSeedStore(tmp_path / f"{name}.sqlite3")
+        store.bulk_import(history)
+        for uid, feats in online:
+            store.put_user_features(uid, feats)
+        store.add_clicks(fresh)
+        cfg = ServeConfig(state_dir=tmp_path, min_seeds=3, fast_path=False, seed=3)
+        holder = IndexHolder(SeedIndex.empty(serving.k, serving.h))
+        jobs.append(Reclusterer(store, holder, serving, cfg, backend=b))
+        stores.append(store)
+    try:
+        r1, r2 = jobs[0].run_full(), jobs[1].run_full()
+        assert r1.n_seeds == r2.n_seeds == stores[1].n_seed_rows()  # online users embedded
+        assert backend.last_tasks > 1
+        _assert_same(jobs[0].holder.current(), jobs[1].holder.current())
+    finally:
+        for s in stores:
+            s.close()

@@ -340,6 +340,7 @@ class RayBackend:
     ) -> None:
         if items_per_task < 1:
             raise ValueError(f"items_per_task must be >= 1, got {items_per_task}")
+        _ray()  # fail at start-up, not at the first cycle, when Ray is not installed
         self.address = address
         self.items_per_task = int(items_per_task)
         self.max_retries = int(max_retries)

@@ -6,7 +6,11 @@ and calls stage 2's builder :func:`ralm.lookalike.index_builder.index_items` (wa
 from the current index by item id; the model's variant and k-means backend) over chunks
 of at most ``MAX_SEEDS_PER_GROUP`` seeds, then publishes the update as a new index version
 (:meth:`SeedIndex.updated`: changed chunks only). This module does I/O and scheduling only;
-the unit of work, ``index_items`` over a chunk of items, is a pure function.
+the unit of work, :func:`build_update` (``index_items`` over a chunk of items), is a pure
+function of the store's seeds, the model and the previous centroids. Where the full cycle
+runs it is a :class:`BuilderBackend`: :class:`LocalBackend` (this thread) or the Ray backend
+(:class:`ralm.distributed.ray_index.RayBackend`, one Ray task per chunk of items), chosen
+by ``ServeConfig.recluster_backend``; publishing is the same for both.
 
 The fast path (every few seconds) makes items that are not servable yet but have a
 handful of seeds servable at once: their most recent seeds become the centroids (stage 2's

@@ -31,7 +31,7 @@ from ralm.serve.config import ServeConfig
 from ralm.serve.index_holder import IndexHolder
 from ralm.serve.recluster import LocalBackend, Reclusterer
 from ralm.serve.runtime import ServingModel, TableEmbedder
-from ralm.serve.seed_store import Click
+from ralm.serve.seed_store import Click, SeedStore
 from ralm.serve.store import SQLiteSeedStore
 
 M, H, K = 12, 8, 3
@@ -66,10 +66,12 @@ def _world(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str, 
 
 
 def _job(
-    tmp: Path, name: str, model: LookalikeModel, backend: object, clicks: list
-) -> tuple[Reclusterer, SQLiteSeedStore]:
+    tmp: Path, name: str, model: LookalikeModel, backend: object, clicks: list,
+    store: SeedStore | None = None,
+) -> tuple[Reclusterer, SeedStore]:  # fmt: skip
+    """A re-clustering job over ``clicks`` (a new SQLite store unless ``store`` is given)."""
     user_ids, universal, _ = _world()
-    store = SQLiteSeedStore(tmp / f"{name}.sqlite3")
+    store = store or SQLiteSeedStore(tmp / f"{name}.sqlite3")
     store.bulk_import(clicks)
     serving = ServingModel(scorer=model, embedder=TableEmbedder(user_ids, universal))
     cfg = ServeConfig(state_dir=tmp, min_seeds=4, fast_path=False, seed=7)
@@ -275,3 +277,30 @@ def test_ray_cycle_on_a_real_run_with_online_users(
     finally:
         for s in stores:
             s.close()
+
+
+def test_ray_tasks_read_a_redis_store(ray_runtime: None, tmp_path: Path) -> None:
+    """With the Redis store every task opens the URL (and the key prefix) itself; the index
+    equals the local job's over a SQLite store holding the same clicks."""
+    import uuid
+
+    from ralm.serve.redis_store import RedisSeedStore
+    from serve.redis_fixture import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    _, _, clicks = _world(6)
+    model = _model()
+    try:
+        local, s1 = _job(tmp_path, "local", model, LocalBackend(), clicks)
+        backend = RayBackend(items_per_task=9)
+        store = RedisSeedStore(server.url, max_seeds=1000, prefix=f"t{uuid.uuid4().hex}:")
+        remote, _ = _job(tmp_path, "redis", model, backend, clicks, store=store)
+        local.run_full()
+        rep = remote.run_full()
+        assert rep.version == 1 and backend.last_tasks > 1
+        _assert_same(local.holder.current(), remote.holder.current())
+        assert not store.items(changed_only=True)
+        s1.close()
+        store.close()
+    finally:
+        server.stop()

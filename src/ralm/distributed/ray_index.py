@@ -64,7 +64,8 @@ from ralm.serve.recluster import (
     build_update,
     seed_groups,
 )
-from ralm.serve.seed_store import SeedStore, open_seed_store
+from ralm.serve.seed_store import SeedStore
+from ralm.serve.store import SQLiteSeedStore
 
 log = logging.getLogger(__name__)
 
@@ -208,25 +209,46 @@ def prev_rows(prev: SeedIndex | IndexUpdate | None, item_ids: Sequence[str]) -> 
     return IndexUpdate(item_ids=ids, **got)  # type: ignore[arg-type]
 
 
-def store_location(store: SeedStore) -> str:
-    """Where a task reopens the store: the Redis URL or the SQLite file (absolute)."""
-    url = getattr(store, "url", None)
-    if isinstance(url, str):
-        return url
-    path = getattr(store, "path", None)
-    if path is not None:
-        return str(Path(path).resolve())
-    raise ConfigError(
-        f"recluster backend 'ray': a {type(store).__name__} cannot be reopened by a Ray task "
-        "(use the SQLite store or a redis:// store)"
-    )
+@dataclass(frozen=True)
+class StoreLocation:
+    """How a task reopens the service's seed store.
+
+    Args:
+        kind: "sqlite" or "redis".
+        location: the SQLite file (absolute) or the Redis URL.
+        max_seeds: the store's N.
+        prefix: Redis key prefix.
+    """
+
+    kind: str
+    location: str
+    max_seeds: int
+    prefix: str = ""
+
+    @classmethod
+    def of(cls, store: SeedStore) -> StoreLocation:
+        url, path = getattr(store, "url", None), getattr(store, "path", None)
+        if isinstance(url, str):
+            return cls("redis", url, store.max_seeds, str(getattr(store, "prefix", "ralm:")))
+        if path is not None:
+            return cls("sqlite", str(Path(path).resolve()), store.max_seeds)
+        raise ConfigError(
+            f"recluster backend 'ray': a {type(store).__name__} cannot be reopened by a Ray "
+            "task (use the SQLite store or a redis:// store)"
+        )
+
+    def open(self) -> SeedStore:
+        if self.kind == "redis":
+            from ralm.serve.redis_store import RedisSeedStore
+
+            return RedisSeedStore(self.location, max_seeds=self.max_seeds, prefix=self.prefix)
+        return SQLiteSeedStore(self.location, max_seeds=self.max_seeds)
 
 
 # ---- the task bodies (plain functions; wrapped with ray.remote on first use) -------------
 def _serve_chunk(
     shared: list[Any],
-    location: str,
-    max_seeds: int,
+    location: StoreLocation,
     item_ids: list[str],
     prev: IndexUpdate | None,
     seed: int,
@@ -240,7 +262,7 @@ def _serve_chunk(
     _fault(fault, key)
     model, embedder = _fetch(shared[0]), _fetch(shared[1])
     torch.set_num_threads(1)
-    store = open_seed_store(location, max_seeds=max_seeds)
+    store = location.open()
     try:
         job = BuildJob(store, embedder, model, item_ids, [0] * len(item_ids), prev, seed,
                        min_seeds, limit)  # fmt: skip
@@ -373,14 +395,14 @@ class RayBackend:
         if not ids:
             return build_update(job)  # an empty update of the right shapes
         refs = self._refs(job)
-        location = store_location(job.store)
+        location = StoreLocation.of(job.store)
         chunks = item_chunks(
             job.n_seeds, self.items_per_task, job.store.max_seeds, MAX_SEEDS_PER_GROUP
         )
         fault, token, when = os.environ.get(RAY_FAULT_ENV), uuid.uuid4().hex, time.time()
         task = _task("serve").options(**_options(self.max_retries))
         pending = [
-            task.remote(refs, location, job.store.max_seeds, ids[c], prev_rows(job.prev, ids[c]),
+            task.remote(refs, location, ids[c], prev_rows(job.prev, ids[c]),
                         job.seed, job.min_seeds, job.limit, when, fault, f"{token}-{n}")
             for n, c in enumerate(chunks)
         ]  # fmt: skip

@@ -304,3 +304,50 @@ def test_ray_tasks_read_a_redis_store(ray_runtime: None, tmp_path: Path) -> None
         store.close()
     finally:
         server.stop()
+
+
+def test_service_configured_for_ray(ray_runtime: None, tmp_path: Path) -> None:
+    """``ServeConfig(recluster_backend="ray")``: the service's job runs its full cycles as
+    Ray tasks and serves what they built (the planted groups' items rank first)."""
+    from ralm.serve.service import RalmService
+    from serve.conftest import background_clicks
+    from serve.planted import planted_model
+
+    cfg = ServeConfig(
+        state_dir=tmp_path / "state", recluster_every_s=3600, min_seeds=5,
+        recluster_backend="ray", ray_items_per_task=4,
+    )  # fmt: skip
+    svc = RalmService(planted_model(), cfg)
+    try:
+        svc.add_clicks(background_clicks())
+        svc.start()  # an empty index: one full cycle before serving
+        backend = svc.reclusterer.backend
+        assert isinstance(backend, RayBackend) and backend.last_tasks == 4  # 15 items
+        snap = svc.holder.current()
+        assert snap.n_items == snap.n_servable == 15
+        res = svc.recommend(features={"group": "g1"}, n=5)
+        assert all(it.item_id.startswith("item-g1-") for it in res.items)
+    finally:
+        svc.close()
+    assert ray.is_initialized()  # the backend did not start Ray, so it leaves it running
+
+
+def test_a_hanging_cycle_times_out(
+    ray_runtime: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``timeout_s``: tasks that hang are cancelled, the cycle fails, nothing is published."""
+    from ralm.distributed.ray_index import RayTaskFailed
+
+    _, _, clicks = _world()
+    backend = RayBackend(items_per_task=20, max_retries=0, timeout_s=1.0)
+    job, store = _job(tmp_path, "ray", _model(), backend, clicks)
+    monkeypatch.setenv(RAY_FAULT_ENV, "sleep:15")
+    try:
+        before = job.holder.current()
+        t0 = time.monotonic()
+        with pytest.raises(RayTaskFailed, match="GetTimeoutError"):
+            job.run_full()
+        assert time.monotonic() - t0 < 10
+        assert job.holder.current() is before and len(store.items(changed_only=True)) > 0
+    finally:
+        store.close()

@@ -33,7 +33,8 @@ the local backend's grouping does); use faiss when results must not depend on th
 
 Test hook: ``RALM_RAY_FAULT`` in the driver's environment makes tasks fail: ``once:DIR``
 raises in the first attempt of every chunk (markers in DIR), ``crash-once:DIR`` kills the
-worker process in the first attempt, ``always`` raises in every attempt.
+worker process in the first attempt, ``always`` raises in every attempt, ``sleep:SECONDS``
+makes every task hang that long.
 """
 
 from __future__ import annotations
@@ -158,8 +159,11 @@ def _fault(fault: str | None, key: str) -> None:
     if fault == "always":
         raise InjectedFault(f"injected failure of task {key}")
     mode, _, folder = fault.partition(":")
+    if mode == "sleep":  # a task that hangs (the cycle's timeout must end it)
+        time.sleep(float(folder))
+        return
     if mode not in ("once", "crash-once") or not folder:
-        raise ValueError(f"{RAY_FAULT_ENV}: expected always, once:DIR or crash-once:DIR")
+        raise ValueError(f"{RAY_FAULT_ENV}: expected always, once:DIR, crash-once:DIR or sleep:S")
     try:  # the first attempt of this task creates the marker and fails
         fd = os.open(Path(folder) / f"{key}.failed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:

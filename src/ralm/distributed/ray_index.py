@@ -138,12 +138,16 @@ _cache: OrderedDict[str, Any] = OrderedDict()  # per worker process: object id -
 
 
 def _fetch(ref: Any) -> Any:
-    """``ray.get(ref)`` once per worker process (models are also built once)."""
+    """``ray.get(ref)``; objects that cost work to rebuild (the model, the embedder, an
+    index) are kept per worker process, keyed by the object id. Arrays are not kept: they
+    are read zero-copy from the object store on every call, so nothing stays pinned."""
     key = ref.hex()
     if key in _cache:
         _cache.move_to_end(key)
         return _cache[key]
     value = _ray().get(ref)
+    if isinstance(value, np.ndarray):
+        return value
     if isinstance(value, ModelSpec):
         value = value.build()
     _cache[key] = value

@@ -252,8 +252,13 @@ def cluster_for_model(
     init: SeedIndex | SeedClusters | np.ndarray | None = None,
     seed: int = 0,
     progress: bool = False,
+    item_seeds: np.ndarray | None = None,
 ) -> SeedClusters:
-    """Cluster transformed seeds the way ``model`` expects (positional warm start)."""
+    """Cluster transformed seeds the way ``model`` expects (positional warm start).
+
+    ``item_seeds`` (I,) replaces the faiss backend's per-item k-means seeds ``seed + i``
+    (a chunk of items ``lo:hi`` passes ``seed + lo + arange(I)`` to cluster as in one call).
+    """
     kk = model.config.k if k is None else k
     if isinstance(init, SeedIndex):
         init_c, init_m = (init.centroids, init.mask) if init.k == kk else (None, None)
@@ -261,7 +266,7 @@ def cluster_for_model(
             log.warning("warm start ignored: previous index has k=%d, asked k=%d", init.k, kk)
     else:
         init_c, init_m = _warm_start(init, np.zeros(0, dtype=str), kk, model.config.h)
-    return _cluster(model, seed_emb, item_offsets, kk, init_c, init_m, seed, None, progress)
+    return _cluster(model, seed_emb, item_offsets, kk, init_c, init_m, seed, item_seeds, progress)
 
 
 def index_from_clusters(

@@ -41,6 +41,13 @@ class ServeConfig(BaseModel):
         torch_threads: intra-op threads for scoring (None = torch default).
         seed: seed of the k-means runs.
         score_dtype: precision of the scorer's centroid table, float32 or bfloat16.
+        recluster_backend: where the full re-clustering cycle runs: "local" (this
+            process) or "ray" (one Ray task per chunk of items; ``pip install ralm[ray]``).
+        ray_address: Ray cluster to join ("auto", "ray://host:10001", ...); None starts a
+            local Ray runtime on first use.
+        ray_items_per_task: items per Ray task.
+        ray_max_retries: retries of a failed Ray task before the cycle fails.
+        ray_timeout_s: a Ray cycle taking longer fails (None = no limit).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -94,4 +101,15 @@ class ServeConfig(BaseModel):
         default="float32",
         description="Centroid table precision for scoring (bfloat16: half the memory "
         "traffic; accuracy in docs/LOOKALIKE.md).",
+    )
+    recluster_backend: Literal["local", "ray"] = Field(
+        default="local", description="Full re-cluster cycle: local process or Ray tasks."
+    )
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster address (None: start a local Ray runtime)."
+    )
+    ray_items_per_task: int = Field(default=2048, ge=1, description="Items per Ray task.")
+    ray_max_retries: int = Field(default=2, ge=0, description="Retries of a failed Ray task.")
+    ray_timeout_s: float | None = Field(
+        default=None, gt=0, description="A Ray re-cluster cycle taking longer fails."
     )

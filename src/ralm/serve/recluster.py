@@ -6,7 +6,11 @@ and calls stage 2's builder :func:`ralm.lookalike.index_builder.index_items` (wa
 from the current index by item id; the model's variant and k-means backend) over chunks
 of at most ``MAX_SEEDS_PER_GROUP`` seeds, then publishes the update as a new index version
 (:meth:`SeedIndex.updated`: changed chunks only). This module does I/O and scheduling only;
-the unit of work, ``index_items`` over a chunk of items, is a pure function.
+the unit of work, :func:`build_update` (``index_items`` over a chunk of items), is a pure
+function of the store's seeds, the model and the previous centroids. Where the full cycle
+runs it is a :class:`BuilderBackend`: :class:`LocalBackend` (this thread) or the Ray backend
+(:class:`ralm.distributed.ray_index.RayBackend`, one Ray task per chunk of items), chosen
+by ``ServeConfig.recluster_backend``; publishing is the same for both.
 
 The fast path (every few seconds) makes items that are not servable yet but have a
 handful of seeds servable at once: their most recent seeds become the centroids (stage 2's
@@ -23,17 +27,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
 from ralm.common.progress import progress_enabled
 from ralm.lookalike.index_builder import index_items
+from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.seed_index import IndexUpdate, SeedIndex
 from ralm.serve.config import ServeConfig
 from ralm.serve.index_holder import IndexHolder
 from ralm.serve.metrics import ServiceMetrics
-from ralm.serve.runtime import ServingModel
+from ralm.serve.runtime import ServingModel, UserEmbedder
 from ralm.serve.seed_store import ItemState, SeedStore
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,165 @@ def min_servable_seeds(config: ServeConfig) -> int:
     if config.fast_path:
         return min(config.min_seeds, config.fast_path_min_seeds)
     return config.min_seeds
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """The items of one full (or fast) cycle and everything their update depends on.
+
+    Args:
+        store: the seed store the seeds are read from (by item id).
+        embedder: seed users -> universal embeddings.
+        scorer: the stage-2 model (transform, clustering settings, global attention).
+        item_ids: items to (re-)cluster, in order.
+        n_seeds: stored seeds of each item (to size groups; the store is re-read).
+        prev: the index to warm-start from by item id (None = cold).
+        seed: k-means seed.
+        min_seeds: embeddable seeds an item needs to be servable.
+        limit: most recent seeds used per item (None = all stored).
+    """
+
+    store: SeedStore
+    embedder: UserEmbedder
+    scorer: LookalikeModel
+    item_ids: Sequence[str]
+    n_seeds: Sequence[int]
+    prev: SeedIndex | IndexUpdate | None
+    seed: int
+    min_seeds: int
+    limit: int | None = None
+
+
+class BuilderBackend(Protocol):
+    """Where the full cycle's unit of work runs (this process, or Ray tasks)."""
+
+    name: str
+
+    def build(self, job: BuildJob) -> tuple[IndexUpdate, int]:
+        """The update of ``job.item_ids`` (in that order) and the number of seeds embedded."""
+        ...
+
+    def close(self) -> None:
+        """Release what the backend holds (called when the job stops)."""
+        ...
+
+
+def read_item_seeds(
+    store: SeedStore, item_ids: Sequence[str], limit: int | None
+) -> list[list[str]]:
+    """Every item's seeds, most recent first, with ONE batch read of the store."""
+    many = getattr(store, "seeds_many", None)
+    if many is not None:
+        got = many(list(item_ids), limit)
+        return [list(got.get(i, [])) for i in item_ids]
+    return [store.seeds(i, limit) for i in item_ids]  # a store without batch reads
+
+
+def embed_item_seeds(
+    store: SeedStore, embedder: UserEmbedder, seed_lists: Sequence[list[str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Universal embeddings of every item's embeddable seeds: (S, m) and offsets (I+1,).
+
+    Known users come from the embedding table; users first seen online from their stored
+    raw features; seeds with neither are skipped (they cannot be embedded).
+    """
+    flat = [u for seeds in seed_lists for u in seeds]
+    owner = np.repeat(np.arange(len(seed_lists)), [len(s) for s in seed_lists])
+    uni, found = embedder.lookup(flat)  # (S, m), (S,)
+    missing = [flat[i] for i in np.flatnonzero(~found)]
+    if missing:
+        feats = store.user_features(sorted(set(missing)))
+        if feats:
+            idx = [i for i in np.flatnonzero(~found) if flat[i] in feats]
+            try:
+                uni[idx] = embedder.embed_features([feats[flat[i]] for i in idx])
+                found[idx] = True
+            except Exception:  # stored features that no longer encode: skip those seeds
+                log.exception("could not embed %d online users' features", len(idx))
+    keep = np.flatnonzero(found)
+    counts = np.bincount(owner[keep], minlength=len(seed_lists))
+    offsets = np.zeros(len(seed_lists) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return np.ascontiguousarray(uni[keep], dtype=np.float32), offsets
+
+
+def build_update(job: BuildJob, clustered_at: float | None = None) -> tuple[IndexUpdate, int]:
+    """THE unit of work of a cycle: read ``job``'s seeds (one batch call), embed them, and
+    run stage 2's builder :func:`index_items` over them. Every backend runs this function
+    (in this process, or inside a Ray task over a chunk of the items).
+
+    Args:
+        job: the items and their dependencies.
+        clustered_at: time stamp of the rows (default: now).
+    """
+    ids = list(job.item_ids)
+    uni, offsets = embed_item_seeds(
+        job.store, job.embedder, read_item_seeds(job.store, ids, job.limit)
+    )  # (S, m), (I + 1,)
+    upd = index_items(
+        job.scorer,
+        uni,
+        (offsets, np.arange(uni.shape[0], dtype=np.int64)),
+        prev=job.prev,
+        item_ids=ids,
+        seed=job.seed,
+        min_seeds=job.min_seeds,
+        clustered_at=clustered_at,
+        progress=len(ids) >= 1000 and progress_enabled(),
+    )
+    return upd, int(uni.shape[0])
+
+
+def seed_groups(n_seeds: Sequence[int], max_seeds: int, cap: int) -> list[slice]:
+    """Consecutive groups of items holding about ``cap`` seeds each (the last may be short).
+
+    Args:
+        n_seeds: stored seeds of each item.
+        max_seeds: the store's N (an item never yields more).
+        cap: seeds per group.
+    """
+    out, lo, size = [], 0, 0
+    for i, n in enumerate(n_seeds):
+        size += min(int(n), max_seeds)
+        if size >= cap:
+            out.append(slice(lo, i + 1))
+            lo, size = i + 1, 0
+    if lo < len(n_seeds):
+        out.append(slice(lo, len(n_seeds)))
+    return out
+
+
+class LocalBackend:
+    """The single-process backend: groups of at most ``MAX_SEEDS_PER_GROUP`` seeds, one
+    :func:`build_update` call each, in this thread."""
+
+    name = "local"
+
+    def build(self, job: BuildJob) -> tuple[IndexUpdate, int]:
+        upds, total = [], 0
+        for g in seed_groups(job.n_seeds, job.store.max_seeds, MAX_SEEDS_PER_GROUP):
+            part = replace(job, item_ids=job.item_ids[g], n_seeds=job.n_seeds[g])
+            u, n = build_update(part)
+            upds.append(u)
+            total += n
+        return IndexUpdate.concat(upds), total
+
+    def close(self) -> None:
+        return None
+
+
+def make_backend(config: ServeConfig) -> BuilderBackend:
+    """The backend ``config.recluster_backend`` names ("local" or "ray")."""
+    if config.recluster_backend == "ray":
+        from ralm.distributed.ray_index import RayBackend
+
+        return RayBackend(
+            address=config.ray_address,
+            items_per_task=config.ray_items_per_task,
+            max_retries=config.ray_max_retries,
+            timeout_s=config.ray_timeout_s,
+        )
+    return LocalBackend()
 
 
 @dataclass
@@ -78,6 +243,9 @@ class Reclusterer:
         config: service config (periods, thresholds, N, seed).
         metrics: metrics sink.
         on_publish: called with ``(snapshot, kind)`` after each publication (persistence).
+        backend: runs the full cycle's unit of work (default: from
+            ``config.recluster_backend``: :class:`LocalBackend` or the Ray backend of
+            :mod:`ralm.distributed.ray_index`). The fast path always runs in this process.
     """
 
     def __init__(
@@ -88,7 +256,9 @@ class Reclusterer:
         config: ServeConfig,
         metrics: ServiceMetrics | None = None,
         on_publish: Callable[[SeedIndex, str], None] | None = None,
+        backend: BuilderBackend | None = None,
     ) -> None:
+        self.backend: BuilderBackend = backend or make_backend(config)
         self.store = store
         self.holder = holder
         self.model = model
@@ -101,57 +271,27 @@ class Reclusterer:
         self.last_full: CycleReport | None = None
         self.last_error: str | None = None
 
-    # ---- reading and embedding seeds (I/O) ----------------------------------------------
-    def _read_seeds(self, item_ids: Sequence[str], limit: int | None) -> list[list[str]]:
-        """Every item's seeds, most recent first, with ONE batch read of the store."""
-        many = getattr(self.store, "seeds_many", None)
-        if many is not None:
-            got = many(list(item_ids), limit)
-            return [list(got.get(i, [])) for i in item_ids]
-        return [self.store.seeds(i, limit) for i in item_ids]  # a store without batch reads
-
-    def _universal_seeds(self, seed_lists: Sequence[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """Universal embeddings of every item's embeddable seeds: (S, m) and offsets (I+1,).
-
-        Known users come from the embedding table; users first seen online from their stored
-        raw features; seeds with neither are skipped (they cannot be embedded).
-        """
-        flat = [u for seeds in seed_lists for u in seeds]
-        owner = np.repeat(np.arange(len(seed_lists)), [len(s) for s in seed_lists])
-        uni, found = self.model.embedder.lookup(flat)  # (S, m), (S,)
-        missing = [flat[i] for i in np.flatnonzero(~found)]
-        if missing:
-            feats = self.store.user_features(sorted(set(missing)))
-            if feats:
-                idx = [i for i in np.flatnonzero(~found) if flat[i] in feats]
-                try:
-                    uni[idx] = self.model.embedder.embed_features([feats[flat[i]] for i in idx])
-                    found[idx] = True
-                except Exception:  # stored features that no longer encode: skip those seeds
-                    log.exception("could not embed %d online users' features", len(idx))
-        keep = np.flatnonzero(found)
-        counts = np.bincount(owner[keep], minlength=len(seed_lists))
-        offsets = np.zeros(len(seed_lists) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        return np.ascontiguousarray(uni[keep], dtype=np.float32), offsets
-
+    # ---- building (the backend runs the unit of work) -----------------------------------
     def _update(
         self, snap: SeedIndex, items: Sequence[ItemState], seed_limit: int | None, warm: bool
     ) -> tuple[IndexUpdate, int]:
-        """Stage 2's builder over ``items`` (their most recent ``seed_limit`` seeds)."""
-        ids = [it.item_id for it in items]
-        uni, offsets = self._universal_seeds(self._read_seeds(ids, seed_limit))  # (S, m)
-        upd = index_items(
-            self.model.scorer,
-            uni,
-            (offsets, np.arange(uni.shape[0], dtype=np.int64)),
+        """Stage 2's builder over ``items`` in this process (the fast path)."""
+        return build_update(self._job(snap, items, seed_limit, warm))
+
+    def _job(
+        self, snap: SeedIndex, items: Sequence[ItemState], seed_limit: int | None, warm: bool
+    ) -> BuildJob:
+        return BuildJob(
+            store=self.store,
+            embedder=self.model.embedder,
+            scorer=self.model.scorer,
+            item_ids=[it.item_id for it in items],
+            n_seeds=[it.n_seeds for it in items],
             prev=snap if warm else None,
-            item_ids=ids,
             seed=self.config.seed,
             min_seeds=min_servable_seeds(self.config),
-            progress=len(items) >= 1000 and progress_enabled(),
+            limit=seed_limit,
         )
-        return upd, int(uni.shape[0])
 
     def _publish(self, upd: IndexUpdate, kind: str) -> SeedIndex:
         new = self.holder.current().updated(upd)
@@ -168,20 +308,9 @@ class Reclusterer:
             changed = self.store.items(changed_only=True)
             if not changed:
                 return CycleReport("full", 0, 0, time.perf_counter() - t0, None)
-            upds: list[IndexUpdate] = []
-            n_seeds, group, size = 0, [], 0
-            for it in changed:
-                group.append(it)
-                size += min(it.n_seeds, self.store.max_seeds)
-                if size >= MAX_SEEDS_PER_GROUP:
-                    u, n = self._update(self.holder.current(), group, None, warm=True)
-                    upds.append(u)
-                    n_seeds, group, size = n_seeds + n, [], 0
-            if group:
-                u, n = self._update(self.holder.current(), group, None, warm=True)
-                upds.append(u)
-                n_seeds += n
-            new = self._publish(IndexUpdate.concat(upds), "full")
+            # the backend may raise: nothing is published and no item is marked clustered
+            upd, n_seeds = self.backend.build(self._job(self.holder.current(), changed, None, True))
+            new = self._publish(upd, "full")
             self.store.mark_clustered({it.item_id: it.changed_seq for it in changed})
             rep = CycleReport("full", len(changed), n_seeds, time.perf_counter() - t0, new.version)
             self._record(rep)
@@ -236,6 +365,7 @@ class Reclusterer:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self.backend.close()
 
     def _loop(self) -> None:
         cfg = self.config

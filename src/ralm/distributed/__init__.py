@@ -1,0 +1,1 @@
+"""Scale-out on existing engines (Ray re-clustering: :mod:`ralm.distributed.ray_index`)."""

@@ -1,0 +1,5 @@
+"""Fixtures shared with the serving tests (a small real training run)."""
+
+from serve.conftest import trained_run
+
+__all__ = ["trained_run"]

@@ -10,7 +10,8 @@ the unit of work, :func:`build_update` (``index_items`` over a chunk of items), 
 function of the store's seeds, the model and the previous centroids. Where the full cycle
 runs it is a :class:`BuilderBackend`: :class:`LocalBackend` (this thread) or the Ray backend
 (:class:`ralm.distributed.ray_index.RayBackend`, one Ray task per chunk of items), chosen
-by ``ServeConfig.recluster_backend``; publishing is the same for both.
+by ``ServeConfig.recluster_backend`` (:func:`ralm.serve.backends.make_backend`);
+publishing is the same for both.
 
 The fast path (every few seconds) makes items that are not servable yet but have a
 handful of seeds servable at once: their most recent seeds become the centroids (stage 2's
@@ -200,20 +201,6 @@ class LocalBackend:
         return None
 
 
-def make_backend(config: ServeConfig) -> BuilderBackend:
-    """The backend ``config.recluster_backend`` names ("local" or "ray")."""
-    if config.recluster_backend == "ray":
-        from ralm.distributed.ray_index import RayBackend
-
-        return RayBackend(
-            address=config.ray_address,
-            items_per_task=config.ray_items_per_task,
-            max_retries=config.ray_max_retries,
-            timeout_s=config.ray_timeout_s,
-        )
-    return LocalBackend()
-
-
 @dataclass
 class CycleReport:
     """Outcome of one cycle.
@@ -258,7 +245,7 @@ class Reclusterer:
         on_publish: Callable[[SeedIndex, str], None] | None = None,
         backend: BuilderBackend | None = None,
     ) -> None:
-        self.backend: BuilderBackend = backend or make_backend(config)
+        self.backend: BuilderBackend = backend or LocalBackend()
         self.store = store
         self.holder = holder
         self.model = model

@@ -24,6 +24,7 @@ import torch
 from ralm.errors import CheckpointError, RalmError
 from ralm.lookalike.seed_index import IndexChunk, SeedIndex
 from ralm.serve import store as sqlite_store
+from ralm.serve.backends import make_backend
 from ralm.serve.batcher import MicroBatcher
 from ralm.serve.config import ServeConfig
 from ralm.serve.index_holder import IndexHolder
@@ -101,7 +102,13 @@ class RalmService:
         self.holder = IndexHolder(initial)
         self._set_index_gauges(self.holder.current())
         self.reclusterer = Reclusterer(
-            self.store, self.holder, model, config, self.metrics, on_publish=self._on_publish
+            self.store,
+            self.holder,
+            model,
+            config,
+            self.metrics,
+            on_publish=self._on_publish,
+            backend=make_backend(config),
         )
         self.batcher: MicroBatcher[ScoreRequest, RecommendResult] = MicroBatcher(
             self._score_batch, config.max_batch, config.batch_window_ms, on_batch=self._on_batch

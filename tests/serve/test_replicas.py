@@ -189,6 +189,29 @@ def test_an_unloadable_version_keeps_the_last_good_one_and_is_redone(
         a.close()
 
 
+def test_the_fast_path_goes_through_the_leader_too(tmp_path: Path, redis_url: str) -> None:
+    state = tmp_path / "shared"
+    a = _replica(state, redis_url, leader_ttl_s=60.0, fast_path_min_seeds=3)
+    b = _replica(state, redis_url, leader_ttl_s=60.0, fast_path_min_seeds=3)
+    try:
+        assert _rep(a).lock.try_acquire()
+        a.add_clicks([Click(u, "quick", time.time()) for u in group_users(0, 3)])
+        assert b.reclusterer.run_fast().skipped == "follower"
+        rep = a.reclusterer.run_fast()
+        assert rep.n_items == 1 and rep.version is not None
+        pv = _rep(b).published()
+        assert pv is not None and pv.version == rep.version
+        assert (state / pv.location / "meta.json").is_file()  # a fast version is a folder too
+        assert _rep(b).take() and b.item_info("quick")["servable"]
+        assert b.item_info("quick")["pending_recluster"]  # the next full cycle redoes it
+        key = _rep(a).lock.key
+        a.close()  # a clean stop hands the lock over at once
+        assert _rep(b).client.get(key) is None and _rep(b).lock.try_acquire()
+    finally:
+        b.close()
+        a.close()
+
+
 def test_the_default_store_is_still_sqlite_in_the_state_folder(tmp_path: Path) -> None:
     svc = make_service(tmp_path / "state")
     try:
@@ -295,6 +318,11 @@ def test_two_replica_processes_share_clicks_versions_and_leadership(
         _post_clicks(b, [{"user_id": u, "item_id": "after-failover"} for u in more])
         _until(lambda: _servable(b, "after-failover"), 30, "after-failover servable")
         assert _health(b)["index_version"] > v
+        # the killed replica comes back as a follower serving the published version
+        a = ServerProcess(run, data, state, *flags)
+        ha = a.wait_ready()
+        assert ha["role"] == "follower" and ha["index_version"] >= v + 1
+        _until(lambda: _servable(a, "after-failover"), 30, "after-failover servable on a")
         print(f"click to servable on the other replica {click_to_servable:.2f}s; "
               f"failover {failover:.2f}s (TTL {TTL}s)")  # fmt: skip
     finally:

@@ -41,6 +41,8 @@ SERVE = Section(
         "recluster_every_s": ("--recluster-every",),
         "max_seeds_per_item": ("--max-seeds",),
         "torch_threads": ("--threads",),
+        "leader_ttl_s": ("--leader-ttl",),
+        "version_poll_s": ("--version-poll",),
     },
     computed=frozenset({"state_dir"}),
     help={"state_dir": "Seed store + published indexes [default: RUN/serve]"},
@@ -72,7 +74,8 @@ def serve(
         )
     model = load_serving_model(run, data)
     service = RalmService(model, cfg)
-    typer.echo(f"serving {run} on http://{listen.host}:{listen.port} (docs: /docs)")
+    where = f"store {cfg.store}, one replica of several" if cfg.replicated else "one process"
+    typer.echo(f"serving {run} on http://{listen.host}:{listen.port} ({where}; docs: /docs)")
     run_server(service, host=listen.host, port=listen.port)
 
 

@@ -48,6 +48,13 @@ class ServeConfig(BaseModel):
         ray_items_per_task: items per Ray task.
         ray_max_retries: retries of a failed Ray task before the cycle fails.
         ray_timeout_s: a Ray cycle taking longer fails (None = no limit).
+        store: the seed store: ``redis://host:port/db`` (shared by several replicas, which
+            then elect one re-clustering leader and follow the index versions it
+            publishes) or a SQLite file; None = ``state_dir/seeds.sqlite3`` (one process).
+        leader_ttl_s: replicas only: lease of the re-clustering leader lock; a dead
+            leader is replaced after about this long.
+        version_poll_s: replicas only: seconds between polls of the published version
+            pointer (a publish also wakes followers at once through Redis pub/sub).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -113,3 +120,22 @@ class ServeConfig(BaseModel):
     ray_timeout_s: float | None = Field(
         default=None, gt=0, description="A Ray re-cluster cycle taking longer fails."
     )
+    store: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Seed store: redis://host:port/db (replicas) or a SQLite file "
+        "[default: STATE_DIR/seeds.sqlite3].",
+    )
+    leader_ttl_s: float = Field(
+        default=10.0, ge=0.05, le=3600, description="Replicas: leader lock lease (s)."
+    )
+    version_poll_s: float = Field(
+        default=1.0, gt=0, le=3600, description="Replicas: version pointer poll period (s)."
+    )
+
+    @property
+    def replicated(self) -> bool:
+        """True when the store is Redis: several replicas share it and its version pointer."""
+        return self.store is not None and self.store.startswith(
+            ("redis://", "rediss://", "unix://")
+        )

@@ -211,6 +211,8 @@ class CycleReport:
         n_seeds: seeds embedded.
         seconds: wall time.
         version: index version published (None if nothing changed).
+        skipped: why nothing was published although there may have been work: "follower"
+            (another replica re-clusters) or "refused" (the leader lost its lock).
     """
 
     kind: str
@@ -218,6 +220,7 @@ class CycleReport:
     n_seeds: int
     seconds: float
     version: int | None
+    skipped: str | None = None
 
 
 class Reclusterer:
@@ -233,6 +236,13 @@ class Reclusterer:
         backend: runs the full cycle's unit of work (default: from
             ``config.recluster_backend``: :class:`LocalBackend` or the Ray backend of
             :mod:`ralm.distributed.ray_index`). The fast path always runs in this process.
+        leads: replicas: whether this process may re-cluster now (the leader); None = always.
+        before_cycle: replicas: called first in every cycle this process runs (the leader
+            takes the newest published version, so it builds on what the others serve).
+        commit: replicas: ``(snapshot, kind, base version) -> published snapshot or None``;
+            persists and publishes the new version to the other replicas and serves it
+            (instead of publishing into the holder here); None means refused (leadership
+            lost): nothing is served and no item is marked clustered.
     """
 
     def __init__(
@@ -244,6 +254,9 @@ class Reclusterer:
         metrics: ServiceMetrics | None = None,
         on_publish: Callable[[SeedIndex, str], None] | None = None,
         backend: BuilderBackend | None = None,
+        leads: Callable[[], bool] | None = None,
+        before_cycle: Callable[[], None] | None = None,
+        commit: Callable[[SeedIndex, str, int], SeedIndex | None] | None = None,
     ) -> None:
         self.backend: BuilderBackend = backend or LocalBackend()
         self.store = store
@@ -252,6 +265,9 @@ class Reclusterer:
         self.config = config
         self.metrics = metrics or ServiceMetrics()
         self.on_publish = on_publish
+        self.leads = leads
+        self.before_cycle = before_cycle
+        self.commit = commit
         self._cycle_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -280,24 +296,48 @@ class Reclusterer:
             limit=seed_limit,
         )
 
-    def _publish(self, upd: IndexUpdate, kind: str) -> SeedIndex:
-        new = self.holder.current().updated(upd)
-        self.holder.publish(new)
+    def _publish(self, upd: IndexUpdate, kind: str, base: SeedIndex) -> SeedIndex | None:
+        new = base.updated(upd)
+        if self.commit is not None:
+            got = self.commit(new, kind, base.version)
+            if got is None:
+                return None
+            new = got
+        else:
+            self.holder.publish(new)
         if self.on_publish is not None:
             self.on_publish(new, kind)
         return new
 
     # ---- cycles --------------------------------------------------------------------------
+    def _skip(self, kind: str, t0: float) -> CycleReport | None:
+        """A report when this process must not re-cluster now (a follower), else None."""
+        if self.leads is not None and not self.leads():
+            return CycleReport(kind, 0, 0, time.perf_counter() - t0, None, skipped="follower")
+        if self.before_cycle is not None:
+            self.before_cycle()
+        return None
+
     def run_full(self) -> CycleReport:
-        """Re-cluster every changed item (warm start) and publish one new version."""
+        """Re-cluster every changed item (warm start) and publish one new version.
+
+        A follower replica does nothing (the report says ``skipped="follower"``); a leader
+        whose publish is refused (it lost the lock) marks nothing (``skipped="refused"``).
+        """
         with self._cycle_lock:
             t0 = time.perf_counter()
+            if (skip := self._skip("full", t0)) is not None:
+                return skip
+            base = self.holder.current()
             changed = self.store.items(changed_only=True)
             if not changed:
                 return CycleReport("full", 0, 0, time.perf_counter() - t0, None)
             # the backend may raise: nothing is published and no item is marked clustered
-            upd, n_seeds = self.backend.build(self._job(self.holder.current(), changed, None, True))
-            new = self._publish(upd, "full")
+            upd, n_seeds = self.backend.build(self._job(base, changed, None, True))
+            new = self._publish(upd, "full", base)
+            if new is None:
+                secs = time.perf_counter() - t0
+                return CycleReport("full", 0, n_seeds, secs, None, skipped="refused")
             self.store.mark_clustered({it.item_id: it.changed_seq for it in changed})
             rep = CycleReport("full", len(changed), n_seeds, time.perf_counter() - t0, new.version)
             self._record(rep)
@@ -308,6 +348,8 @@ class Reclusterer:
         """Serve not-yet-servable items that reached ``fast_path_min_seeds`` seeds."""
         with self._cycle_lock:
             t0 = time.perf_counter()
+            if (skip := self._skip("fast", t0)) is not None:
+                return skip
             snap = self.holder.current()
             need = self.config.fast_path_min_seeds
             todo = []
@@ -320,7 +362,10 @@ class Reclusterer:
             if not todo:
                 return CycleReport("fast", 0, 0, time.perf_counter() - t0, None)
             upd, n = self._update(snap, todo, self.model.k, warm=False)
-            new = self._publish(upd, "fast")
+            new = self._publish(upd, "fast", snap)
+            if new is None:
+                secs = time.perf_counter() - t0
+                return CycleReport("fast", 0, n, secs, None, skipped="refused")
             rep = CycleReport("fast", len(todo), n, time.perf_counter() - t0, new.version)
             self._record(rep)
             return rep

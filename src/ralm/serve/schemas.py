@@ -96,7 +96,14 @@ class HealthOut(BaseModel):
     """GET /healthz."""
 
     status: str = Field(description="ok, or degraded after a failed re-clustering cycle.")
-    index_version: int
+    role: str = Field(
+        description="leader (this process re-clusters) or follower (a replica serving the "
+        "versions the leader publishes)."
+    )
+    index_version: int = Field(description="The index version this process serves.")
+    published_version: int | None = Field(
+        description="Replicas: the version the shared pointer names (None: one process)."
+    )
     items: int
     servable_items: int
     last_full_recluster_s: float | None

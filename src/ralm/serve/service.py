@@ -30,6 +30,7 @@ from ralm.serve.config import ServeConfig
 from ralm.serve.index_holder import IndexHolder
 from ralm.serve.metrics import ServiceMetrics
 from ralm.serve.recluster import Reclusterer, min_servable_seeds
+from ralm.serve.replication import Replication
 from ralm.serve.runtime import ServingModel
 from ralm.serve.scoring import RecommendResult, ScoreRequest, score_batch
 from ralm.serve.seed_store import Click, SeedStore
@@ -40,14 +41,14 @@ from ralm.serve.snapshot_io import (
     prune_versions,
     save_snapshot,
 )
+from ralm.serve.stores import open_seed_store
 
 log = logging.getLogger(__name__)
 
 
-def _open_sqlite_store(path: Path, config: ServeConfig) -> SeedStore:
-    """The default store: SQLite in the state folder."""
-    cls = getattr(sqlite_store, "SQLiteSeedStore", sqlite_store.SeedStore)
-    return cast(SeedStore, cls(path, config.max_seeds_per_item, config.synchronous))
+def _open_store(default: Path, config: ServeConfig) -> SeedStore:
+    """``config.store`` (Redis URL or SQLite file), else SQLite in the state folder."""
+    return open_seed_store(config.store or default, config.max_seeds_per_item, config.synchronous)
 
 
 def _n_seeds(snap: SeedIndex, row: int) -> int:
@@ -66,10 +67,15 @@ class UnknownItemError(RalmError):
 class RalmService:
     """Seed store + index holder + micro-batcher + re-clustering job.
 
+    With a Redis store (``config.store = "redis://..."``) the service is one of several
+    replicas (:mod:`ralm.serve.replication`): all share the store and the state folder's
+    published versions, one leader re-clusters and publishes, the others follow.
+
     Args:
         model: the stage-1/2 runtime to serve.
         config: service settings.
-        store: an open seed store (default: ``state_dir/seeds.sqlite3``).
+        store: an open seed store (default: ``config.store``, else
+            ``state_dir/seeds.sqlite3``).
         metrics: metrics sink (default: a new one).
     """
 
@@ -92,24 +98,59 @@ class RalmService:
             log.error("serving an unsound model: %s", self.model_problem)
         clean_temporaries(self.index_dir)  # half-written versions of a crash
         db = self.state_dir / "seeds.sqlite3"
+        self.replication: Replication | None = None
+        seen = 0
         try:
-            self.store: SeedStore = store or _open_sqlite_store(db, config)
+            self.store: SeedStore = store or _open_store(db, config)
             if config.torch_threads:
                 torch.set_num_threads(config.torch_threads)
-            initial = self._restore()
+            if config.replicated:
+                from ralm.serve.redis_store import connect
+
+                assert config.store is not None
+                self.replication = Replication(
+                    connect(config.store),
+                    self.state_dir,
+                    ttl_s=config.leader_ttl_s,
+                    poll_s=config.version_poll_s,
+                    prefix=str(getattr(self.store, "prefix", "ralm:")),
+                )
+                initial, seen = self._restore_replicated(self.replication)
+            else:
+                initial = self._restore()
         except sqlite3.DatabaseError as e:
-            raise CheckpointError(f"{db}: the seed store is unreadable ({e})") from e
+            raise CheckpointError(
+                f"{config.store or db}: the seed store is unreadable ({e})"
+            ) from e
         self.holder = IndexHolder(initial)
         self._set_index_gauges(self.holder.current())
-        self.reclusterer = Reclusterer(
-            self.store,
-            self.holder,
-            model,
-            config,
-            self.metrics,
-            on_publish=self._on_publish,
-            backend=make_backend(config),
-        )
+        self._seen = seen
+        rep = self.replication
+        if rep is None:
+            self.reclusterer = Reclusterer(
+                self.store,
+                self.holder,
+                model,
+                config,
+                self.metrics,
+                on_publish=self._on_publish,
+                backend=make_backend(config),
+            )
+        else:
+            rep.holder = self.holder
+            rep.on_taken = self._set_index_gauges
+            self.reclusterer = Reclusterer(
+                self.store,
+                self.holder,
+                model,
+                config,
+                self.metrics,
+                on_publish=self._on_publish,
+                leads=rep.is_leader,
+                before_cycle=self._leader_sync,
+                commit=rep.commit,
+                backend=make_backend(config),
+            )
         self.batcher: MicroBatcher[ScoreRequest, RecommendResult] = MicroBatcher(
             self._score_batch, config.max_batch, config.batch_window_ms, on_batch=self._on_batch
         )
@@ -139,15 +180,7 @@ class RalmService:
             snap = self._load_published(self._state_path(saved.get("path")))
         if snap is None and m.initial_index is not None:
             snap = self._from_initial(m.initial_index)
-            # items whose stored seeds are exactly those training clustered need no cycle
-            self.store.mark_clustered(
-                {
-                    it.item_id: it.changed_seq
-                    for it in self.store.items(changed_only=True)
-                    if it.item_id in snap.row_of
-                    and it.n_seeds == _n_seeds(snap, snap.row_of[it.item_id])
-                }
-            )
+            self._mark_as_trained(snap)
         if snap is None:
             return SeedIndex.empty(m.k, m.h, version=base + 1 if base else 0)
         if snap.k != m.k or snap.h != m.h:
@@ -158,6 +191,80 @@ class RalmService:
         if snap.version <= base:
             snap = snap.with_version(base + 1)
         return snap
+
+    def _restore_replicated(self, rep: Replication) -> tuple[SeedIndex, int]:
+        """Start-up of a replica: the pointer's version, else training's index, else empty.
+
+        Returns the index to serve and the pointer's version (the watcher takes only newer
+        ones). The first replica on an empty store fills it with the dataset's clicks (one
+        replica at a time, under a Redis lock). The pointer's version is trusted only when
+        the store records it as published by these model weights.
+        """
+        m = self.model
+        if rep.published() is None and m.bootstrap_clicks is not None:
+            with rep.bootstrap_lock():
+                if self.store.n_items() == 0 and rep.published() is None:
+                    t0 = time.perf_counter()
+                    n = self.store.bulk_import(m.bootstrap_clicks())
+                    secs = time.perf_counter() - t0
+                    log.info("bootstrapped the seed store with %d seeds in %.1fs", n, secs)
+        pv = rep.published()
+        seen = pv.version if pv is not None else 0
+        meta = self.store.get_meta("index")
+        if pv is not None and not (
+            isinstance(meta, dict)
+            and meta.get("version") == pv.version
+            and meta.get("fingerprint") == m.fingerprint
+        ):
+            log.warning(
+                "published version %d is not recorded as built by these model weights: "
+                "ignoring it and re-clustering",
+                pv.version,
+            )
+            pv = None
+            self.store.mark_all_changed()
+        self.store.set_meta("model_fingerprint", m.fingerprint)
+        snap: SeedIndex | None = None
+        if pv is not None:
+            snap, exact = rep.restore(pv)
+            if snap is not None and not exact:
+                self.store.mark_all_changed()
+        if snap is None and m.initial_index is not None:
+            snap = self._from_initial(m.initial_index)
+            self._mark_as_trained(snap)
+        if snap is None:
+            snap = SeedIndex.empty(m.k, m.h, version=0)
+        if snap.k != m.k or snap.h != m.h:
+            raise RalmError(
+                f"{self.index_dir}: the published index has k={snap.k}, h={snap.h} but the "
+                f"model has k={m.k}, h={m.h}; use a fresh --state-dir for this model"
+            )
+        return snap, seen
+
+    def _mark_as_trained(self, snap: SeedIndex) -> None:
+        """Items whose stored seeds are exactly those training clustered need no cycle."""
+        self.store.mark_clustered(
+            {
+                it.item_id: it.changed_seq
+                for it in self.store.items(changed_only=True)
+                if it.item_id in snap.row_of
+                and it.n_seeds == _n_seeds(snap, snap.row_of[it.item_id])
+            }
+        )
+
+    def _leader_sync(self) -> None:
+        """Before a leader's cycle: build on the newest published version.
+
+        When that version does not load, the leader builds on what it serves and marks
+        every item for re-clustering (the clusterings of the unloadable version are redone;
+        its own publish then moves the pointer past it).
+        """
+        assert self.replication is not None
+        try:
+            self.replication.take()
+        except CheckpointError:
+            log.error("leader: re-clustering every item instead of the unloadable version")
+            self.store.mark_all_changed()
 
     def _state_path(self, stored: object) -> Path | None:
         """A path recorded in the store, resolved against the state folder.
@@ -210,7 +317,19 @@ class RalmService:
     def _on_publish(self, snap: SeedIndex, kind: str) -> None:
         self.store.set_meta("max_version", snap.version)
         self._set_index_gauges(snap)
-        if kind == "full":
+        rep = self.replication
+        if rep is not None:  # the version folder is written and the pointer moved
+            assert rep.saved_dir is not None
+            self.store.set_meta(
+                "index",
+                {
+                    "version": snap.version,
+                    "path": self._relative(rep.saved_dir),
+                    "fingerprint": self.model.fingerprint,
+                },
+            )
+            prune_versions(self.index_dir, self.config.keep_index_versions)
+        elif kind == "full":
             path = save_snapshot(snap, self.index_dir, prev=self._saved_dir)
             self._saved_dir = path
             self.store.set_meta("index", {"version": snap.version, "path": self._relative(path)})
@@ -226,13 +345,25 @@ class RalmService:
         self.metrics.batch_latency.observe(seconds)
 
     def start(self) -> None:
-        """Cluster whatever is pending (first start) and start the background job."""
+        """Cluster whatever is pending (first start) and start the background job.
+
+        A replica first tries to become the leader and starts following the pointer.
+        """
+        if self.replication is not None:
+            self.replication.start(seen=self._seen)
         if self.holder.current().n_items == 0 and self.store.n_items() > 0:
-            self.reclusterer.run_full()
+            self.reclusterer.run_full()  # a follower skips it
         self.reclusterer.start()
 
+    @property
+    def role(self) -> str:
+        """ "leader" (re-clusters: a single process, or the replicas' leader) or "follower"."""
+        return "leader" if self.replication is None else self.replication.role
+
     def close(self) -> None:
-        """Stop the background job and the batcher, close the store."""
+        """Stop the background job and the batcher, close the store (a leader steps down)."""
+        if self.replication is not None:
+            self.replication.stop()
         self.reclusterer.stop()
         self.batcher.close()
         self.store.close()
@@ -387,10 +518,22 @@ class RalmService:
             reasons.append(f"index: {snap.n_unsound} items have non-finite arrays")
         if self.reclusterer.last_error is not None:
             reasons.append(f"recluster: {self.reclusterer.last_error}")
+        published: int | None = None
+        rep = self.replication
+        if rep is not None:
+            if rep.load_error is not None:
+                reasons.append(f"index: {rep.load_error}")
+            try:
+                pv = rep.published()
+                published = None if pv is None else pv.version
+            except Exception as e:  # Redis away: say so, keep answering
+                reasons.append(f"store: {type(e).__name__}: {e}")
         return {
             "status": "degraded" if reasons else "ok",
             "reason": "; ".join(reasons) or None,
+            "role": self.role,
             "index_version": snap.version,
+            "published_version": published,
             "items": snap.n_items,
             "servable_items": snap.n_servable,
             "last_full_recluster_s": None if last is None else round(last.seconds, 4),

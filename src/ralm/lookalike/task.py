@@ -148,3 +148,10 @@ class LookalikeEpochData:
         u, i, y = self.users[lo:hi], self.items[lo:hi], self.labels[lo:hi]
         tu = self.targets(u, i, y)  # (B, m)
         return make_batch(self.clusters, self.seed_emb, self.seeds, tu, u, i, y)
+
+    def shard(self, rows: np.ndarray, rank: int, world: int) -> LookalikeEpochData:
+        """Rank ``rank``'s rows of the epoch (data-parallel training; no random draws)."""
+        return LookalikeEpochData(
+            self.clusters, self.seed_emb, self.seeds, self.targets,
+            self.users[rows], self.items[rows], self.labels[rows],
+        )  # fmt: skip

@@ -170,8 +170,9 @@ def test_cli_trains_both_stages_under_torchrun(tmp_path: Path) -> None:
     assert (user / "model.safetensors").is_file()
     torchrun(
         "-m", "ralm", "train", "lookalike", "--data", str(data), "--user-model", str(user),
-        "--out", str(look), "--k", "3", "--h", "8", "--epochs", "1", "--batch-size", "64",
+        "--out", str(look), "--k", "3", "--h", "8", "--epochs", "2", "--batch-size", "64",
+        "--no-global",  # an ablation: parameters outside the graph (find_unused_parameters)
     )  # fmt: skip
-    model, _ = load_lookalike_model(look)
-    assert sum(p.numel() for p in model.parameters()) > 0
+    model, cfg = load_lookalike_model(look)
+    assert not cfg.use_global and sum(p.numel() for p in model.parameters()) > 0
     assert (look / "seed_index").is_dir()

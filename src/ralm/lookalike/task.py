@@ -84,6 +84,10 @@ class LookalikeTrainTask(nn.Module):
     def __init__(self, model: LookalikeModel) -> None:
         super().__init__()
         self.model = model
+        # an ablated attention term leaves its parameters out of the graph: DDP must look
+        # for unused parameters then (read by ralm.training.Trainer)
+        cfg = model.config
+        self.ddp_find_unused_parameters = not (cfg.use_local and cfg.use_global)
 
     def scores(self, batch: LookalikeBatch) -> torch.Tensor:
         """Raw scores (B,) of the batch's pairs."""

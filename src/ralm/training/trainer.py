@@ -268,8 +268,10 @@ class Trainer:
         check_global_batch(self.cfg.batch_size, self.dist)
         from torch.nn.parallel import DistributedDataParallel
 
-        # construction broadcasts rank 0's parameters and buffers: all ranks start equal
-        return DistributedDataParallel(self.task)
+        # construction broadcasts rank 0's parameters and buffers: all ranks start equal;
+        # a task whose forward leaves some parameters unused says so (ablations)
+        unused = bool(getattr(self.task, "ddp_find_unused_parameters", False))
+        return DistributedDataParallel(self.task, find_unused_parameters=unused)
 
     def fit(self, resume: bool = False) -> LoopState:
         """Train (or continue) until ``epochs`` or early stopping; leaves the best weights

@@ -79,9 +79,10 @@ def run_trainer(out: Path, epochs: int, resume: bool) -> tuple[nn.Module, list[d
     from ralm.user.tower import UserItemModel
 
     ds = make_toy_dataset(n_users=300, n_items=60, seed=0)
-    tc = UserTrainConfig(epochs=epochs, batch_size=64, seed=0, patience=0)
+    tc = UserTrainConfig(epochs=epochs, batch_size=64, seed=0, patience=1)
     torch.manual_seed(0)
     cfg = UserModelConfig(dim=16, attention_units=8, mlp_hidden=[32], sparse_grad=True)
+    rank = int(os.environ.get("RANK", "0"))
     net = UserItemModel(ds.fields, ds.n_items, cfg)
     task = UserTrainTask(net, LogUniformSampler(ds.n_items, ds.item_popularity_rank()), tc)
     opt = StageOneOptimizer(net, tc)
@@ -110,7 +111,9 @@ def run_trainer(out: Path, epochs: int, resume: bool) -> tuple[nn.Module, list[d
             return Data(np.random.default_rng([0, epoch]).permutation(n))
 
         def end_epoch(self, epoch: int) -> dict[str, Any]:
-            return {}
+            # rank 0's metric only gets worse (patience 1: stop after epoch 2); another
+            # rank's would keep improving, so a rank deciding alone would train on and hang
+            return {"val": float(-epoch if rank == 0 else epoch)}
 
         def on_improved(self, epoch: int) -> None:
             return None
@@ -125,7 +128,7 @@ def run_trainer(out: Path, epochs: int, resume: bool) -> tuple[nn.Module, list[d
 
     with distributed_run() as ctx:
         assert ctx.world_size == int(os.environ.get("WORLD_SIZE", "1"))
-        state = Trainer(task, opt, Stage(), tc, Monitor("none"), name="t", dist=ctx).fit()
+        state = Trainer(task, opt, Stage(), tc, Monitor("val"), name="t", dist=ctx).fit()
     return net, state.history
 
 

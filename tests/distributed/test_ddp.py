@@ -106,6 +106,8 @@ def test_trainer_two_ranks_follow_the_one_process_run(tmp_path: Path) -> None:
     _same_ranks(two)
     one = single("trainer", tmp_path / "o1", tmp_path / "r1", 3)
     assert one["world"] == 1
+    # rank 0's validation record decides: every rank stopped early after epoch 2 of 3
+    assert len(one["history"]) == len(two[0]["history"]) == len(two[1]["history"]) == 2
     np.testing.assert_allclose(_curve(two[0], "train_loss"), _curve(one, "train_loss"), rtol=1e-5)
     assert [r["steps"] for r in two[0]["history"]] == [r["steps"] for r in one["history"]]
     assert one["weights"].keys() == two[0]["weights"].keys()

@@ -84,6 +84,10 @@ class LookalikeTrainTask(nn.Module):
     def __init__(self, model: LookalikeModel) -> None:
         super().__init__()
         self.model = model
+        # an ablated attention term leaves its parameters out of the graph: DDP must look
+        # for unused parameters then (read by ralm.training.Trainer)
+        cfg = model.config
+        self.ddp_find_unused_parameters = not (cfg.use_local and cfg.use_global)
 
     def scores(self, batch: LookalikeBatch) -> torch.Tensor:
         """Raw scores (B,) of the batch's pairs."""
@@ -148,3 +152,10 @@ class LookalikeEpochData:
         u, i, y = self.users[lo:hi], self.items[lo:hi], self.labels[lo:hi]
         tu = self.targets(u, i, y)  # (B, m)
         return make_batch(self.clusters, self.seed_emb, self.seeds, tu, u, i, y)
+
+    def shard(self, rows: np.ndarray, rank: int, world: int) -> LookalikeEpochData:
+        """Rank ``rank``'s rows of the epoch (data-parallel training; no random draws)."""
+        return LookalikeEpochData(
+            self.clusters, self.seed_emb, self.seeds, self.targets,
+            self.users[rows], self.items[rows], self.labels[rows],
+        )  # fmt: skip

@@ -7,9 +7,12 @@ negatives, (2) train on (user, item, label) with leave-self-out centroids, (3) b
 epochs, re-transform every seed with the updated transforming layer and re-cluster
 (warm-started from the previous centroids), logging k-means time and inertia change,
 (4) validation AUC (``ralm.evaluation.metrics.auc``) on VALID clicks vs sampled negatives
-with TRAIN seeds, (5) checkpoint, early stopping on the AUC. Stage 1 enters only through
-its outputs: ``seed_universal (n_users, m)`` and ``target_universal(users, exclude_items)
--> (B, m)``.
+with TRAIN seeds, (5) checkpoint, early stopping on the AUC. Under ``torchrun``
+(:mod:`ralm.training.distributed`) every rank trains on its shard of the epoch's examples,
+rank 0 alone clusters, re-clusters and validates, and its clusters (and the transformed
+seeds they were built from) are broadcast to every rank before the next epoch. Stage 1
+enters only through its outputs: ``seed_universal (n_users, m)`` and
+``target_universal(users, exclude_items) -> (B, m)``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from ralm.lookalike.task import (
     make_batch,
 )
 from ralm.lookalike.validation import RankingSet, build_ranking_set, ranking_recall
+from ralm.training.distributed import SINGLE, DistContext, distributed_run
 from ralm.training.threads import torch_threads
 from ralm.training.trainer import LoopState, Monitor, State, Trainer
 
@@ -133,6 +137,7 @@ class LookalikeStage:
         seed_universal: float32 (n_users, m) universal embeddings without exclusion.
         target_universal: stage-1 embeddings with an item excluded.
         out: run folder or None.
+        dist: data-parallel context (rank 0 clusters; :meth:`sync_epoch` shares them).
     """
 
     def __init__(
@@ -145,8 +150,9 @@ class LookalikeStage:
         seed_universal: np.ndarray,
         target_universal: TargetFn,
         out: Path | None,
+        dist: DistContext = SINGLE,
     ) -> None:
-        self.ds, self.cfg, self.tc, self.out = ds, cfg, tc, out
+        self.ds, self.cfg, self.tc, self.out, self.dist = ds, cfg, tc, out, dist
         self.task, self.model, self.optimizer = task, task.model, optimizer
         self.seed_universal = seed_universal
         self.data_meta = {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items}
@@ -204,9 +210,22 @@ class LookalikeStage:
             self.model, self.seed_emb, self.seeds.offsets, init=prev, seed=self.tc.seed + epoch
         )
 
+    def sync_epoch(self, epoch: int, ctx: DistContext) -> None:
+        """Every rank gets rank 0's clusters of the next epoch (after its re-clustering)."""
+        self._share_clusters()
+
+    def _share_clusters(self) -> None:
+        """Broadcast rank 0's clusters, transformed seeds and re-cluster count."""
+        if not self.dist.enabled:
+            return
+        mine = (self.clusters, self.seed_emb, self.recluster_calls)
+        self.clusters, self.seed_emb, self.recluster_calls = self.dist.broadcast(mine)
+
     def epoch_data(self, epoch: int) -> LookalikeEpochData:
         if self.clusters is None:
-            self.recluster(None, 0)
+            if self.dist.is_main:
+                self.recluster(None, 0)
+            self._share_clusters()
         assert self.clusters is not None
         rng = np.random.default_rng([self.tc.seed, epoch])
         tc = self.tc
@@ -349,14 +368,15 @@ def train_lookalike(
     out = Path(out_dir) if out_dir is not None else None
     if resume and (out is None or not (out / "train_state" / "state.json").is_file()):
         raise CheckpointError(f"nothing to resume: {out}/train_state/state.json not found")
-    with torch_threads(tc.threads):
+    with torch_threads(tc.threads), distributed_run() as dist:
         torch.manual_seed(tc.seed)
         model = LookalikeModel(cfg)
         task = LookalikeTrainTask(model)
         opt = torch.optim.Adam(model.param_groups(tc.lr), lr=tc.lr, weight_decay=tc.weight_decay)
-        stage = LookalikeStage(ds, cfg, tc, task, opt, seed_universal, target_universal, out)
-        if not resume:
+        stage = LookalikeStage(ds, cfg, tc, task, opt, seed_universal, target_universal, out, dist)
+        if not resume and dist.is_main:
             stage.start()
+        dist.barrier()  # config.json exists before any rank trains
         trainer = Trainer(
             task,
             opt,
@@ -367,6 +387,7 @@ def train_lookalike(
             first_epoch=0,
             loss_key="loss",
             log_keys=("val_auc", "recall"),
+            dist=dist,
         )
         state = trainer.fit(resume=resume)
         if stage.clusters is None:  # epochs already done before the resume

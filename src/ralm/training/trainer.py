@@ -18,6 +18,16 @@ it is. Per epoch the :class:`Trainer`:
 
 Nothing is written for an epoch that failed, so a good checkpoint is never overwritten by a
 diverged one.
+
+Under ``torchrun`` (:mod:`ralm.training.distributed`, ``WORLD_SIZE > 1``) the same loop runs
+data-parallel: the task is wrapped in ``DistributedDataParallel``, each rank trains on its
+shard of the epoch's examples (:meth:`ShardableEpochData.shard`, rows ``rank::world``, a
+``batch_size / world`` slice of every global batch), the losses are summed over the ranks
+before the backward pass (a NaN on any rank stops every rank), rank 0 alone runs
+:meth:`TrainingStage.end_epoch` and broadcasts its record (so the best epoch and the
+early-stopping decision are the same everywhere), :meth:`DistributedStage.sync_epoch` then
+hands rank 0's between-epoch state (stage 2's clusters) to every rank, and rank 0 alone
+checkpoints while the others wait at a barrier. Every rank resumes from the run folder.
 """
 
 from __future__ import annotations
@@ -35,6 +45,13 @@ from tqdm.auto import tqdm
 from ralm.common.progress import progress_disabled
 from ralm.errors import RalmError
 from ralm.training.config import TrainLoopConfig
+from ralm.training.distributed import (
+    DistContext,
+    check_global_batch,
+    current,
+    shard_bounds,
+    shard_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +77,27 @@ class EpochData(Protocol):
 
     def batch(self, lo: int, hi: int) -> Any:
         """The batch of examples ``lo:hi`` (called with increasing ``lo``)."""
+        ...
+
+
+class ShardableEpochData(EpochData, Protocol):
+    """Epoch data that can keep one rank's rows (needed when training data-parallel)."""
+
+    def shard(self, rows: Any, rank: int, world: int) -> EpochData:
+        """The examples ``rows`` (int64, increasing) of this epoch, for rank ``rank``.
+
+        Random draws made while batching (stage 1's negatives) must come from a stream of
+        the rank's own (distinct per rank, deterministic per seed and epoch).
+        """
+        ...
+
+
+class DistributedStage(Protocol):
+    """Optional hook of a stage trained data-parallel."""
+
+    def sync_epoch(self, epoch: int, ctx: DistContext) -> None:
+        """After rank 0's :meth:`TrainingStage.end_epoch`: give every rank the state the
+        next epoch needs (called on every rank, collectives allowed)."""
         ...
 
 
@@ -191,6 +229,7 @@ class Trainer:
         loss_key: record field of the mean training loss.
         log_keys: record fields written in the per-epoch log line.
         log_every_s: seconds between progress log lines when bars are off.
+        dist: the data-parallel context (default: the running process group, if any).
     """
 
     def __init__(
@@ -206,6 +245,7 @@ class Trainer:
         loss_key: str = "train_loss",
         log_keys: tuple[str, ...] = (),
         log_every_s: float = 60.0,
+        dist: DistContext | None = None,
     ) -> None:
         self.task = task
         self.optimizer = optimizer
@@ -218,17 +258,32 @@ class Trainer:
         self.loss_key = loss_key
         self.log_keys = log_keys
         self.log_every_s = log_every_s
+        self.dist = dist if dist is not None else current()
+        self.model: nn.Module = task  # what the steps call (the DDP wrapper when distributed)
+
+    def _wrap(self) -> nn.Module:
+        """The task, inside ``DistributedDataParallel`` when more than one process trains."""
+        if not self.dist.enabled:
+            return self.task
+        check_global_batch(self.cfg.batch_size, self.dist)
+        from torch.nn.parallel import DistributedDataParallel
+
+        # construction broadcasts rank 0's parameters and buffers: all ranks start equal;
+        # a task whose forward leaves some parameters unused says so (ablations)
+        unused = bool(getattr(self.task, "ddp_find_unused_parameters", False))
+        return DistributedDataParallel(self.task, find_unused_parameters=unused)
 
     def fit(self, resume: bool = False) -> LoopState:
         """Train (or continue) until ``epochs`` or early stopping; leaves the best weights
         in the task (eval mode) and returns the loop state."""
         state, best = self.stage.resume() if resume else (LoopState(), None)
         best_state = best if best is not None else snapshot(self.task)
+        self.model = self._wrap()
         for epoch in range(state.epoch, self.epochs):
             if self._stop_early(state):
                 break
             record = self._run_epoch(epoch)
-            record.update(self.stage.end_epoch(epoch))
+            record.update(self._end_epoch(epoch))
             self._check_parameters(epoch)
             value = self.monitor.value(record)
             improved = value is None or state.best is None or value > state.best
@@ -242,12 +297,73 @@ class Trainer:
             state.epoch = epoch + 1
             state.history.append(record)
             self._log_epoch(record, improved, state)
-            self.stage.save(state, improved)
+            if self.dist.is_main:
+                self.stage.save(state, improved)
+            self.dist.barrier()  # nobody runs ahead of a checkpoint being written
             if state.epoch < self.epochs and self._stop_early(state):
                 break
+        self.model = self.task
         self.task.load_state_dict(best_state)
         self.task.eval()
         return state
+
+    def _end_epoch(self, epoch: int) -> dict[str, Any]:
+        """The stage's between-epoch work and validation (rank 0's, broadcast)."""
+        ctx = self.dist
+        if not ctx.enabled:
+            return self.stage.end_epoch(epoch)
+        record = self.stage.end_epoch(epoch) if ctx.is_main else {}
+        record = ctx.broadcast(record)
+        sync = getattr(self.stage, "sync_epoch", None)
+        if sync is not None:
+            sync(epoch, ctx)
+        return record
+
+    def _epoch_rows(self, epoch: int) -> tuple[EpochData, int]:
+        """This rank's examples of the epoch and the global example count after the caps."""
+        data = self.stage.epoch_data(epoch)
+        n = len(data)
+        cap = self.cfg.examples_cap()
+        if cap is not None:
+            n = min(n, cap)
+        ctx = self.dist
+        if not ctx.enabled:
+            return data, n
+        shard = getattr(data, "shard", None)
+        if shard is None:
+            raise TypeError(f"{type(data).__name__} has no shard(rows, rank, world) method")
+        # every rank needs rows in every step: a last batch of fewer rows than ranks is
+        # left out (at most world - 1 examples; the batch is a multiple of the world)
+        short = n % self.cfg.batch_size
+        kept = n - short if short < ctx.world_size else n
+        if kept < n:
+            log.debug("%s: %d example(s) left out of the epoch to split it evenly", self.name,
+                      n - kept)  # fmt: skip
+        return shard(shard_rows(kept, ctx.rank, ctx.world_size), ctx.rank, ctx.world_size), kept
+
+    def _step(self, data: EpochData, lo: int, hi: int) -> tuple[float, int]:
+        """One step over global rows ``[lo, hi)``: ``(mean loss of the global batch, rows)``.
+
+        Distributed, each rank computes the mean loss of its ``n_r >= 1`` rows, scaled by
+        ``n_r * world / (hi - lo)`` (1 except in an uneven last batch): DDP averages the
+        gradients over the ranks, so the update is exactly that of the global batch's mean
+        loss. The losses are summed over the
+        ranks before the backward pass, so a NaN on any rank stops every rank.
+        """
+        ctx = self.dist
+        if not ctx.enabled:
+            return train_step(self.model, self.optimizer, data.batch(lo, hi)), hi - lo
+        llo, lhi = shard_bounds(lo, hi, ctx.rank, ctx.world_size)
+        n_local = lhi - llo
+        loss = self.model(data.batch(llo, lhi))
+        value = float(loss.detach())
+        total = ctx.all_sum([value * n_local])[0]
+        if not math.isfinite(total):
+            raise NonFiniteLossError(f"the training loss became {total / (hi - lo)} (some rank)")
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * (n_local * ctx.world_size / (hi - lo))).backward()
+        self.optimizer.step()
+        return total / (hi - lo), hi - lo
 
     def _stop_early(self, state: LoopState) -> bool:
         """True (and a log line) when ``patience`` epochs passed without improvement."""
@@ -264,37 +380,33 @@ class Trainer:
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         cfg = self.cfg
         of = f"{epoch + 1}/{self.epochs}"
-        data = self.stage.epoch_data(epoch)
-        n = len(data)
-        cap = cfg.examples_cap()
-        if cap is not None:
-            n = min(n, cap)
+        data, n = self._epoch_rows(epoch)
         n_steps = -(-n // cfg.batch_size)
         log.info(
             "%s epoch %s: %s examples in %s steps of %d",
             self.name, of, f"{n:,}", f"{n_steps:,}", cfg.batch_size,
         )  # fmt: skip
-        self.task.train()
+        self.model.train()
         t0 = last_log = time.perf_counter()
         total, seen = 0.0, 0
         bar = tqdm(
             range(n_steps),
             desc=f"{self.name} epoch {of}",
-            disable=progress_disabled(),
+            disable=progress_disabled() or not self.dist.is_main,
             leave=False,
         )
         for step in bar:
             lo = step * cfg.batch_size
             hi = min(lo + cfg.batch_size, n)
             try:
-                value = train_step(self.task, self.optimizer, data.batch(lo, hi))
+                value, rows = self._step(data, lo, hi)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(
                     f"{self.name}: {e} at epoch {of}, step {step + 1}/{n_steps}; "
                     "training stopped and nothing was saved for this epoch (check the inputs "
                     "for NaN/inf values, or lower the learning rate)"
                 ) from None
-            total += value * (hi - lo)
+            total += value * rows
             seen = hi
             now = time.perf_counter()
             rate = seen / max(now - t0, 1e-9)

@@ -131,3 +131,12 @@ class UserEpochData:
 
     def batch(self, lo: int, hi: int) -> UserTrainBatch:
         return self.task.make_batch(self.ds, self.users[lo:hi], self.items[lo:hi], self.rng)
+
+    def shard(self, rows: np.ndarray, rank: int, world: int) -> UserEpochData:
+        """Rank ``rank``'s rows of the epoch (data-parallel training).
+
+        The rank draws its eq. 3 negatives from child ``rank`` of ``world`` streams spawned
+        from the epoch's stream: distinct per rank, the same on every run and resume.
+        """
+        rng = self.rng.spawn(world)[rank]
+        return UserEpochData(self.task, self.ds, self.users[rows], self.items[rows], rng)

@@ -7,7 +7,10 @@ VALID), and the checkpoint files of :mod:`ralm.user.checkpoint`.
 
 Determinism: parameters are initialised after ``torch.manual_seed(seed)``; epoch ``e``
 draws its examples and negatives from ``numpy.random.default_rng([seed, e])``, so a run
-resumed after epoch ``e`` continues exactly like an uninterrupted one.
+resumed after epoch ``e`` continues exactly like an uninterrupted one. Under ``torchrun``
+(``WORLD_SIZE > 1``, :mod:`ralm.training.distributed`) every rank draws the same epoch
+examples, trains on rows ``rank::world`` with negatives from its own child stream, rank 0
+validates and writes the checkpoints, and every rank resumes from the run folder.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from ralm.data.encoded import EncodedDataset
 from ralm.errors import CheckpointError, DataError
+from ralm.training.distributed import SINGLE, DistContext, distributed_run
 from ralm.training.threads import torch_threads
 from ralm.training.trainer import (
     LoopState,
@@ -56,6 +60,7 @@ class UserStage:
         task: the task being trained.
         optimizer: its optimiser.
         root: run folder, or None for an in-memory run.
+        dist: data-parallel context (only rank 0 validates).
     """
 
     def __init__(
@@ -66,15 +71,16 @@ class UserStage:
         task: UserTrainTask,
         optimizer: StageOneOptimizer,
         root: Path | None,
+        dist: DistContext = SINGLE,
     ) -> None:
         self.ds, self.cfg, self.tc = ds, cfg, tc
         self.task, self.optimizer, self.root = task, optimizer, root
         self.users, self.items = positive_pairs(ds)
         if self.users.size == 0:
             raise DataError(f"dataset {ds.name!r} has no positive (label > 0) TRAIN interactions")
-        self.vs: ValidationSet | None = build_validation(
-            ds, task.sampler, tc.n_negatives, tc.val_max_users, tc.seed
-        )
+        self.vs: ValidationSet | None = None
+        if dist.is_main:  # the other ranks never validate (the Trainer broadcasts rank 0's)
+            self.vs = build_validation(ds, task.sampler, tc.n_negatives, tc.val_max_users, tc.seed)
         self.pop = float("nan")
         if self.vs is not None:
             self.pop = popularity_recall(ds, self.vs, tc.eval_k)
@@ -216,12 +222,18 @@ def train_user_model(
         CheckpointError: ``resume`` without a (matching, intact) resume state.
     """
     tc = train_cfg or UserTrainConfig()
-    with torch_threads(tc.threads):
-        return _train(ds, cfg, tc, Path(out_dir) if out_dir is not None else None, resume)
+    root = Path(out_dir) if out_dir is not None else None
+    with torch_threads(tc.threads), distributed_run() as dist:
+        return _train(ds, cfg, tc, root, resume, dist)
 
 
 def _train(
-    ds: EncodedDataset, cfg: UserModelConfig, tc: UserTrainConfig, root: Path | None, resume: bool
+    ds: EncodedDataset,
+    cfg: UserModelConfig,
+    tc: UserTrainConfig,
+    root: Path | None,
+    resume: bool,
+    dist: DistContext,
 ) -> ckpt.UserModel:
     import torch
 
@@ -232,9 +244,9 @@ def _train(
     optimizer = StageOneOptimizer(net, tc)
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-        if not resume and (root / ckpt.CONFIG_FILE).exists():
+        if not resume and dist.is_main and (root / ckpt.CONFIG_FILE).exists():
             log.warning("%s holds a previous run; it will be overwritten (use resume)", root)
-    stage = UserStage(ds, cfg, tc, task, optimizer, root)
+    stage = UserStage(ds, cfg, tc, task, optimizer, root, dist)
     trainer = Trainer(
         task,
         optimizer,
@@ -244,6 +256,7 @@ def _train(
         name="stage 1",
         first_epoch=1,
         log_keys=("val_loss", "recall"),
+        dist=dist,
     )
     state = trainer.fit(resume=resume)
     return ckpt.UserModel(

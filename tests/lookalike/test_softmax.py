@@ -97,3 +97,79 @@ def test_softmax_training_learns_and_stays_calibrated(
     last = res.history[-1]
     assert 0.0 <= last["val_ece"] < 0.15  # calibrated to the 1:4 validation click share
     assert res.model.inv_temperature.item() != pytest.approx(10.0)  # the temperature learned
+
+
+def test_prior_options_against_closed_forms() -> None:
+    torch.manual_seed(0)
+    base = LookalikeModel(LookalikeConfig(m=M, h=8, k=3, seed_prior=False))
+    e_u = base.transform(torch.randn(4, M))
+    cent, mask = torch.randn(5, 3, 8), torch.ones(5, 3, dtype=torch.bool)
+    sizes = torch.tensor([[1, 0, 0], [2, 2, 1], [5, 5, 5], [10, 20, 30], [1, 1, 1]])
+    n = sizes.sum(1).float()
+    with torch.no_grad():
+        gv = base.item_global(cent, mask, sizes)
+        paper = base.score(e_u, cent, mask, gv, sizes=sizes)  # (4, 5)
+        for name, cfg in (
+            ("log_count", {"prior": "log_count"}),
+            ("scaled", {"prior": "log_count", "prior_scale": 0.25}),
+            ("shrink", {"prior": "shrink", "shrink_seeds": 4.0}),
+        ):
+            m = LookalikeModel(base.config.model_copy(update={"seed_prior": True, **cfg}))
+            m.load_state_dict(base.state_dict())
+            got = m.score(e_u, cent, mask, gv, sizes=sizes)
+            pairs = m.score_pairs(e_u[:1].expand(5, -1), cent, mask, gv, sizes=sizes)
+            if name == "shrink":
+                want = paper * (n / (n + 4.0))[None, :]
+            else:
+                mult = 0.25 if name == "scaled" else 1.0
+                want = paper + mult * m.gamma * torch.log1p(n)[None, :]
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(pairs, want[0], atol=1e-5, rtol=1e-5)
+
+
+def test_state_without_temperature_loads_with_the_initial_one() -> None:
+    """Checkpoints written before the softmax loss (no ``log_inv_temp``) still load."""
+    model = LookalikeModel(LookalikeConfig(m=M, h=8, k=3))
+    old = {k: v for k, v in model.state_dict().items() if k != "log_inv_temp"}
+    other = LookalikeModel(LookalikeConfig(m=M, h=8, k=3))
+    other.load_state_dict(old)
+    assert other.inv_temperature.item() == pytest.approx(10.0)
+    with pytest.raises(RuntimeError):
+        other.load_state_dict({**old, "unexpected": torch.zeros(1)})
+
+
+def test_platt_fit_recovers_a_known_logistic_model() -> None:
+    from ralm.lookalike.calibration import cross_fitted_ece, fit_platt
+
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=20000)
+    y = (rng.random(s.size) < 1 / (1 + np.exp(-(2.0 * s - 1.0)))).astype(float)
+    a, b = fit_platt(s, y)
+    assert a == pytest.approx(2.0, abs=0.1) and b == pytest.approx(-1.0, abs=0.1)
+    assert cross_fitted_ece(s, y) < 0.02
+
+
+def test_logq_switch_changes_only_the_correction(toy: EncodedDataset, universal, lookup) -> None:
+    """``logq=False`` trains with a zero correction (a constant cancels in the softmax)."""
+    from ralm.lookalike.train import LookalikeStage
+
+    cfg = LookalikeConfig(m=M, h=8, k=3)
+    model = LookalikeModel(cfg)
+    task = LookalikeTrainTask(model, loss="softmax")
+    opt = torch.optim.Adam(model.parameters())
+    stages = {
+        flag: LookalikeStage(
+            toy, cfg, FAST.model_copy(update={"loss": "softmax", "logq": flag}), task, opt,
+            universal, lookup, None,
+        )
+        for flag in (True, False)
+    }  # fmt: skip
+    on, off = stages[True].item_log_q(), stages[False].item_log_q()
+    assert on is not None and off is not None and np.all(off == 0)
+    counts = seed_sets(toy).counts.astype(float)
+    pop, neg = counts / counts.sum(), negative_distribution(toy, seed_sets(toy), "log_uniform")
+    want = np.log(np.maximum(64 * (pop / 5 + 4 * neg / 5), 1e-30))
+    np.testing.assert_allclose(on, want, rtol=1e-12)
+    bce = LookalikeStage(toy, cfg, FAST.model_copy(update={"loss": "bce"}), task, opt,
+                         universal, lookup, None)  # fmt: skip
+    assert bce.item_log_q() is None

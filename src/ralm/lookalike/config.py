@@ -129,6 +129,7 @@ class LookalikeTrainConfig(TrainLoopConfig):
             or "log_uniform" (eq. 3 of the popularity rank, the stage-1 sampler).
         loss: "bce" (pointwise) or "softmax" (listwise over the batch's items, see
             :class:`ralm.lookalike.task.LookalikeTrainTask`).
+        logq: logQ correction of the softmax logits (False = in-batch popularity kept).
         calibrate: "valid" refits scale/bias on VALID after training (post hoc), "none" not.
         calib_weight: weight of the calibration BCE term of the softmax loss.
         monitor: validation metric for early stopping and the best checkpoint: "auc"
@@ -153,6 +154,12 @@ class LookalikeTrainConfig(TrainLoopConfig):
         "softmax of each click over every item of the batch (in-batch + sampled negatives, "
         "logQ-corrected, learned temperature), plus a BCE term on the detached score that "
         "fits only the pCTR scale/bias (calibration).",
+    )
+    logq: bool = Field(
+        default=True,
+        description="Subtract log Q(item) (expected copies per batch) from the softmax "
+        "logits. True = consistent full-softmax estimate (the popularity goes to the prior); "
+        "False = in-batch popularity stays in the look-alike term.",
     )
     calibrate: Literal["none", "valid"] = Field(
         default="valid",

@@ -235,6 +235,8 @@ class LookalikeStage:
         neg = negative_distribution(self.ds, self.seeds, tc.neg_sampling)
         f_pos = 1.0 / (1.0 + tc.neg_ratio)
         expected = tc.batch_size * (f_pos * pop + (1.0 - f_pos) * neg)
+        if not tc.logq:  # no correction: a constant log Q cancels in the softmax
+            return np.zeros(counts.size)
         return np.log(np.maximum(expected, 1e-30))
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:

@@ -74,6 +74,7 @@ class RalmRecommender(Recommender):
         self.index: SeedIndex | None = None
         self.seed = 0
         self.history: list[dict[str, float]] = []
+        self.calibration: dict[str, float] = {}  # stage 2's post-hoc calibration (ECE)
 
     def fit(self, ds: EncodedDataset, seed: int = 0) -> None:
         from ralm.lookalike.train import train_lookalike
@@ -108,6 +109,7 @@ class RalmRecommender(Recommender):
         )
         self.model = result.model
         self.history = list(result.history)
+        self.calibration = dict(result.calibration)
 
     def variant(self, name: str, eval_k: int | None = None, **config: object) -> RalmRecommender:
         """A copy sharing the trained weights with other evaluation-time settings.

@@ -41,7 +41,15 @@ def train_lookalike(
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (paper: 0.001)."),
     neg_ratio: int = typer.Option(4, "--neg-ratio", help="Sampled negatives per positive."),
     neg_sampling: str = typer.Option(
-        "uniform", "--neg-sampling", help="uniform | popularity (over items with seeds)."
+        "log_uniform",
+        "--neg-sampling",
+        help="log_uniform (eq. 3 of the seed-count rank) | uniform | popularity.",
+    ),
+    loss: str = typer.Option(
+        "softmax", "--loss", help="softmax (listwise over the batch's items) | bce (pointwise)."
+    ),
+    monitor: str = typer.Option(
+        "recall", "--monitor", help="Best epoch on recall (full catalogue) | auc (sampled)."
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed -> same weights)."),
     patience: int = typer.Option(3, "--patience", help="Early-stopping patience (0 = off)."),
@@ -81,6 +89,8 @@ def train_lookalike(
             lr=lr,
             neg_ratio=neg_ratio,
             neg_sampling=neg_sampling,  # type: ignore[arg-type]
+            loss=loss,  # type: ignore[arg-type]
+            monitor=monitor,  # type: ignore[arg-type]
             patience=patience,
             seed=seed,
             threads=max(1, threads),

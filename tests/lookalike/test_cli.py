@@ -51,3 +51,16 @@ def test_cli_trains_saves_and_resumes(run_dir: Path) -> None:
     (run_dir / "lookalike" / "train_state" / "state.json").write_text("{broken")
     res = runner.invoke(app, [*_args(run_dir), "--epochs", "3", "--resume"])
     assert isinstance(res.exception, CheckpointError)
+
+
+def test_cli_loss_and_monitor_options(run_dir: Path) -> None:
+    runner = CliRunner()
+    out = run_dir / "lookalike-bce"
+    args = [*_args(run_dir), "--out", str(out), "--loss", "bce", "--monitor", "auc"]
+    res = runner.invoke(app, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert train["loss"] == "bce" and train["monitor"] == "auc"
+    assert train["neg_sampling"] == "log_uniform"  # the CLI default follows the config's
+    bad = runner.invoke(app, [*_args(run_dir), "--out", str(out), "--loss", "hinge"])
+    assert bad.exit_code != 0 and "loss" in (bad.output + str(bad.exception))

@@ -77,9 +77,9 @@ def test_recluster_after_weight_update_changes_centroids(toy: EncodedDataset, un
 
 def test_loop_reclusters_every_epoch_and_learns(toy: EncodedDataset, universal, lookup) -> None:
     cfg = LookalikeConfig(m=M, h=8, k=3)
-    res = train_lookalike(
-        toy, cfg, universal, lookup, train_cfg=FAST.model_copy(update={"epochs": 3})
-    )
+    # uniform negatives: the validation AUC is then against random items
+    tc = FAST.model_copy(update={"epochs": 3, "neg_sampling": "uniform"})
+    res = train_lookalike(toy, cfg, universal, lookup, train_cfg=tc)
     assert res.recluster_calls == 3 + 1  # initial clustering + one after every epoch
     assert [r["epoch"] for r in res.history] == [0, 1, 2]
     assert all(r["kmeans_s"] >= 0 and np.isfinite(r["inertia"]) for r in res.history)

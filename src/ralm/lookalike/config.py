@@ -27,6 +27,9 @@ class LookalikeConfig(BaseModel):
             an item with two look-alike seeds outranks one with a thousand; the paper's
             production system side-steps this by serving only items with ~100+ seeds.
             ``False`` gives the paper's score exactly.
+        prior: "log_count" (``+ gamma log(1 + n)``) or "shrink" (``s * n / (n + n0)``).
+        shrink_seeds: ``n0`` of the "shrink" prior.
+        prior_scale: multiplier of the learned log-count prior at scoring time.
         init_scale: initial value of the learnable scale inside the sigmoid.
         kmeans_niter: Lloyd iterations of a cold-start k-means.
         kmeans_warm_niter: Lloyd iterations when warm-started from previous centroids.
@@ -69,6 +72,24 @@ class LookalikeConfig(BaseModel):
             "False = the paper's cosine score exactly."
         ),
     )
+    prior: Literal["log_count", "shrink"] = Field(
+        default="log_count",
+        description="Form of the audience prior when seed_prior: 'log_count' adds gamma * "
+        "log(1 + n_seeds); 'shrink' multiplies the look-alike score by n / (n + "
+        "shrink_seeds) instead (thin evidence counts less, a clear audience is not "
+        "penalised for being young).",
+    )
+    prior_scale: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="Multiplier of the learned 'log_count' prior at scoring time (1 = as "
+        "trained; < 1 trades warm accuracy for young items; 0 = look-alike term only).",
+    )
+    shrink_seeds: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="Seeds at which the 'shrink' prior keeps half of the look-alike score.",
+    )
     init_scale: float = Field(
         default=5.0, gt=0.0, description="Initial calibration scale in sigmoid."
     )
@@ -104,7 +125,13 @@ class LookalikeTrainConfig(TrainLoopConfig):
     Args:
         epochs: maximum number of epochs (one k-means re-clustering after each).
         neg_ratio: sampled non-clicked items per positive.
-        neg_sampling: "uniform" over warm items or "popularity" (proportional to TRAIN clicks).
+        neg_sampling: "uniform" over warm items, "popularity" (proportional to TRAIN clicks)
+            or "log_uniform" (eq. 3 of the popularity rank, the stage-1 sampler).
+        loss: "bce" (pointwise) or "softmax" (listwise over the batch's items, see
+            :class:`ralm.lookalike.task.LookalikeTrainTask`).
+        logq: logQ correction of the softmax logits (False = in-batch popularity kept).
+        calibrate: "valid" refits scale/bias on VALID after training (post hoc), "none" not.
+        calib_weight: weight of the calibration BCE term of the softmax loss.
         monitor: validation metric for early stopping and the best checkpoint: "auc"
             (VALID clicks vs sampled negatives) or "recall" (recall@``eval_k`` of VALID
             clicks ranked among every item with seeds, up to ``val_max_users`` users).
@@ -116,11 +143,37 @@ class LookalikeTrainConfig(TrainLoopConfig):
 
     epochs: int = Field(default=10, ge=1, description="Maximum epochs (re-cluster after each).")
     neg_ratio: int = Field(default=4, ge=1, description="Sampled negatives per positive.")
-    neg_sampling: Literal["uniform", "popularity"] = Field(
-        default="uniform", description="Negative item distribution over items with TRAIN seeds."
+    neg_sampling: Literal["uniform", "popularity", "log_uniform"] = Field(
+        default="log_uniform",
+        description="Negative item distribution over items with TRAIN seeds ('log_uniform' = "
+        "the eq. 3 sampler of stage 1 over popularity ranks).",
+    )
+    loss: Literal["bce", "softmax"] = Field(
+        default="softmax",
+        description="'bce' = pointwise BCE against the sampled negatives; 'softmax' = sampled "
+        "softmax of each click over every item of the batch (in-batch + sampled negatives, "
+        "logQ-corrected, learned temperature), plus a BCE term on the detached score that "
+        "fits only the pCTR scale/bias (calibration).",
+    )
+    logq: bool = Field(
+        default=True,
+        description="Subtract log Q(item) (expected copies per batch) from the softmax "
+        "logits. True = consistent full-softmax estimate (the popularity goes to the prior); "
+        "False = in-batch popularity stays in the look-alike term.",
+    )
+    calibrate: Literal["none", "valid"] = Field(
+        default="valid",
+        description="'valid' = after training, refit the pCTR scale/bias by BCE on the VALID "
+        "examples (Platt scaling, post hoc; the ranking is unchanged); 'none' = keep the "
+        "trained ones.",
+    )
+    calib_weight: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="Weight of the calibration BCE term in the 'softmax' loss.",
     )
     monitor: Literal["auc", "recall"] = Field(
-        default="auc",
+        default="recall",
         description="Validation metric for early stopping: AUC of VALID clicks vs sampled "
         "negatives, or recall@eval_k of VALID clicks ranked among all items with seeds.",
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,12 +46,27 @@ class LookalikeModel(nn.Module):
         # gamma = softplus(prior_weight) >= 0 of the audience-size prior (config.seed_prior):
         # a larger audience never counts against an item. Starts near the paper's score.
         self.prior_weight = nn.Parameter(torch.tensor(-4.0))
+        # log inverse temperature of the listwise (softmax) training loss; the ranking does
+        # not depend on it. Checkpoints written before it existed load with the initial value.
+        self.log_inv_temp = nn.Parameter(torch.tensor(float(np.log(10.0))))
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``; a state without ``log_inv_temp`` (written before
+        the softmax loss existed) keeps the current temperature."""
+        if "log_inv_temp" not in state_dict:
+            state_dict = {**state_dict, "log_inv_temp": self.log_inv_temp.detach().clone()}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @property
+    def inv_temperature(self) -> torch.Tensor:
+        """Inverse temperature of the softmax loss, ``exp(log_inv_temp) > 0``."""
+        return self.log_inv_temp.exp()
 
     def param_groups(self, lr: float, scalar_lr_mult: float = 10.0) -> list[dict]:
         """Optimiser groups: the scalars (scale, bias, gamma) learn ``scalar_lr_mult`` times
         faster than the weight matrices, so calibration and the audience-size prior settle
         within an epoch (at the base rate gamma moved 0.04 in two ML-100K epochs)."""
-        scalars = [self.scale, self.bias, self.prior_weight]
+        scalars = [self.scale, self.bias, self.prior_weight, self.log_inv_temp]
         ids = {id(p) for p in scalars}
         rest = [p for p in self.parameters() if id(p) not in ids]
         return [{"params": rest, "lr": lr}, {"params": scalars, "lr": lr * scalar_lr_mult}]
@@ -78,7 +96,18 @@ class LookalikeModel(nn.Module):
                 "pass sizes, e.g. SeedIndex.sizes"
             )
         n = sizes.to(torch.float32).clamp(min=0).sum(dim=-1)  # (...) seeds per item
-        return self.gamma * torch.log1p(n)
+        gamma = (
+            self.gamma if self.config.prior_scale == 1.0 else self.gamma * self.config.prior_scale
+        )
+        return gamma * torch.log1p(n)
+
+    def shrink_weight(self, sizes: torch.Tensor | None) -> torch.Tensor:
+        """``n / (n + shrink_seeds)`` per item from cluster sizes (..., k) -> (...): the
+        'shrink' prior's trust in an item's look-alike evidence."""
+        if sizes is None:
+            raise ValueError("the 'shrink' prior needs sizes, e.g. SeedIndex.sizes")
+        n = sizes.to(torch.float32).clamp(min=0).sum(dim=-1)  # (...) seeds per item
+        return n / (n + self.config.shrink_seeds)
 
     @property
     def gamma(self) -> torch.Tensor:
@@ -116,7 +145,8 @@ class LookalikeModel(nn.Module):
             dtype: centroid-table dtype (float32 or bfloat16).
         """
         with torch.no_grad():
-            prior = self.seed_prior_term(sizes)  # (I,) or None
+            shrink = self.config.seed_prior and self.config.prior == "shrink"
+            prior = None if shrink else self.seed_prior_term(sizes)  # (I,) or None
             return scorer.prepare_items(
                 centroids,
                 mask,
@@ -125,6 +155,7 @@ class LookalikeModel(nn.Module):
                 log_prior=self.log_prior(sizes),
                 prior=prior,
                 dtype=dtype,
+                scale=self.shrink_weight(sizes) if shrink else None,
             )
 
     def score_prepared(
@@ -192,6 +223,8 @@ class LookalikeModel(nn.Module):
             use_global=cfg.use_global,
             log_prior=self.log_prior(sizes),
         )  # (B,)
+        if self.config.seed_prior and self.config.prior == "shrink":
+            return s * self.shrink_weight(sizes)
         prior = self.seed_prior_term(sizes)  # (B,)
         return s if prior is None else s + prior
 

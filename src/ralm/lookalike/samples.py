@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +34,7 @@ class SeedSets:
     offsets: np.ndarray
     users: np.ndarray
     n_users: int
+    _keys: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_items(self) -> int:
@@ -45,8 +46,10 @@ class SeedSets:
 
     def find(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Seed row of each (user, item) pair, -1 where the user is not a seed of the item."""
-        item_of = np.repeat(np.arange(self.n_items, dtype=np.int64), self.counts)
-        keys = item_of * self.n_users + self.users  # (S,) sorted
+        if self._keys is None:  # built once: (item, user) key of every seed row
+            item_of = np.repeat(np.arange(self.n_items, dtype=np.int64), self.counts)
+            self._keys = item_of * self.n_users + self.users  # (S,) sorted
+        keys = self._keys
         q = np.asarray(items, np.int64) * self.n_users + np.asarray(users, np.int64)
         pos = np.searchsorted(keys, q)
         pos_c = np.minimum(pos, max(keys.size - 1, 0))
@@ -84,14 +87,21 @@ def _sample_negatives(
 
 
 def negative_distribution(ds: EncodedDataset, seeds: SeedSets, how: str) -> np.ndarray:
-    """Sampling probabilities over items: 'uniform' or 'popularity' among items with seeds."""
+    """Sampling probabilities over items with seeds: 'uniform', 'popularity' (proportional
+    to seed count) or 'log_uniform' (eq. 3 of the popularity rank, :mod:`ralm.user.sampler`,
+    renormalised over the items with seeds)."""
     counts = seeds.counts.astype(np.float64)
     if how == "uniform":
         w = (counts > 0).astype(np.float64)
     elif how == "popularity":
         w = counts
+    elif how == "log_uniform":
+        from ralm.user.sampler import LogUniformSampler
+
+        rank = np.argsort(np.argsort(-counts, kind="stable"), kind="stable")  # 0 = most seeds
+        w = LogUniformSampler(counts.size, rank).probs() * (counts > 0)
     else:
-        raise ValueError(f"unknown negative sampling {how!r} (uniform | popularity)")
+        raise ValueError(f"unknown negative sampling {how!r} (uniform | popularity | log_uniform)")
     if w.sum() <= 0:
         raise ValueError(f"dataset {ds.name} has no item with seeds: cannot sample negatives")
     return w / w.sum()

@@ -111,6 +111,8 @@ class ItemTerms:
         global_vec: (I, h) float32 global-attention vectors.
         global_norm2: (I,) float32 ``|g|^2``.
         prior: optional (I,) float32 score offset (the audience-size prior).
+        scale: optional (I,) float32 multiplier of the look-alike score, applied before
+            ``prior`` (the "shrink" prior's trust in an item's evidence).
     """
 
     table: torch.Tensor
@@ -121,6 +123,7 @@ class ItemTerms:
     global_vec: torch.Tensor
     global_norm2: torch.Tensor
     prior: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
 
     @property
     def n_items(self) -> int:
@@ -141,6 +144,7 @@ class ItemTerms:
             global_vec=self.global_vec[lo:hi],
             global_norm2=self.global_norm2[lo:hi],
             prior=None if self.prior is None else self.prior[lo:hi],
+            scale=None if self.scale is None else self.scale[lo:hi],
         )
 
 
@@ -158,6 +162,7 @@ def prepare_items(
     log_prior: torch.Tensor | None = None,
     prior: torch.Tensor | None = None,
     dtype: torch.dtype | str = torch.float32,
+    scale: torch.Tensor | None = None,
 ) -> ItemTerms:
     """Per-item constants of :func:`score_prepared` (see :class:`ItemTerms`).
 
@@ -170,6 +175,7 @@ def prepare_items(
         prior: optional (I,) score offset added to every user's score of the item.
         dtype: dtype of the centroid table: float32, or bfloat16 (half the memory
             traffic; Gram matrices, global vectors and the chain stay float32).
+        scale: optional (I,) multiplier of each item's look-alike score (before ``prior``).
     """
     if isinstance(dtype, str):
         if dtype not in TABLE_DTYPES:
@@ -196,6 +202,7 @@ def prepare_items(
         global_vec=g,
         global_norm2=(g * g).sum(dim=-1),  # (I,)
         prior=None if prior is None else prior.to(torch.float32).contiguous(),
+        scale=None if scale is None else scale.to(torch.float32).contiguous(),
     )
 
 
@@ -277,6 +284,8 @@ def score_prepared(
             gd = t.global_vec @ e_t  # (Ic, B)
             gn = (t.global_norm2[:, None] * u_norm2[None, :]).clamp_(min=EPS).sqrt_()
             o.add_(gd.div_(gn), alpha=alpha)
+        if t.scale is not None:
+            o.mul_(t.scale[:, None])
         if t.prior is not None:
             o.add_(t.prior[:, None])
     return out.T.contiguous()  # (B, I)

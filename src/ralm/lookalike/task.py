@@ -5,6 +5,16 @@ A batch holds, per (user, item, label) example, the target user's universal embe
 target user left out (:func:`leave_self_out`). ``forward`` transforms the user, scores the
 pair through the one scorer (:meth:`LookalikeModel.score_pairs`) and returns the BCE of the
 calibrated logit, so the loop (and a DDP wrapper) only ever calls the task.
+
+With ``loss="softmax"`` the task is listwise: every click of the batch is scored against
+every item of the batch (the clicked items of the other rows — in-batch negatives drawn by
+popularity — and the sampled negatives) through the same scorer
+(:meth:`LookalikeModel.score`, each item represented by its own leave-self-out seed
+attention), logits ``inv_temperature * s - log Q(item)`` (logQ correction by the expected
+number of copies of the item in a batch), cross-entropy against the clicked column; pairs
+where the user is a seed of (clicked) the column's item, or the column repeats the row's
+item, are masked. A BCE term on the *detached* score trains only ``scale`` / ``bias``, so
+the pCTR stays calibrated without pulling the ranking back to the pointwise objective.
 """
 
 from __future__ import annotations
@@ -62,6 +72,10 @@ class LookalikeBatch:
         mask: bool (B, k) valid clusters.
         sizes: int64 (B, k) cluster sizes (after leave-self-out).
         labels: float32 (B,) 1 = click, 0 = sampled negative.
+        log_q: float32 (B,) log of the expected copies of each row's item in a batch (the
+            softmax loss's logQ correction); None for the BCE loss.
+        seen: bool (B, B) ``seen[r, c]``: row r's user is a seed of row c's item, or the
+            two rows hold the same item (masked off-diagonal in the softmax); None for BCE.
     """
 
     target: torch.Tensor
@@ -69,21 +83,29 @@ class LookalikeBatch:
     mask: torch.Tensor
     sizes: torch.Tensor
     labels: torch.Tensor
+    log_q: torch.Tensor | None = None
+    seen: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
 
 class LookalikeTrainTask(nn.Module):
-    """Stage 2 as a module whose ``forward(batch)`` is the pointwise BCE loss.
+    """Stage 2 as a module whose ``forward(batch)`` is the training loss.
 
     Args:
-        model: the look-alike model (its ``score_pairs`` is the one scorer).
+        model: the look-alike model (its ``score_pairs`` / ``score`` is the one scorer).
+        loss: "bce" (pointwise) or "softmax" (listwise over the batch's items).
+        calib_weight: weight of the calibration BCE term of the softmax loss.
     """
 
-    def __init__(self, model: LookalikeModel) -> None:
+    def __init__(self, model: LookalikeModel, loss: str = "bce", calib_weight: float = 1.0) -> None:
         super().__init__()
+        if loss not in ("bce", "softmax"):
+            raise ValueError(f"unknown stage-2 loss {loss!r} (bce | softmax)")
         self.model = model
+        self.loss = loss
+        self.calib_weight = calib_weight
         # an ablated attention term leaves its parameters out of the graph: DDP must look
         # for unused parameters then (read by ralm.training.Trainer)
         cfg = model.config
@@ -95,10 +117,34 @@ class LookalikeTrainTask(nn.Module):
         return self.model.score_pairs(e_u, batch.centroids, batch.mask, sizes=batch.sizes)
 
     def forward(self, batch: LookalikeBatch) -> torch.Tensor:
-        """Mean BCE of the calibrated logits against the labels (a scalar)."""
-        return F.binary_cross_entropy_with_logits(
-            self.model.logit(self.scores(batch)), batch.labels
-        )
+        """The loss (a scalar): mean BCE, or sampled softmax + calibration BCE."""
+        if self.loss == "bce":
+            bce = F.binary_cross_entropy_with_logits(
+                self.model.logit(self.scores(batch)), batch.labels
+            )
+            # the temperature only serves the softmax loss: a zero gradient keeps every
+            # parameter used (DistributedDataParallel) and leaves it unchanged under Adam
+            return bce + 0.0 * self.model.log_inv_temp
+        return self.softmax_loss(batch)
+
+    def softmax_loss(self, batch: LookalikeBatch) -> torch.Tensor:
+        """Sampled softmax of every click over the batch's items + calibration BCE."""
+        if batch.log_q is None or batch.seen is None:
+            raise ValueError("the softmax loss needs batches with log_q and seen")
+        m = self.model
+        e_u = m.transform(batch.target)  # (B, h)
+        gv = m.item_global(batch.centroids, batch.mask, batch.sizes)  # (B, h)
+        pos = torch.nonzero(batch.labels > 0).squeeze(1)  # (P,)
+        s = m.score(e_u[pos], batch.centroids, batch.mask, gv, sizes=batch.sizes)  # (P, B)
+        logits = m.inv_temperature * s - batch.log_q[None, :]  # (P, B)
+        off = batch.seen[pos].clone()  # (P, B)
+        off[torch.arange(pos.numel()), pos] = False  # the clicked column itself stays
+        logits = logits.masked_fill(off, float("-inf"))
+        sm = F.cross_entropy(logits, pos) if pos.numel() else logits.sum() * 0.0
+        # calibration: pCTR = sigmoid(scale s + bias) by BCE on the detached pair scores
+        diag = m.score_pairs(e_u, batch.centroids, batch.mask, gv, sizes=batch.sizes)  # (B,)
+        calib = F.binary_cross_entropy_with_logits(m.logit(diag.detach()), batch.labels)
+        return sm + self.calib_weight * calib
 
 
 def make_batch(
@@ -109,15 +155,29 @@ def make_batch(
     users: np.ndarray,
     items: np.ndarray,
     labels: np.ndarray,
+    item_log_q: np.ndarray | None = None,
 ) -> LookalikeBatch:
-    """A :class:`LookalikeBatch` from examples and their target embeddings (B, m)."""
+    """A :class:`LookalikeBatch` from examples and their target embeddings (B, m).
+
+    ``item_log_q`` (n_items,) (log expected copies of each item per batch) makes a batch
+    for the softmax loss (``log_q`` and ``seen`` filled).
+    """
     cent, mask, sizes = leave_self_out(clusters, seed_emb, seeds, users, items)
+    log_q = seen = None
+    if item_log_q is not None:
+        b = users.size
+        rows = seeds.find(np.repeat(users, b), np.tile(items, b)).reshape(b, b)  # (B, B)
+        same = items[:, None] == items[None, :]  # (B, B)
+        seen = torch.from_numpy((rows >= 0) | same)
+        log_q = torch.from_numpy(np.asarray(item_log_q[items], dtype=np.float32))
     return LookalikeBatch(
         target=torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)),
         centroids=torch.from_numpy(cent),
         mask=torch.from_numpy(mask),
         sizes=torch.from_numpy(sizes),
         labels=torch.from_numpy(np.asarray(labels, dtype=np.float32)),
+        log_q=log_q,
+        seen=seen,
     )
 
 
@@ -130,6 +190,7 @@ class LookalikeEpochData:
         seeds: seed sets (CSR).
         targets: target embeddings of the examples' users.
         users, items, labels: the epoch's shuffled examples (n,).
+        item_log_q: float (n_items,) logQ correction of the softmax loss, or None (BCE).
     """
 
     def __init__(
@@ -141,9 +202,11 @@ class LookalikeEpochData:
         users: np.ndarray,
         items: np.ndarray,
         labels: np.ndarray,
+        item_log_q: np.ndarray | None = None,
     ) -> None:
         self.clusters, self.seed_emb, self.seeds, self.targets = clusters, seed_emb, seeds, targets
         self.users, self.items, self.labels = users, items, labels
+        self.item_log_q = item_log_q
 
     def __len__(self) -> int:
         return int(self.users.size)
@@ -151,11 +214,14 @@ class LookalikeEpochData:
     def batch(self, lo: int, hi: int) -> LookalikeBatch:
         u, i, y = self.users[lo:hi], self.items[lo:hi], self.labels[lo:hi]
         tu = self.targets(u, i, y)  # (B, m)
-        return make_batch(self.clusters, self.seed_emb, self.seeds, tu, u, i, y)
+        return make_batch(
+            self.clusters, self.seed_emb, self.seeds, tu, u, i, y, item_log_q=self.item_log_q
+        )
 
     def shard(self, rows: np.ndarray, rank: int, world: int) -> LookalikeEpochData:
         """Rank ``rank``'s rows of the epoch (data-parallel training; no random draws)."""
         return LookalikeEpochData(
             self.clusters, self.seed_emb, self.seeds, self.targets,
             self.users[rows], self.items[rows], self.labels[rows],
+            item_log_q=self.item_log_q,
         )  # fmt: skip

@@ -31,12 +31,14 @@ from ralm.data.encoded import EncodedDataset, Split
 from ralm.errors import CheckpointError, ConfigError
 from ralm.evaluation import metrics
 from ralm.lookalike import checkpoint as ckpt
+from ralm.lookalike.calibration import cross_fitted_ece, expected_calibration_error, fit_platt
 from ralm.lookalike.clustering import SeedClusters
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
 from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.samples import (
     SeedSets,
     click_keys,
+    negative_distribution,
     seed_sets,
     training_examples,
     validation_examples,
@@ -84,6 +86,8 @@ class LookalikeTrainResult:
         best_epoch: epoch of the best validation AUC (0-based).
         best_val_auc: that AUC.
         recluster_calls: how many times the seeds were re-clustered.
+        calibration: post-hoc calibration on VALID (``val_ece_trained``, ``val_ece`` out of
+            sample after the refit, ``calib_scale``, ``calib_bias``); empty when skipped.
     """
 
     model: LookalikeModel
@@ -93,6 +97,7 @@ class LookalikeTrainResult:
     best_epoch: int = -1
     best_val_auc: float = float("nan")
     recluster_calls: int = 0
+    calibration: dict[str, float] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -233,8 +238,25 @@ class LookalikeStage:
             self.ds, self.seeds, tc.neg_ratio, tc.neg_sampling, rng
         )
         return LookalikeEpochData(
-            self.clusters, self.seed_emb, self.seeds, self.targets, users, items, labels
-        )
+            self.clusters, self.seed_emb, self.seeds, self.targets, users, items, labels,
+            item_log_q=self.item_log_q(),
+        )  # fmt: skip
+
+    def item_log_q(self) -> np.ndarray | None:
+        """logQ correction of the softmax loss: log of each item's expected copies in a
+        batch, ``B (f_pos pop_i + f_neg q_i)`` (clicked items come by popularity, the
+        negatives from ``neg_sampling``); None for the BCE loss."""
+        tc = self.tc
+        if tc.loss != "softmax":
+            return None
+        counts = self.seeds.counts.astype(np.float64)
+        pop = counts / max(counts.sum(), 1.0)
+        neg = negative_distribution(self.ds, self.seeds, tc.neg_sampling)
+        f_pos = 1.0 / (1.0 + tc.neg_ratio)
+        expected = tc.batch_size * (f_pos * pop + (1.0 - f_pos) * neg)
+        if not tc.logq:  # no correction: a constant log Q cancels in the softmax
+            return np.zeros(counts.size)
+        return np.log(np.maximum(expected, 1e-30))
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         assert self.clusters is not None
@@ -247,12 +269,17 @@ class LookalikeStage:
             self.model, cl, self.seed_emb, self.seeds, self.v_target, self.vu, self.vi
         )
         auc = metrics.auc(self.vy, vs) if 0 < self.vy.sum() < self.vy.size else float("nan")
+        with torch.no_grad():
+            p = self.model.pctr(torch.from_numpy(vs)).numpy()
+        ece = expected_calibration_error(self.vy, p)
         log.info(
-            "stage 2 after epoch %d: k-means %.2fs, inertia %.4g (%+.4g), val_auc %.4f",
-            epoch + 1, cl.seconds, cl.inertia, cl.inertia - prev_inertia, auc,
+            "stage 2 after epoch %d: k-means %.2fs, inertia %.4g (%+.4g), val_auc %.4f, "
+            "val_ece %.4f",
+            epoch + 1, cl.seconds, cl.inertia, cl.inertia - prev_inertia, auc, ece,
         )  # fmt: skip
         rec: dict[str, Any] = {
             "val_auc": auc,
+            "val_ece": ece,
             "kmeans_s": cl.seconds,
             "inertia": cl.inertia,
             "inertia_change": cl.inertia - prev_inertia,
@@ -263,6 +290,38 @@ class LookalikeStage:
                 self.model, index, self.seed_universal, self.ranking, self.tc.eval_k
             )
         return rec
+
+    def calibrate(self) -> dict[str, float]:
+        """Post-hoc Platt scaling of the (best) model's pCTR on the VALID examples.
+
+        Sets ``scale`` / ``bias`` to the BCE fit on VALID scores (the score, hence every
+        ranking, is unchanged) and returns the ECE before, the out-of-sample (2-fold
+        cross-fitted) ECE of the refit, and the fitted pair. Skipped (empty dict) when the
+        best epoch's clusters are not in memory (a resumed run) or VALID has one class.
+        """
+        cl = self.best_clusters
+        if cl is None or not 0 < self.vy.sum() < self.vy.size:
+            return {}
+        self.model.eval()
+        emb = transform_seeds(self.model, self.seed_universal, self.seeds.users)
+        vs = score_examples(self.model, cl, emb, self.seeds, self.v_target, self.vu, self.vi)
+        with torch.no_grad():
+            before = expected_calibration_error(
+                self.vy, self.model.pctr(torch.from_numpy(vs)).numpy()
+            )
+        after = cross_fitted_ece(vs, self.vy)
+        a, b = fit_platt(vs, self.vy)
+        with torch.no_grad():
+            self.model.scale.fill_(a)
+            self.model.bias.fill_(b)
+        log.info(
+            "stage 2: pCTR recalibrated on VALID (scale %.3f, bias %.3f): ECE %.4f -> %.4f "
+            "(out of sample)", a, b, before, after,
+        )  # fmt: skip
+        if self.out is not None:
+            self.files[ckpt.MODEL_FILE] = ckpt.save_model(self.out, self.model)
+            self._write_config()
+        return {"val_ece_trained": before, "val_ece": after, "calib_scale": a, "calib_bias": b}
 
     def on_improved(self, epoch: int) -> None:
         self.best_clusters, self.best_index = self.clusters, None
@@ -371,7 +430,7 @@ def train_lookalike(
     with torch_threads(tc.threads), distributed_run() as dist:
         torch.manual_seed(tc.seed)
         model = LookalikeModel(cfg)
-        task = LookalikeTrainTask(model)
+        task = LookalikeTrainTask(model, loss=tc.loss, calib_weight=tc.calib_weight)
         opt = torch.optim.Adam(model.param_groups(tc.lr), lr=tc.lr, weight_decay=tc.weight_decay)
         stage = LookalikeStage(ds, cfg, tc, task, opt, seed_universal, target_universal, out, dist)
         if not resume and dist.is_main:
@@ -393,6 +452,7 @@ def train_lookalike(
         if stage.clusters is None:  # epochs already done before the resume
             stage.recluster(None, 0)
         index = stage.best_seed_index()
+        calib = stage.calibrate() if tc.calibrate == "valid" else {}
     return LookalikeTrainResult(
         model=model,
         config=cfg,
@@ -401,4 +461,5 @@ def train_lookalike(
         best_epoch=int(state.best_epoch),
         best_val_auc=float(state.best_record.get("val_auc", float("nan"))),
         recluster_calls=stage.recluster_calls,
+        calibration=calib,
     )

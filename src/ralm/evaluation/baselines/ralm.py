@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -73,6 +74,7 @@ class RalmRecommender(Recommender):
         self.index: SeedIndex | None = None
         self.seed = 0
         self.history: list[dict[str, float]] = []
+        self.calibration: dict[str, float] = {}  # stage 2's post-hoc calibration (ECE)
 
     def fit(self, ds: EncodedDataset, seed: int = 0) -> None:
         from ralm.lookalike.train import train_lookalike
@@ -107,6 +109,7 @@ class RalmRecommender(Recommender):
         )
         self.model = result.model
         self.history = list(result.history)
+        self.calibration = dict(result.calibration)
 
     def variant(self, name: str, eval_k: int | None = None, **config: object) -> RalmRecommender:
         """A copy sharing the trained weights with other evaluation-time settings.
@@ -168,6 +171,33 @@ class RalmRecommender(Recommender):
             gram=torch.from_numpy(np.ascontiguousarray(ix.gram[items])),  # (I, k, k)
             sizes=torch.from_numpy(np.ascontiguousarray(ix.sizes[items])),  # (I, k)
         )  # (B, I)
+        return s.numpy()
+
+    @torch.no_grad()
+    def score_seeded_items(self, users: np.ndarray, seed_sets: Sequence[np.ndarray]) -> np.ndarray:
+        """Scores (B, S) of hypothetical new items known only by their seed users.
+
+        The seed sets are indexed exactly as the online service indexes a new item: a CSR
+        of the (distinct) seeds, :func:`build_seed_index` with the evaluation k and seed,
+        then :meth:`LookalikeModel.score` — the same scale as :meth:`score_users`.
+        """
+        assert self.model is not None
+        sets = [np.unique(np.asarray(s, dtype=np.int64)) for s in seed_sets]
+        offsets = np.r_[0, np.cumsum([s.size for s in sets])].astype(np.int64)
+        rows = np.concatenate(sets) if sets else np.zeros(0, np.int64)
+        ix = build_seed_index(
+            self.model,
+            self.universal,
+            (offsets, rows),
+            k=self.eval_k,
+            seed=self.seed,
+            item_ids=np.array([f"seeded-{j}" for j in range(len(sets))]),
+        )
+        t = ix.tensors()
+        e_u = self._user_vec(np.asarray(users, dtype=np.int64))  # (B, h)
+        s = self.model.score(
+            e_u, t["centroids"], t["mask"], t["global_vec"], gram=t["gram"], sizes=t["sizes"]
+        )  # (B, S)
         return s.numpy()
 
     @torch.no_grad()

@@ -173,3 +173,32 @@ def test_logq_switch_changes_only_the_correction(toy: EncodedDataset, universal,
     bce = LookalikeStage(toy, cfg, FAST.model_copy(update={"loss": "bce"}), task, opt,
                          universal, lookup, None)  # fmt: skip
     assert bce.item_log_q() is None
+
+
+def test_score_train_equals_score_and_has_gradients() -> None:
+    """The listwise loss's differentiable scores are the serving scores, with autograd."""
+    import torch
+
+    from ralm.lookalike.config import LookalikeConfig
+    from ralm.lookalike.model import LookalikeModel
+
+    for prior in ("log_count", "shrink"):
+        torch.manual_seed(0)
+        model = LookalikeModel(LookalikeConfig(m=8, h=8, k=3, prior=prior))
+        c = torch.rand(5, 3, 8)
+        mask = torch.ones(5, 3, dtype=torch.bool)
+        mask[0, 2] = False
+        n = torch.randint(1, 6, (5, 3)) * mask
+        e_u = model.transform(torch.randn(4, 8))
+        g = model.item_global(c, mask, n)
+        s = model.score_train(e_u, c, mask, g, sizes=n)
+        assert s.requires_grad
+        s.sum().backward()
+        w_grad = model.local_attention.weight.grad
+        assert w_grad is not None and float(w_grad.abs().sum()) > 0  # the attention learns
+        torch.testing.assert_close(
+            s.detach(),
+            model.score(e_u.detach(), c, mask, g.detach(), sizes=n),
+            rtol=1e-5,
+            atol=1e-5,
+        )

@@ -195,6 +195,38 @@ class LookalikeModel(nn.Module):
         terms = self.prepare_items(centroids, mask, global_vec, gram=gram, sizes=sizes)
         return self.score_prepared(e_u, terms, chunk_items=chunk_items)
 
+    def score_train(
+        self,
+        e_u: torch.Tensor,
+        centroids: torch.Tensor,
+        mask: torch.Tensor,
+        global_vec: torch.Tensor,
+        gram: torch.Tensor | None = None,
+        sizes: torch.Tensor | None = None,
+        chunk_items: int = 4096,
+    ) -> torch.Tensor:
+        """Differentiable scores (B, I): the same terms as :meth:`score` (tested equal),
+        through autograd, for listwise training losses. Serving uses :meth:`score`."""
+        cfg = self.config
+        s = scorer.score_matrix_train(
+            e_u,
+            self.local_attention.weight,
+            centroids,
+            mask,
+            global_vec,
+            alpha=cfg.alpha,
+            beta=cfg.beta,
+            use_local=cfg.use_local,
+            use_global=cfg.use_global,
+            gram=gram,
+            log_prior=self.log_prior(sizes),
+            chunk_items=chunk_items,
+        )  # (B, I)
+        if cfg.seed_prior and cfg.prior == "shrink":
+            return s * self.shrink_weight(sizes)[None, :]
+        prior = self.seed_prior_term(sizes)  # (I,)
+        return s if prior is None else s + prior[None, :]
+
     def score_pairs(
         self,
         e_u: torch.Tensor,

@@ -330,6 +330,66 @@ def score_matrix(
     )
 
 
+def score_matrix_train(
+    e_u: torch.Tensor,
+    w_local: torch.Tensor,
+    centroids: torch.Tensor,
+    mask: torch.Tensor,
+    global_vec: torch.Tensor,
+    alpha: float = 0.3,
+    beta: float = 0.7,
+    use_local: bool = True,
+    use_global: bool = True,
+    gram: torch.Tensor | None = None,
+    log_prior: torch.Tensor | None = None,
+    chunk_items: int = 4096,
+) -> torch.Tensor:
+    """Raw scores of every user against every item, (B, I) in [-1, 1], through autograd.
+
+    The same terms as :func:`score_matrix` (tested equal), written with out-of-place ops
+    so listwise training losses can back-propagate; serving uses the prepared path.
+
+    Args:
+        e_u: (B, h) transformed target users.
+        w_local: (h, h) local-attention matrix W_l.
+        centroids: (I, k, h) seed centroids (masked slots ignored).
+        mask: (I, k) bool valid centroids.
+        global_vec: (I, h) precomputed global-attention vectors.
+        alpha: weight of the global term.
+        beta: weight of the local term.
+        use_local: include the local term.
+        use_global: include the global term.
+        gram: optional (I, k, k) precomputed ``C C^T`` (e.g. from a SeedIndex).
+        log_prior: optional (I, k) log cluster sizes added to the local-attention logits.
+        chunk_items: items scored per chunk (bounds the (B, chunk, k) intermediates).
+    """
+    n_b, h = e_u.shape
+    n_i, k, _ = centroids.shape
+    u_norm2 = (e_u * e_u).sum(dim=-1)  # (B,)
+    q = e_u @ w_local if use_local else None  # (B, h)
+    out = []
+    for lo in range(0, n_i, max(1, chunk_items)):
+        hi = min(n_i, lo + chunk_items)
+        c = centroids[lo:hi]  # (Ic, k, h)
+        cg = None
+        if use_global:
+            g = global_vec[lo:hi]  # (Ic, h)
+            dot = e_u @ g.T  # (B, Ic)
+            cg = safe_cos(dot, u_norm2[:, None], (g * g).sum(dim=-1)[None, :])
+        cl = None
+        if q is not None:
+            both = torch.cat([q, e_u], dim=0)  # (2B, h)
+            r = (c.reshape(-1, h) @ both.T).reshape(hi - lo, k, 2 * n_b)  # (Ic, k, 2B)
+            r = r.permute(2, 0, 1)  # (2B, Ic, k)
+            gm = gram_matrix(c) if gram is None else gram[lo:hi]  # (Ic, k, k)
+            lp = None if log_prior is None else log_prior[lo:hi][None]  # (1, Ic, k)
+            cl = local_cos(r[:n_b], r[n_b:], mask[lo:hi][None], gm, u_norm2[:, None], lp)
+        out.append(combine(cg, cl, alpha, beta))  # (B, Ic)
+    if not out:
+        return e_u.new_zeros((n_b, 0))
+    return torch.cat(out, dim=1)  # (B, I)
+
+
 def score_pairs(
     e_u: torch.Tensor,
     w_local: torch.Tensor,

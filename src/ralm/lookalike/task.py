@@ -135,7 +135,7 @@ class LookalikeTrainTask(nn.Module):
         e_u = m.transform(batch.target)  # (B, h)
         gv = m.item_global(batch.centroids, batch.mask, batch.sizes)  # (B, h)
         pos = torch.nonzero(batch.labels > 0).squeeze(1)  # (P,)
-        s = m.score(e_u[pos], batch.centroids, batch.mask, gv, sizes=batch.sizes)  # (P, B)
+        s = m.score_train(e_u[pos], batch.centroids, batch.mask, gv, sizes=batch.sizes)  # (P, B)
         logits = m.inv_temperature * s - batch.log_q[None, :]  # (P, B)
         off = batch.seen[pos].clone()  # (P, B)
         off[torch.arange(pos.numel()), pos] = False  # the clicked column itself stays

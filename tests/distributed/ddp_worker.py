@@ -61,7 +61,12 @@ def run_lookalike(out: Path, epochs: int, resume: bool) -> tuple[nn.Module, list
         return universal[users]
 
     cfg = LookalikeConfig(m=12, h=8, k=3)
-    tc = LookalikeTrainConfig(epochs=epochs, batch_size=64, seed=0, patience=0)
+    # pointwise BCE: every example's loss depends on its own row only, so the 2-process
+    # run must equal the 1-process one; the listwise softmax loss takes its negatives from
+    # the rank's half of the batch (docs/DISTRIBUTED.md), equal only in distribution
+    tc = LookalikeTrainConfig(
+        epochs=epochs, batch_size=64, seed=0, patience=0, loss="bce", neg_sampling="uniform"
+    )
     res = train_lookalike(ds, cfg, universal, target, out, tc, resume=resume)
     hist = [dict(r, recluster_calls=res.recluster_calls) for r in res.history]
     return res.model, hist

@@ -76,14 +76,12 @@ def _cosine_norm(counts: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1.0)), 0.0)
 
 
-class ItemKNN(Recommender):
-    """Item-based kNN on cosine co-click similarity (see the module docstring).
+class _CoClickKNN(Recommender):
+    """Shared fit logic of the co-click kNN references: rebuilt when the seed splits change.
 
     Args:
-        config: number of neighbours kept per candidate item.
+        config: number of neighbours kept.
     """
-
-    name = "item-kNN"
 
     def __init__(self, config: KNNConfig | None = None) -> None:
         super().__init__()
@@ -99,7 +97,23 @@ class ItemKNN(Recommender):
         if self._ds is None or self._built_for == self.seed_splits:
             return  # already built from these splits
         self._built_for = self.seed_splits
-        self.x = click_matrix(self.ds, self.seed_splits)  # (U, I)
+        self._build(click_matrix(self.ds, self.seed_splits))  # (U, I)
+
+    def _build(self, x: sp.csr_matrix) -> None:
+        raise NotImplementedError
+
+
+class ItemKNN(_CoClickKNN):
+    """Item-based kNN on cosine co-click similarity (see the module docstring).
+
+    Args:
+        config: number of neighbours kept per candidate item.
+    """
+
+    name = "item-kNN"
+
+    def _build(self, x: sp.csr_matrix) -> None:
+        self.x = x  # (U, I)
         self.item_norm = _cosine_norm(np.asarray(self.x.sum(axis=0)).ravel())  # (I,)
         co = (self.x.T @ self.x).tocsr()  # (I, I) co-clicks
         co = (co - sp.diags(co.diagonal())).tocsr()  # sim(j, j) = 0
@@ -132,7 +146,7 @@ class ItemKNN(Recommender):
         return np.asarray((self.x[users] @ neigh.T).toarray())  # (B, S)
 
 
-class UserKNN(Recommender):
+class UserKNN(_CoClickKNN):
     """User-kNN look-alike: the user's nearest co-click neighbours among an item's seeds.
 
     Args:
@@ -141,21 +155,7 @@ class UserKNN(Recommender):
 
     name = "user-kNN look-alike"
 
-    def __init__(self, config: KNNConfig | None = None) -> None:
-        super().__init__()
-        self.config = config or KNNConfig()
-        self._built_for: tuple[Split, ...] | None = None
-
-    def fit(self, ds: EncodedDataset, seed: int = 0) -> None:
-        self._ds, self._built_for = ds, None
-        self.set_seed_splits((Split.TRAIN,))
-
-    def set_seed_splits(self, splits: tuple[Split, ...]) -> None:
-        super().set_seed_splits(splits)
-        if self._ds is None or self._built_for == self.seed_splits:
-            return  # already built from these splits
-        self._built_for = self.seed_splits
-        x = click_matrix(self.ds, self.seed_splits)  # (U, I)
+    def _build(self, x: sp.csr_matrix) -> None:
         self.x = x
         self.xt = x.T.tocsr()  # (I, U): seeds of every item
         d = sp.diags(_cosine_norm(np.asarray(x.sum(axis=1)).ravel()))

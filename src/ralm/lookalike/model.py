@@ -110,6 +110,19 @@ class LookalikeModel(nn.Module):
         return n / (n + self.config.shrink_seeds)
 
     @property
+    def shrinks(self) -> bool:
+        """True when the audience prior is the 'shrink' multiplier, not an additive term."""
+        return self.config.seed_prior and self.config.prior == "shrink"
+
+    def with_prior(self, s: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:
+        """Raw look-alike scores (..., I) with the audience prior applied (the one rule:
+        ``s * n / (n + shrink_seeds)`` for 'shrink', else ``s + gamma log(1 + n)``)."""
+        if self.shrinks:
+            return s * self.shrink_weight(sizes)
+        prior = self.seed_prior_term(sizes)  # (I,) broadcast over the leading dims
+        return s if prior is None else s + prior
+
+    @property
     def gamma(self) -> torch.Tensor:
         """Weight of the audience-size prior, ``softplus(prior_weight) >= 0``."""
         return nn.functional.softplus(self.prior_weight)
@@ -145,7 +158,7 @@ class LookalikeModel(nn.Module):
             dtype: centroid-table dtype (float32 or bfloat16).
         """
         with torch.no_grad():
-            shrink = self.config.seed_prior and self.config.prior == "shrink"
+            shrink = self.shrinks
             prior = None if shrink else self.seed_prior_term(sizes)  # (I,) or None
             return scorer.prepare_items(
                 centroids,
@@ -222,10 +235,7 @@ class LookalikeModel(nn.Module):
             log_prior=self.log_prior(sizes),
             chunk_items=chunk_items,
         )  # (B, I)
-        if cfg.seed_prior and cfg.prior == "shrink":
-            return s * self.shrink_weight(sizes)[None, :]
-        prior = self.seed_prior_term(sizes)  # (I,)
-        return s if prior is None else s + prior[None, :]
+        return self.with_prior(s, sizes)  # (B, I)
 
     def score_pairs(
         self,
@@ -255,10 +265,7 @@ class LookalikeModel(nn.Module):
             use_global=cfg.use_global,
             log_prior=self.log_prior(sizes),
         )  # (B,)
-        if self.config.seed_prior and self.config.prior == "shrink":
-            return s * self.shrink_weight(sizes)
-        prior = self.seed_prior_term(sizes)  # (B,)
-        return s if prior is None else s + prior
+        return self.with_prior(s, sizes)  # (B,)
 
     def logit(self, s: torch.Tensor) -> torch.Tensor:
         """Calibrated logit ``scale * s + bias`` (monotone in s: ranking unchanged)."""

@@ -1,13 +1,15 @@
 """One rank of the data-parallel tests (run by ``torch.distributed.run`` or alone).
 
 Usage: ``python ddp_worker.py MODE OUT RESULTS EPOCHS [--resume]``. Each rank trains the toy
-run of ``MODE`` (``user``, ``lookalike`` or ``trainer``) in run folder ``OUT`` and writes
+run of ``MODE`` (``user``, ``lookalike``, ``lookalike_softmax`` or ``trainer``; ``softmax_step``
+computes one listwise stage-2 step's loss and gradients) in run folder ``OUT`` and writes
 ``RESULTS/rank<r>.json`` (the sha256 of its final weights, the per-epoch history, the world
 size) and ``RESULTS/rank<r>.safetensors`` (the weights).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -47,25 +49,33 @@ def run_user(out: Path, epochs: int, resume: bool) -> tuple[nn.Module, list[dict
     return net, model.history
 
 
-def run_lookalike(out: Path, epochs: int, resume: bool) -> tuple[nn.Module, list[dict[str, Any]]]:
-    from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
-    from ralm.lookalike.train import train_lookalike
-
+def _stage2_data() -> tuple[Any, np.ndarray]:
+    """The toy dataset of the stage-2 runs and planted (n_users, 12) universal embeddings."""
     ds = make_toy_dataset(n_users=300, n_items=40, clicks_per_user=12, seed=1)
     group = np.asarray(ds.extra["toy"]["group"])
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(int(group.max()) + 1, 12))
     universal = (centres[group] + 0.7 * rng.normal(size=(ds.n_users, 12))).astype(np.float32)
+    return ds, universal
+
+
+def run_lookalike(
+    out: Path, epochs: int, resume: bool, loss: str = "bce"
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
+    from ralm.lookalike.train import train_lookalike
+
+    ds, universal = _stage2_data()
 
     def target(users: np.ndarray, exclude_items: np.ndarray) -> np.ndarray:
         return universal[users]
 
     cfg = LookalikeConfig(m=12, h=8, k=3)
-    # pointwise BCE: every example's loss depends on its own row only, so the 2-process
-    # run must equal the 1-process one; the listwise softmax loss takes its negatives from
-    # the rank's half of the batch (docs/DISTRIBUTED.md), equal only in distribution
+    # pointwise BCE: every example's loss depends on its own row only; the listwise
+    # softmax scores each click against the items of every rank's rows (all-gathered):
+    # either way the 2-process run must equal the 1-process one
     tc = LookalikeTrainConfig(
-        epochs=epochs, batch_size=64, seed=0, patience=0, loss="bce", neg_sampling="uniform"
+        epochs=epochs, batch_size=64, seed=0, patience=0, loss=loss, neg_sampling="uniform"
     )
     res = train_lookalike(ds, cfg, universal, target, out, tc, resume=resume)
     hist = [dict(r, recluster_calls=res.recluster_calls) for r in res.history]
@@ -137,7 +147,80 @@ def run_trainer(out: Path, epochs: int, resume: bool) -> tuple[nn.Module, list[d
     return net, state.history
 
 
-RUNS = {"user": run_user, "lookalike": run_lookalike, "trainer": run_trainer}
+def run_softmax_step(
+    out: Path, epochs: int, resume: bool
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """One listwise (softmax) stage-2 step on each of two global batches, the rows split
+    over the ranks as the Trainer splits them: the global loss and the gradients of every
+    parameter after the backward pass (DDP-averaged), with no optimiser step.
+
+    Batch ``odd`` has 45 rows (23 + 22 on 2 ranks); batch ``no_clicks`` puts clicks on
+    even rows only, so rank 1 has none (it still scores, and gets gradients through, the
+    gathered items of rank 0's clicks).
+    """
+    from ralm.lookalike.clustering import cluster_seeds
+    from ralm.lookalike.config import LookalikeConfig
+    from ralm.lookalike.model import LookalikeModel
+    from ralm.lookalike.samples import seed_sets, training_examples
+    from ralm.lookalike.seed_index import transform_seeds
+    from ralm.lookalike.task import LookalikeEpochData, LookalikeTrainTask
+    from ralm.training.distributed import distributed_run, shard_bounds, shard_rows
+
+    ds, universal = _stage2_data()
+    torch.manual_seed(0)
+    model = LookalikeModel(LookalikeConfig(m=12, h=8, k=3))
+    task = LookalikeTrainTask(model, loss="softmax", calib_weight=0.5)
+    seeds = seed_sets(ds)
+    emb = transform_seeds(model, universal, seeds.users)
+    clusters = cluster_seeds(emb, seeds.offsets, k=3, seed=0)
+    users, items, labels = training_examples(ds, seeds, 2, "uniform", np.random.default_rng(0))
+    log_q = np.log(np.arange(1, ds.n_items + 1, dtype=np.float64))  # any correction
+    pos, neg = np.flatnonzero(labels > 0), np.flatnonzero(labels == 0)
+    batches = {
+        "odd": np.arange(45),
+        "no_clicks": np.stack([pos[:10], neg[:10]], axis=1).ravel(),  # click, negative, ...
+    }
+
+    def targets(u: np.ndarray, i: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return universal[u]
+
+    grads: dict[str, torch.Tensor] = {}
+    record: dict[str, Any] = {}
+    with distributed_run() as ctx:
+        net: nn.Module = task
+        if ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(task)
+        for name, rows in batches.items():
+            n = rows.size
+            data = LookalikeEpochData(
+                clusters, emb, seeds, targets, users[rows], items[rows], labels[rows], log_q
+            )
+            part = data.shard(shard_rows(n, ctx.rank, ctx.world_size), ctx.rank, ctx.world_size)
+            lo, hi = shard_bounds(0, n, ctx.rank, ctx.world_size)
+            batch = part.batch(lo, hi) if ctx.enabled else data.batch(0, n)
+            task.zero_grad(set_to_none=True)
+            loss = net(batch)
+            (loss * ((hi - lo) * ctx.world_size / n)).backward()  # the Trainer's weighting
+            record[f"loss_{name}"] = ctx.all_sum([float(loss.detach()) * (hi - lo)])[0] / n
+            record[f"clicks_{name}"] = int(batch.labels.sum())
+            for k, p in task.named_parameters():
+                assert p.grad is not None, k
+                grads[f"{name}__{k.replace('.', '__')}"] = p.grad.detach().clone()
+    holder = nn.Module()
+    for k, g in grads.items():
+        holder.register_buffer(k, g)
+    return holder, [record]
+
+
+RUNS = {
+    "user": run_user,
+    "lookalike": run_lookalike,
+    "lookalike_softmax": functools.partial(run_lookalike, loss="softmax"),
+    "trainer": run_trainer,
+    "softmax_step": run_softmax_step,
+}
 
 
 def write_results(results: Path, module: nn.Module, history: list[dict[str, Any]]) -> None:

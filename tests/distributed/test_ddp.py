@@ -8,7 +8,10 @@ Measured tolerances (toy data, 3 epochs, global batch 64):
 * the shared Trainer with stage 1's task and negatives fixed per example: per-epoch loss
   within 4e-8 relative of one process (checked at rtol 1e-5), weights within 1e-6;
 * stage 2 end to end: per-epoch loss equal to 7 digits, validation AUC equal (checked at
-  rtol 1e-4 / atol 1e-4);
+  rtol 1e-4 / atol 1e-4), with the pointwise BCE loss and with the listwise softmax loss
+  (its columns all-gathered over the ranks);
+* one listwise stage-2 step: loss and DDP-averaged gradients of the 2 ranks equal to the
+  one-process loss and gradients of the full batch (checked at rtol 1e-5);
 * stage 1 end to end: each rank draws its own eq. 3 negatives, so the curve is a different
   sample of the same process: per-epoch loss within 0.5% of one process (checked at 2e-2).
 """
@@ -158,6 +161,36 @@ def test_lookalike_ddp_matches_one_process_and_resumes(tmp_path: Path) -> None:
     _same_ranks(resumed)
     assert resumed[0]["hash"] == two[0]["hash"]
     np.testing.assert_allclose(_curve(resumed[0], "loss"), _curve(two[0], "loss"), rtol=1e-6)
+
+
+def test_softmax_step_spans_every_rank_loss_and_gradients(tmp_path: Path) -> None:
+    """One listwise step: each rank scores its clicks against every rank's items
+    (all-gathered with gradient), so loss and gradients are the one-process ones."""
+    two = launch("softmax_step", tmp_path / "o2", tmp_path / "r2", 1)
+    one = single("softmax_step", tmp_path / "o1", tmp_path / "r1", 1)
+    assert one["world"] == 1 and [r["world"] for r in two] == [2, 2]
+    rec1, rec2 = one["history"][0], [r["history"][0] for r in two]
+    assert rec2[0]["clicks_no_clicks"] == 10 and rec2[1]["clicks_no_clicks"] == 0
+    for key in ("loss_odd", "loss_no_clicks"):
+        assert rec2[0][key] == rec2[1][key] == pytest.approx(rec1[key], rel=1e-6), key
+    assert one["weights"].keys() == two[0]["weights"].keys() == two[1]["weights"].keys()
+    moved = 0
+    for k, g in one["weights"].items():
+        for r in range(2):
+            np.testing.assert_allclose(two[r]["weights"][k], g, rtol=1e-5, atol=1e-7, err_msg=k)
+        moved += int(np.abs(g).max() > 1e-6)
+    # every parameter group learns (transform, attention, temperature, calibration)
+    assert moved >= len(one["weights"]) - 2, moved
+
+
+def test_lookalike_softmax_ddp_matches_one_process(tmp_path: Path) -> None:
+    two = launch("lookalike_softmax", tmp_path / "o2", tmp_path / "r2", 3)
+    _same_ranks(two)
+    one = single("lookalike_softmax", tmp_path / "o1", tmp_path / "r1", 3)
+    np.testing.assert_allclose(_curve(two[0], "loss"), _curve(one, "loss"), rtol=1e-4)
+    np.testing.assert_allclose(_curve(two[0], "val_auc"), _curve(one, "val_auc"), atol=1e-4)
+    np.testing.assert_allclose(_curve(two[0], "inertia"), _curve(one, "inertia"), rtol=1e-3)
+    assert one["history"][0]["loss"] > one["history"][-1]["loss"]  # it trained
 
 
 def test_cli_trains_both_stages_under_torchrun(tmp_path: Path) -> None:

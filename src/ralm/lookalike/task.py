@@ -30,6 +30,7 @@ from ralm.lookalike.clustering import SeedClusters
 from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.samples import SeedSets
 from ralm.lookalike.targets import TargetEmbeddings
+from ralm.training.distributed import all_gather_array, all_gather_rows
 
 
 def leave_self_out(
@@ -74,8 +75,12 @@ class LookalikeBatch:
         labels: float32 (B,) 1 = click, 0 = sampled negative.
         log_q: float32 (B,) log of the expected copies of each row's item in a batch (the
             softmax loss's logQ correction); None for the BCE loss.
-        seen: bool (B, B) ``seen[r, c]``: row r's user is a seed of row c's item, or the
-            two rows hold the same item (masked off-diagonal in the softmax); None for BCE.
+        seen: bool (B, N) ``seen[r, c]``: row r's user is a seed of column c's item, or
+            the row and the column hold the same item (masked off-diagonal in the softmax);
+            None for BCE. The columns are the batch's rows (N = B), or, with
+            ``across_ranks``, every rank's rows of the global batch in rank order.
+        across_ranks: the softmax's columns are the items of every rank's rows (DDP): the
+            loss all-gathers them (``ralm.training.distributed.all_gather_rows``).
     """
 
     target: torch.Tensor
@@ -85,6 +90,7 @@ class LookalikeBatch:
     labels: torch.Tensor
     log_q: torch.Tensor | None = None
     seen: torch.Tensor | None = None
+    across_ranks: bool = False
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -134,13 +140,21 @@ class LookalikeTrainTask(nn.Module):
         m = self.model
         e_u = m.transform(batch.target)  # (B, h)
         gv = m.item_global(batch.centroids, batch.mask, batch.sizes)  # (B, h)
+        cols = [gv, batch.centroids, batch.mask, batch.sizes, batch.log_q, batch.labels]
+        first = 0  # under DDP: every rank's items, this rank's rows from column `first`
+        if batch.across_ranks:
+            cols, first = all_gather_rows(*cols)  # (N, ...), gradient back to each rank
+        gv_c, cent_c, mask_c, sizes_c, log_q_c, labels_c = cols
         pos = torch.nonzero(batch.labels > 0).squeeze(1)  # (P,)
-        s = m.score_train(e_u[pos], batch.centroids, batch.mask, gv, sizes=batch.sizes)  # (P, B)
-        logits = m.inv_temperature * s - batch.log_q[None, :]  # (P, B)
-        off = batch.seen[pos].clone()  # (P, B)
-        off[torch.arange(pos.numel()), pos] = False  # the clicked column itself stays
+        s = m.score_train(e_u[pos], cent_c, mask_c, gv_c, sizes=sizes_c)  # (P, N)
+        logits = m.inv_temperature * s - log_q_c[None, :]  # (P, N)
+        off = batch.seen[pos].clone()  # (P, N)
+        off[torch.arange(pos.numel()), first + pos] = False  # the clicked column itself stays
         logits = logits.masked_fill(off, float("-inf"))
-        sm = F.cross_entropy(logits, pos) if pos.numel() else logits.sum() * 0.0
+        sm = F.cross_entropy(logits, first + pos) if pos.numel() else logits.sum() * 0.0
+        if batch.across_ranks:  # the Trainer weighs a rank by its rows: mean over all clicks
+            n_pos = max(int((labels_c > 0).sum()), 1)
+            sm = sm * (pos.numel() / n_pos) * (labels_c.numel() / len(batch))
         # calibration: pCTR = sigmoid(scale s + bias) by BCE on the detached pair scores
         diag = m.score_pairs(e_u, batch.centroids, batch.mask, gv, sizes=batch.sizes)  # (B,)
         calib = F.binary_cross_entropy_with_logits(m.logit(diag.detach()), batch.labels)
@@ -156,18 +170,20 @@ def make_batch(
     items: np.ndarray,
     labels: np.ndarray,
     item_log_q: np.ndarray | None = None,
+    col_items: np.ndarray | None = None,
 ) -> LookalikeBatch:
     """A :class:`LookalikeBatch` from examples and their target embeddings (B, m).
 
     ``item_log_q`` (n_items,) (log expected copies of each item per batch) makes a batch
-    for the softmax loss (``log_q`` and ``seen`` filled).
+    for the softmax loss (``log_q`` and ``seen`` filled). ``col_items`` (N,): the items of
+    every rank's rows of the global batch in rank order (DDP; ``across_ranks`` set).
     """
     cent, mask, sizes = leave_self_out(clusters, seed_emb, seeds, users, items)
     log_q = seen = None
     if item_log_q is not None:
-        b = users.size
-        rows = seeds.find(np.repeat(users, b), np.tile(items, b)).reshape(b, b)  # (B, B)
-        same = items[:, None] == items[None, :]  # (B, B)
+        b, cols = users.size, items if col_items is None else col_items
+        rows = seeds.find(np.repeat(users, cols.size), np.tile(cols, b)).reshape(b, -1)  # (B, N)
+        same = items[:, None] == cols[None, :]  # (B, N)
         seen = torch.from_numpy((rows >= 0) | same)
         log_q = torch.from_numpy(np.asarray(item_log_q[items], dtype=np.float32))
     return LookalikeBatch(
@@ -178,6 +194,7 @@ def make_batch(
         labels=torch.from_numpy(np.asarray(labels, dtype=np.float32)),
         log_q=log_q,
         seen=seen,
+        across_ranks=col_items is not None,
     )
 
 
@@ -207,6 +224,7 @@ class LookalikeEpochData:
         self.clusters, self.seed_emb, self.seeds, self.targets = clusters, seed_emb, seeds, targets
         self.users, self.items, self.labels = users, items, labels
         self.item_log_q = item_log_q
+        self.sharded = False  # a rank's rows (shard): the softmax spans every rank's items
 
     def __len__(self) -> int:
         return int(self.users.size)
@@ -214,14 +232,17 @@ class LookalikeEpochData:
     def batch(self, lo: int, hi: int) -> LookalikeBatch:
         u, i, y = self.users[lo:hi], self.items[lo:hi], self.labels[lo:hi]
         tu = self.targets(u, i, y)  # (B, m)
+        cols = all_gather_array(i) if self.sharded and self.item_log_q is not None else None
         return make_batch(
-            self.clusters, self.seed_emb, self.seeds, tu, u, i, y, item_log_q=self.item_log_q
+            self.clusters, self.seed_emb, self.seeds, tu, u, i, y, self.item_log_q, cols
         )
 
     def shard(self, rows: np.ndarray, rank: int, world: int) -> LookalikeEpochData:
         """Rank ``rank``'s rows of the epoch (data-parallel training; no random draws)."""
-        return LookalikeEpochData(
+        part = LookalikeEpochData(
             self.clusters, self.seed_emb, self.seeds, self.targets,
             self.users[rows], self.items[rows], self.labels[rows],
             item_log_q=self.item_log_q,
         )  # fmt: skip
+        part.sharded = world > 1
+        return part

@@ -226,3 +226,69 @@ def test_bfloat16_table_stays_close_to_float32() -> None:
     assert overlap > 0.8
     with pytest.raises(ValueError, match="dtype"):
         model.prepare_items(cent, mask, glob, sizes=sizes, dtype="float16")
+
+
+@pytest.mark.parametrize("n_b", [1, 3, 16, 23, 24, 33])
+def test_prepared_layouts_match_naive_loop(n_b: int) -> None:
+    """Both layouts (rows of users for 2 <= B < 24, rows of slots else) and both forms of
+    the Gram term (u^T G below 16 users, G u from 16 on) against the naive loop."""
+    torch.manual_seed(7)
+    model = LookalikeModel(LookalikeConfig(m=8, h=8, k=6))
+    with torch.no_grad():
+        model.prior_weight.fill_(-1.0)
+    _, cent, mask, sizes = _inputs()
+    e_u = torch.relu(torch.randn(n_b, 8))
+    e_u[0] = 0.0  # a zero user: every cosine is 0 (the prior stays)
+    with torch.no_grad():
+        glob = model.item_global(cent, mask, sizes)
+        terms = model.prepare_items(cent, mask, glob, sizes=sizes)
+        ref = naive_scores(model, e_u, cent, mask, glob, sizes)
+        for chunk in (1, 2, 1024):
+            s = model.score_prepared(e_u, terms, chunk_items=chunk)
+            np.testing.assert_allclose(s.numpy(), ref, atol=1e-5)
+
+
+def test_tiles_and_per_thread_buffers_do_not_leak_between_calls() -> None:
+    """Buffers are reused across calls (bigger batch, then smaller) and never shared
+    between threads: interleaved calls of different shapes give the single-call scores."""
+    import threading
+
+    from ralm.lookalike.scorer import TILE_ELEMENTS, tile_items
+
+    assert tile_items(1, 20, 1024) == 1024  # bounded by chunk_items
+    assert tile_items(32, 20, 1024) * 20 * 32 <= TILE_ELEMENTS  # stays in cache
+    assert tile_items(10_000, 20, 1024) >= 1
+    torch.manual_seed(8)
+    model = LookalikeModel(LookalikeConfig(m=8, h=8, k=6))
+    e_u, cent, mask, sizes = _inputs(n_b=24)
+    with torch.no_grad():
+        glob = model.item_global(cent, mask, sizes)
+        terms = model.prepare_items(cent, mask, glob, sizes=sizes)
+        alone = [model.score_prepared(e_u[:b], terms).clone() for b in (24, 2, 17)]
+        errors: list[float] = []
+
+        def worker() -> None:
+            for _ in range(20):
+                for b, ref in zip((24, 2, 17), alone, strict=True):
+                    got = model.score_prepared(e_u[:b], terms, chunk_items=3)
+                    errors.append(float((got - ref).abs().max()))
+
+        threads = [threading.Thread(target=worker) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(errors) == 180 and max(errors) < 1e-6
+
+
+def test_prepared_local_only_and_global_only_match_naive_loop() -> None:
+    torch.manual_seed(9)
+    for switches in (dict(use_global=False), dict(use_local=False)):
+        model = LookalikeModel(LookalikeConfig(m=8, h=8, k=6, seed_prior=False, **switches))
+        e_u, cent, mask, sizes = _inputs(n_b=18)
+        with torch.no_grad():
+            glob = model.item_global(cent, mask, sizes)
+            terms = model.prepare_items(cent, mask, glob, sizes=sizes, dtype="bfloat16")
+            half = model.score_prepared(e_u, terms)
+            ref = naive_scores(model, e_u, cent, mask, glob, sizes)
+        np.testing.assert_allclose(half.numpy(), ref, atol=0.02)  # bfloat16 table

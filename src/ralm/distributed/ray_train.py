@@ -6,11 +6,10 @@ between-epoch clustering); the seed embeddings, the item -> seed CSR and the war
 ``ray.put`` once and every task slices its item range out of the object store (zero-copy
 numpy).
 
-Equality with the single process: with the faiss backend every item's k-means seed comes
-from (seed, item id) (``index_items``) or (seed, item position) (``cluster_for_model``), so
-any chunking gives the same arrays; the "average" variant is chunk-independent too. The
-torch backend draws its random starts per call, so its result depends on the chunking (as
-the local backend's grouping does); use faiss when results must not depend on the layout.
+Equality with the single process: with either k-means backend (faiss, torch) every item's
+k-means seed comes from (seed, item id) (``index_items``) or (seed, item position)
+(``cluster_for_model``), so any chunking gives the same arrays; the "average" variant is
+chunk-independent too.
 """
 
 from __future__ import annotations
@@ -105,8 +104,8 @@ def ray_index_items(
 ) -> IndexUpdate:
     """:func:`ralm.lookalike.index_builder.index_items` with one Ray task per item range.
 
-    The arguments are ``index_items``'s (same meaning, same result with the faiss backend
-    or the "average" variant), plus ``items_per_task``, ``max_retries`` and ``timeout_s``.
+    The arguments are ``index_items``'s (same meaning, same result with either k-means
+    backend or the "average" variant), plus ``items_per_task``, ``max_retries`` and ``timeout_s``.
     ``seeds``, the CSR, the ids and ``prev`` are put in the object store once.
     """
     ray = ray_module()
@@ -148,7 +147,7 @@ def ray_cluster_for_model(
     timeout_s: float | None = None,
 ) -> SeedClusters:
     """:func:`ralm.lookalike.index_builder.cluster_for_model` (training's between-epoch
-    clustering) with one Ray task per item range; equal to it with the faiss backend.
+    clustering) with one Ray task per item range; equal to it with either backend.
 
     ``seed_emb`` (S, h) transformed seeds, the offsets and the warm start are put in the
     object store once; each task clusters its items' rows.

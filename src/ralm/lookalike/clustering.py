@@ -12,6 +12,11 @@ owning rows ``item_offsets[i]:item_offsets[i+1]``. Output is padded to k slots p
 * items with no seeds are fully masked.
 
 Empty clusters (possible with duplicate points) are masked, never left as phantom slots.
+
+Per-item k (:func:`items_k`, ``LookalikeConfig.k_rule = "seeds"``): item i uses
+``k_i = min(k, ceil(n_i / seeds_per_cluster))`` clusters of its k slots; the slots
+``k_i..k-1`` are masked exactly like the unused slots of an item with fewer seeds than k
+(an item with ``n_i <= k_i`` keeps its seeds). Both backends take ``item_k``.
 """
 
 from __future__ import annotations
@@ -23,14 +28,44 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from ralm.lookalike.seed_clusters import SeedClusters, check_inputs
+from ralm.lookalike.seed_clusters import SeedClusters, check_inputs, small_items
 
 _check_inputs = check_inputs  # the name other modules used
-__all__ = ["SeedClusters", "average_seeds", "cluster_items", "cluster_seeds", "exact_means"]
+__all__ = [
+    "SeedClusters",
+    "average_seeds",
+    "cluster_items",
+    "cluster_seeds",
+    "exact_means",
+    "items_k",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_POINTS_PER_CENTROID = 1 << 30  # faiss subsamples above this: never
+K_RULES = ("fixed", "seeds")
+
+
+def items_k(
+    counts: np.ndarray, k: int, rule: str = "fixed", seeds_per_cluster: int = 5
+) -> np.ndarray:
+    """Clusters of every item: int64 (I,) ``k`` ("fixed") or ``min(k, ceil(n_i / spc))``
+    ("seeds", at least 1).
+
+    Args:
+        counts: int (I,) seeds per item.
+        k: clusters per item (the slots of the index).
+        rule: "fixed" or "seeds".
+        seeds_per_cluster: seeds per cluster of the "seeds" rule.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if rule == "fixed":
+        return np.full(counts.size, k, dtype=np.int64)
+    if rule != "seeds":
+        raise ValueError(f"k_rule must be one of {K_RULES}, got {rule!r}")
+    if seeds_per_cluster < 1:
+        raise ValueError(f"seeds_per_cluster must be >= 1, got {seeds_per_cluster}")
+    return np.clip(-(-counts // seeds_per_cluster), 1, k).astype(np.int64)
 
 
 def exact_means(
@@ -48,9 +83,10 @@ def exact_means(
 
 
 def _kmeans_one(
-    x: np.ndarray, k: int, niter: int, seed: int, init: np.ndarray | None
+    x: np.ndarray, k: int, slots: int, niter: int, seed: int, init: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-    """faiss k-means of one item's seeds (n > k), then exact assign + mean step."""
+    """faiss k-means of one item's seeds (n > k), then exact assign + mean step into
+    ``slots`` >= k slots (the rest masked)."""
     km = faiss.Kmeans(
         x.shape[1],
         k,
@@ -63,7 +99,7 @@ def _kmeans_one(
     km.train(x, init_centroids=init)
     _, lab = km.index.search(x, 1)  # (n, 1) nearest centroid
     labels = lab[:, 0].astype(np.int64)
-    cent, sizes, mask = exact_means(x, labels, k)
+    cent, sizes, mask = exact_means(x, labels, slots)
     inertia = float(((x - cent[labels]) ** 2).sum())
     return cent, sizes, mask, labels, inertia
 
@@ -79,6 +115,7 @@ def cluster_seeds(
     init_mask: np.ndarray | None = None,
     progress: bool = False,
     item_seeds: np.ndarray | None = None,
+    item_k: np.ndarray | None = None,
 ) -> SeedClusters:
     """k-means of every item's seeds (see module docstring).
 
@@ -95,6 +132,8 @@ def cluster_seeds(
         progress: show a tqdm bar.
         item_seeds: optional int64 (I,) k-means seed of every item (replaces
             ``seed + i``), so an item's clusters do not depend on its position in the call.
+        item_k: optional int64 (I,) clusters of every item, 1..k (default k); the slots
+            ``item_k[i]..k-1`` are masked.
     """
     seed_emb = np.ascontiguousarray(seed_emb, dtype=np.float32)
     item_offsets = np.asarray(item_offsets, dtype=np.int64)
@@ -103,23 +142,15 @@ def cluster_seeds(
     if init is not None and init.shape != (n_items, k, h):
         raise ValueError(f"init must have shape {(n_items, k, h)}, got {init.shape}")
     t0 = time.perf_counter()
-    centroids = np.zeros((n_items, k, h), dtype=np.float32)
-    mask = np.zeros((n_items, k), dtype=bool)
-    sizes = np.zeros((n_items, k), dtype=np.int64)
-    assign = np.zeros(seed_emb.shape[0], dtype=np.int64)
     counts = np.diff(item_offsets)
-
-    # items with 1..k seeds: the seeds are the centroids (vectorised)
-    item_of = np.repeat(np.arange(n_items), counts)  # (S,) item of every seed row
-    slot_of = np.arange(seed_emb.shape[0]) - item_offsets[item_of]  # (S,) position in item
-    rows = np.flatnonzero(counts[item_of] <= k)
-    centroids[item_of[rows], slot_of[rows]] = seed_emb[rows]
-    mask[item_of[rows], slot_of[rows]] = True
-    sizes[item_of[rows], slot_of[rows]] = 1
-    assign[rows] = slot_of[rows]
+    ks = np.full(n_items, k, dtype=np.int64) if item_k is None else np.asarray(item_k, np.int64)
+    if ks.shape != (n_items,) or (ks.size and (ks.min() < 1 or ks.max() > k)):
+        raise ValueError(f"item_k must be ({n_items},) values in 1..{k}")
+    # items with 1..k_i seeds: the seeds are the centroids (vectorised)
+    centroids, mask, sizes, assign = small_items(seed_emb, item_offsets, ks, k)
 
     inertia = 0.0
-    big = np.flatnonzero(counts > k)
+    big = np.flatnonzero(counts > ks)
     prev_threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # many small problems: one thread each is fastest
     try:
@@ -127,15 +158,16 @@ def cluster_seeds(
             lo, hi = int(item_offsets[i]), int(item_offsets[i + 1])
             x = seed_emb[lo:hi]  # (n, h)
             start = None
+            ki = int(ks[i])
             item_seed = int(item_seeds[i]) if item_seeds is not None else seed + int(i)
             if init is not None:
-                start = np.array(init[i], dtype=np.float32)  # (k, h)
-                bad = ~init_mask[i] if init_mask is not None else np.zeros(k, dtype=bool)
+                start = np.array(init[i, :ki], dtype=np.float32)  # (k_i, h)
+                bad = ~init_mask[i, :ki] if init_mask is not None else np.zeros(ki, dtype=bool)
                 if bad.any():
                     rng = np.random.default_rng(item_seed)
                     start[bad] = x[rng.choice(x.shape[0], int(bad.sum()), replace=False)]
             iters = warm_niter if start is not None else niter
-            c, s, m, lab, inn = _kmeans_one(x, k, iters, item_seed, start)
+            c, s, m, lab, inn = _kmeans_one(x, ki, k, iters, item_seed, start)
             centroids[i], sizes[i], mask[i] = c, s, m
             assign[lo:hi] = lab
             inertia += inn
@@ -183,6 +215,8 @@ def cluster_items(
     seed: int = 0,
     item_seeds: np.ndarray | None = None,
     progress: bool = False,
+    k_rule: str = "fixed",
+    seeds_per_cluster: int = 5,
 ) -> SeedClusters:
     """THE clustering dispatch of stage 2: the mean for "average", else k-means by backend.
 
@@ -198,13 +232,17 @@ def cluster_items(
         init: optional (I, k, h) warm-start centroids.
         init_mask: optional (I, k) validity of ``init`` slots.
         seed: k-means seed.
-        item_seeds: optional (I,) per-item seeds (faiss backend: makes an item's clusters
-            independent of the other items in the call; the torch backend draws its random
-            starts for the whole call from ``seed``).
+        item_seeds: optional (I,) per-item seeds (default ``seed + i``); with them an
+            item's clusters do not depend on the other items in the call (both backends).
         progress: show a progress bar (faiss backend).
+        k_rule: "fixed" (k clusters per item) or "seeds" (``min(k, ceil(n_i /
+            seeds_per_cluster))``, :func:`items_k`; the other slots masked).
+        seeds_per_cluster: seeds per cluster of the "seeds" rule.
     """
     if variant == "average":
         return average_seeds(seed_emb, item_offsets)
+    counts = np.diff(np.asarray(item_offsets, dtype=np.int64))
+    item_k = None if k_rule == "fixed" else items_k(counts, k, k_rule, seeds_per_cluster)
     if backend == "torch":
         from ralm.lookalike.clustering_batched import lloyd_batched
 
@@ -216,6 +254,8 @@ def cluster_items(
             init_mask=init_mask,
             niter=warm_niter if init is not None else niter,
             seed=seed,
+            item_seeds=item_seeds,
+            item_k=item_k,
         )
     if backend != "faiss":
         raise ValueError(f"kmeans_backend must be 'faiss' or 'torch', got {backend!r}")
@@ -230,4 +270,5 @@ def cluster_items(
         warm_niter=warm_niter,
         progress=progress,
         item_seeds=item_seeds,
+        item_k=item_k,
     )

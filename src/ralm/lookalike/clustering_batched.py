@@ -1,12 +1,33 @@
 """Batched Lloyd k-means in torch: all items of similar seed count at once.
 
-The alternative to per-item faiss calls (:func:`ralm.lookalike.clustering.cluster_seeds`):
-items are sorted by seed count and grouped into buckets whose counts differ by at most 1.25x,
-each bucket is padded to ``(I_b, S_max, h)`` and iterated with one batched matmul per
-Lloyd step (``|c|^2 - 2 x.c`` as one ``baddbmm``; the sums of the new means with
-``index_add_`` over the unpadded seeds, no one-hot). Results
-follow the same conventions (exact means of the final assignment, masked empty clusters,
-items with <= k seeds keep their seeds). ``benchmarks/bench_lookalike.py`` compares both.
+The alternative to per-item faiss calls (:func:`ralm.lookalike.clustering.cluster_seeds`).
+Every item is padded to a length taken from a fixed geometric grid (ratio 1.25, so padding
+is < 25%) that depends on its own seed count only; items of one grid length form a bucket,
+cut into chunks of about ``max_elements`` floats that stay in the last-level cache across
+their Lloyd iterations. Per Lloyd step and chunk:
+
+* assignment: ONE ``baddbmm`` gives ``|c|^2 - 2 x.c`` (``(Ib, S, h) x (Ib, h, k)``; the
+  ``-2`` is the GEMM's alpha, ``|x|^2`` is constant per row and not needed for the argmin;
+  slots beyond an item's own k get ``+inf``), then ``argmin`` over k;
+* update: the sums of the new means with ``index_add_`` over the unpadded seeds (no
+  one-hot, no second matmul) and the sizes with ``bincount``, into buffers allocated once
+  per chunk;
+* early stop: when no assignment of the chunk changed, the centroids are a fixed point
+  (the same labels give bitwise the same means), so stopping gives exactly the result of
+  running all iterations.
+
+**Determinism per item.** An item's random initial centroids are its seeds with the
+largest counter-based hash keys ``splitmix64(splitmix64(item_seed) + j * golden)`` (seed
+position ``j``), so they depend only on the item's own seed (``item_seeds``, default
+``seed + i``) and seeds; every per-item operation (the batched GEMM of a fixed per-item
+shape, the argmin, the in-order ``index_add_`` sums) is independent of which other items
+share the chunk. Clustering items in any chunking, order or call gives identical
+centroids, sizes and assignments (tested), as the faiss backend does.
+
+Results follow the same conventions as faiss's (exact means of the final assignment,
+masked empty clusters, items with <= k seeds keep their seeds as centroids). Per-item k
+(``item_k``, e.g. from :func:`ralm.lookalike.clustering.items_k`) masks the unused slots
+exactly like the slots of an item with fewer seeds than k.
 """
 
 from __future__ import annotations
@@ -16,30 +37,70 @@ import time
 import numpy as np
 import torch
 
-from ralm.lookalike.seed_clusters import SeedClusters
+from ralm.lookalike.seed_clusters import SeedClusters, small_items
 from ralm.lookalike.seed_clusters import check_inputs as _check_inputs
 
 # floats per padded (I_b, S_max, h) chunk: 16 MiB, so a chunk stays in the last-level cache
 # across its Lloyd iterations (128 MiB chunks were measured slower)
 MAX_BUCKET_ELEMENTS = 1 << 22
-BUCKET_RATIO = 1.25  # max / min seed count inside a bucket: padding waste < 25%
+GRID_RATIO = 1.25  # consecutive padded lengths differ by at most this: padding waste < 25%
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def _buckets(
-    counts: np.ndarray, items: np.ndarray, h: int, max_elements: int = MAX_BUCKET_ELEMENTS
-) -> list[np.ndarray]:
-    """Groups of items (sorted by count) with max count <= BUCKET_RATIO x min, bounded."""
-    order = items[np.argsort(counts[items], kind="stable")]
-    out, start = [], 0
-    while start < order.size:
-        lo = int(counts[order[start]])
-        end = start
-        while end < order.size and counts[order[end]] <= BUCKET_RATIO * lo:
-            end += 1
-        per_chunk = max(1, int(max_elements // (BUCKET_RATIO * lo * h)))
-        for s in range(start, end, per_chunk):
-            out.append(order[s : min(end, s + per_chunk)])
-        start = end
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def hash_keys(item_seeds: np.ndarray, length: int) -> np.ndarray:
+    """Random int64 keys >= 0 of seed positions ``0..length-1`` of every item: (I, length).
+
+    Counter-based: key ``[i, j]`` depends only on ``item_seeds[i]`` and ``j`` (the splitmix64
+    sequence of the state ``splitmix64(item_seed)``), never on the other items.
+    """
+    with np.errstate(over="ignore"):
+        state = _splitmix64(np.asarray(item_seeds, dtype=np.int64).astype(np.uint64) + _GOLDEN)
+        j = np.arange(1, length + 1, dtype=np.uint64) * _GOLDEN  # (length,)
+        keys = _splitmix64(state[:, None] + j[None, :])  # (I, length)
+    return (keys >> np.uint64(1)).astype(np.int64)
+
+
+def padded_lengths(counts: np.ndarray) -> np.ndarray:
+    """Padded length of every item, from a fixed grid (1, 2, ..., x1.25 each step) >= count."""
+    top = int(counts.max()) if counts.size else 1
+    grid = [1]
+    while grid[-1] < top:
+        grid.append(max(grid[-1] + 1, int(np.ceil(grid[-1] * GRID_RATIO))))
+    g = np.asarray(grid, dtype=np.int64)
+    return g[np.searchsorted(g, counts, side="left")]
+
+
+def _chunks(
+    lengths: np.ndarray, items: np.ndarray, h: int, max_elements: int
+) -> list[tuple[int, np.ndarray]]:
+    """(padded length, items) chunks: one grid length each, about ``max_elements`` floats."""
+    out = []
+    for g in np.unique(lengths[items]).tolist():
+        members = items[lengths[items] == g]
+        per_chunk = max(1, int(max_elements // (g * h)))
+        for s in range(0, members.size, per_chunk):
+            out.append((int(g), members[s : s + per_chunk]))
+    return out
+
+
+def _per_item(
+    values: np.ndarray | None, default: np.ndarray, n_items: int, name: str
+) -> np.ndarray:
+    if values is None:
+        return default
+    out = np.asarray(values, dtype=np.int64)
+    if out.shape != (n_items,):
+        raise ValueError(f"{name} must have shape ({n_items},), got {out.shape}")
     return out
 
 
@@ -53,86 +114,177 @@ def lloyd_batched(
     niter: int = 20,
     seed: int = 0,
     max_elements: int = MAX_BUCKET_ELEMENTS,
+    item_seeds: np.ndarray | None = None,
+    item_k: np.ndarray | None = None,
 ) -> SeedClusters:
     """k-means of every item's seeds with batched torch Lloyd iterations.
 
     Args:
         seed_emb: float32 (S, h) seed embeddings grouped by item.
         item_offsets: int64 (I + 1,) CSR offsets.
-        k: clusters per item.
+        k: clusters per item (slots of the output).
         init: optional (I, k, h) warm-start centroids.
         init_mask: optional (I, k) validity of init slots (invalid -> random seeds).
-        niter: Lloyd iterations.
-        seed: seed of the random initial centroids.
+        niter: Lloyd iterations (fewer when no assignment changes any more: same result).
+        seed: base seed; item ``i`` uses ``seed + i`` unless ``item_seeds`` is given.
         max_elements: floats per padded (I_b, S_max, h) chunk (small enough that the
             chunk stays in the last-level cache across its iterations).
+        item_seeds: optional int64 (I,) seed of every item's random start (so an item's
+            clusters do not depend on its position in the call).
+        item_k: optional int64 (I,) clusters of every item, 1..k (default k); slots
+            ``item_k[i]..k-1`` are masked.
     """
     seed_emb = np.ascontiguousarray(seed_emb, dtype=np.float32)
     item_offsets = np.asarray(item_offsets, dtype=np.int64)
     _check_inputs(seed_emb, item_offsets, k)
     t0 = time.perf_counter()
     n_items, h = item_offsets.size - 1, seed_emb.shape[1]
+    if init is not None and init.shape != (n_items, k, h):
+        raise ValueError(f"init must have shape {(n_items, k, h)}, got {init.shape}")
     counts = np.diff(item_offsets)
-    centroids = np.zeros((n_items, k, h), dtype=np.float32)
-    mask = np.zeros((n_items, k), dtype=bool)
-    sizes = np.zeros((n_items, k), dtype=np.int64)
-    assign = np.zeros(seed_emb.shape[0], dtype=np.int64)
-    item_of = np.repeat(np.arange(n_items), counts)
-    slot_of = np.arange(seed_emb.shape[0]) - item_offsets[item_of]
-    rows = np.flatnonzero(counts[item_of] <= k)  # small items: seeds are the centroids
-    centroids[item_of[rows], slot_of[rows]] = seed_emb[rows]
-    mask[item_of[rows], slot_of[rows]] = True
-    sizes[item_of[rows], slot_of[rows]] = 1
-    assign[rows] = slot_of[rows]
+    seeds_of = _per_item(
+        item_seeds, seed + np.arange(n_items, dtype=np.int64), n_items, "item_seeds"
+    )
+    ks = _per_item(item_k, np.full(n_items, k, dtype=np.int64), n_items, "item_k")
+    if ks.size and (ks.min() < 1 or ks.max() > k):
+        raise ValueError(f"item_k must be in 1..{k}")
+    centroids, mask, sizes, assign = small_items(seed_emb, item_offsets, ks, k)
 
-    gen = torch.Generator().manual_seed(seed)
     x_all = torch.from_numpy(seed_emb)
+    lengths = padded_lengths(counts)
     inertia = 0.0
-    for bucket in _buckets(counts, np.flatnonzero(counts > k), h, max_elements):
-        n_b, s_max = bucket.size, int(counts[bucket].max())
-        within = torch.arange(s_max)
-        valid = within[None, :] < torch.from_numpy(counts[bucket])[:, None]  # (Ib, S)
-        src = torch.from_numpy(item_offsets[bucket])[:, None] + within[None, :]
-        vflat = valid.reshape(-1)  # (Ib*S,)
-        rows_v = src.reshape(-1)[vflat]  # (V,) seed rows of the valid slots
-        xv = x_all[rows_v]  # (V, h) the bucket's seeds, unpadded
-        x = xv.new_zeros(n_b * s_max, h)
-        x[vflat] = xv
-        x = x.view(n_b, s_max, h)  # (Ib, S, h) zero-padded
-        # random distinct seeds as initial centroids (padding never chosen)
-        pick = torch.rand(n_b, s_max, generator=gen).masked_fill(~valid, -1.0).topk(k).indices
-        c = torch.gather(x, 1, pick[..., None].expand(-1, -1, h))  # (Ib, k, h)
-        if init is not None:
-            warm = torch.from_numpy(np.asarray(init[bucket], dtype=np.float32))  # (Ib, k, h)
-            ok = (
-                torch.ones(n_b, k, dtype=torch.bool)
-                if init_mask is None
-                else torch.from_numpy(init_mask[bucket])
-            )
-            c = torch.where(ok[..., None], warm, c)
-        base = (torch.arange(n_b) * k)[:, None]  # (Ib, 1) first flat slot of every item
-        d = x.new_empty(n_b, s_max, k)  # (Ib, S, k) reused every iteration
-        for it in range(niter + 1):
-            # |c|^2 - 2 x.c: the argmin over k of the squared distance (|x|^2 is constant
-            # per row); the -2 is the GEMM's alpha, not a pass over the array
-            c2 = (c * c).sum(-1)[:, None, :]  # (Ib, 1, k)
-            torch.baddbmm(c2, x, c.transpose(1, 2), alpha=-2.0, out=d)
-            lab = d.argmin(-1)  # (Ib, S)
-            slot = (lab + base).reshape(-1)[vflat]  # (V,) flat (item, cluster) of every seed
-            sums = xv.new_zeros(n_b * k, h).index_add_(0, slot, xv).view(n_b, k, h)
-            n = torch.bincount(slot, minlength=n_b * k).view(n_b, k)  # (Ib, k)
-            means = sums / n.clamp(min=1)[..., None].to(sums.dtype)
-            if it == niter:  # final exact means of the final assignment
-                c = torch.where(n[..., None] > 0, means, 0.0)
-                break
-            c = torch.where(n[..., None] > 0, means, c)
+    for g, bucket in _chunks(lengths, np.flatnonzero(counts > ks), h, max_elements):
+        c, n, lab_v, rows_v, x2 = _lloyd_chunk(
+            x_all, item_offsets, counts, bucket, g, k, ks, seeds_of, init, init_mask, niter
+        )
         centroids[bucket] = c.numpy()
         sizes[bucket] = n.numpy()
         mask[bucket] = n.numpy() > 0
-        assign[rows_v.numpy()] = lab.reshape(-1)[vflat].numpy()
+        assign[rows_v.numpy()] = lab_v.numpy()
         # sum |x - m|^2 = sum |x|^2 - sum_j n_j |m_j|^2 for exact means m (in float64)
-        x2 = float((xv.double() ** 2).sum())
-        inertia += x2 - float((n.double() * (c.double() ** 2).sum(-1)).sum())
+        inertia += x2 - float((n * (c * c).sum(-1)).double().sum())
     return SeedClusters(
         centroids, mask, sizes, assign, inertia=inertia, seconds=time.perf_counter() - t0
     )
+
+
+def _lloyd_chunk(
+    x_all: torch.Tensor,
+    item_offsets: np.ndarray,
+    counts: np.ndarray,
+    bucket: np.ndarray,
+    g: int,
+    k: int,
+    ks: np.ndarray,
+    seeds_of: np.ndarray,
+    init: np.ndarray | None,
+    init_mask: np.ndarray | None,
+    niter: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Lloyd iterations of one chunk of items padded to length ``g``.
+
+    Items whose assignment did not change in a step are at a fixed point; they are taken
+    out of the iterations (written out as they are: running on would not change a bit)
+    once they make up a quarter of the active items, so the GEMMs shrink as items converge.
+
+    Returns centroids (Ib, k, h), sizes (Ib, k), the cluster of every seed (V,), the seed
+    rows (V,) and sum |x|^2 of the chunk's seeds.
+    """
+    n_b, h = bucket.size, x_all.shape[1]
+    cnt = torch.from_numpy(counts[bucket])  # (Ib,)
+    within = torch.arange(g)
+    valid = within[None, :] < cnt[:, None]  # (Ib, g)
+    vidx = valid.reshape(-1).nonzero().squeeze(1)  # (V,) flat padded position of seeds
+    src = torch.from_numpy(item_offsets[bucket])[:, None] + within[None, :]  # (Ib, g)
+    rows_v = src.reshape(-1).index_select(0, vidx)  # (V,) seed rows
+    x = x_all.new_zeros(n_b * g, h)
+    x.index_copy_(0, vidx, x_all.index_select(0, rows_v))
+    x = x.view(n_b, g, h)  # (Ib, g, h) the chunk's seeds, zero-padded
+    kb = torch.from_numpy(ks[bucket])  # (Ib,)
+    slot_ok = torch.arange(k)[None, :] < kb[:, None]  # (Ib, k) slots the item uses
+    bias = (  # (Ib, 1, k) +inf on the slots an item does not use
+        None
+        if bool(slot_ok.all())
+        else torch.zeros(n_b, 1, k).masked_fill_(~slot_ok[:, None, :], float("inf"))
+    )
+    c = _start(x, valid, slot_ok, bucket, g, k, seeds_of, init, init_mask)  # (Ib, k, h)
+
+    out_c = torch.zeros(n_b, k, h)
+    out_n = torch.zeros(n_b, k, dtype=torch.long)
+    out_lab = torch.zeros(n_b, g, dtype=torch.long)
+    act = torch.arange(n_b)  # chunk positions of the items still iterating
+    xa, va, ba, prev = x, valid, bias, None
+    d_buf = x.new_empty(n_b, g, k)  # reused every iteration (first Ia rows)
+    lab_buf = torch.empty(n_b, g, dtype=torch.long)
+    sums_buf = x.new_empty(n_b * k + 1, h)  # + one dump row for the padding
+    for it in range(niter + 1):
+        n_a = act.numel()
+        d, lab = d_buf[:n_a], lab_buf[:n_a]
+        # |c|^2 - 2 x.c (+inf on unused slots): argmin over k = nearest centroid
+        c2 = (c * c).sum(-1)[:, None, :]  # (Ia, 1, k)
+        if ba is not None:
+            c2 = c2 + ba
+        torch.baddbmm(c2, xa, c.transpose(1, 2), alpha=-2.0, out=d)
+        torch.argmin(d, dim=-1, out=lab)
+        slot = (lab + (torch.arange(n_a) * k)[:, None]).masked_fill_(~va, n_a * k)  # (Ia, g)
+        sums = sums_buf[: n_a * k + 1].zero_().index_add_(0, slot.view(-1), xa.view(-1, h))
+        n = torch.bincount(slot.view(-1), minlength=n_a * k + 1)[:-1].view(n_a, k)
+        means = sums[:-1].view(n_a, k, h) / n.clamp(min=1)[..., None].to(sums.dtype)
+        nonempty = (n > 0)[..., None]
+        if it == niter:
+            done = torch.ones(n_a, dtype=torch.bool)
+        elif prev is None:
+            done = torch.zeros(n_a, dtype=torch.bool)
+        else:  # same labels as the last step: the means are a fixed point (bitwise)
+            done = ((lab == prev) | ~va).all(1)
+        n_done = int(done.sum())
+        if n_done == n_a or 4 * n_done >= n_a:  # write out the finished items, drop them
+            fin = act[done]
+            out_c[fin] = torch.where(nonempty[done], means[done], 0.0)
+            out_n[fin] = n[done]
+            out_lab[fin] = lab[done]
+            if n_done == n_a:
+                break
+            keep = ~done
+            act, xa, va = act[keep], xa[keep], va[keep]
+            ba = None if ba is None else ba[keep]
+            c = torch.where(nonempty[keep], means[keep], c[keep])
+            prev = lab[keep].clone()
+        else:
+            c = torch.where(nonempty, means, c)
+            prev = lab.clone()
+    x2 = float((x * x).sum(-1).double().sum())
+    return out_c, out_n, out_lab.view(-1).index_select(0, vidx), rows_v, x2
+
+
+def _start(
+    x: torch.Tensor,
+    valid: torch.Tensor,
+    slot_ok: torch.Tensor,
+    bucket: np.ndarray,
+    g: int,
+    k: int,
+    seeds_of: np.ndarray,
+    init: np.ndarray | None,
+    init_mask: np.ndarray | None,
+) -> torch.Tensor:
+    """Initial centroids (Ib, k, h): the valid warm-start slots, else random distinct seeds
+    of the item (its seeds with the largest hash keys, never padding); 0 on unused slots."""
+    n_b, h = x.shape[0], x.shape[2]
+    ok = slot_ok.clone()  # (Ib, k) slots with a usable warm start
+    if init is not None:
+        warm = torch.from_numpy(np.asarray(init[bucket], dtype=np.float32))  # (Ib, k, h)
+        if init_mask is not None:
+            ok &= torch.from_numpy(np.asarray(init_mask[bucket], dtype=bool))
+        need = slot_ok & ~ok  # slots to fill with random seeds
+        c = warm.masked_fill(~ok[..., None], 0.0)
+    else:
+        need = slot_ok
+        c = x.new_zeros(n_b, k, h)
+    if bool(need.any()):
+        keys = torch.from_numpy(hash_keys(seeds_of[bucket], g)).masked_fill_(~valid, -1)
+        kk = min(k, g)
+        pick = keys.topk(kk, dim=1).indices  # (Ib, kk) distinct positions, valid first
+        picked = torch.gather(x, 1, pick[..., None].expand(-1, -1, h))  # (Ib, kk, h)
+        c[:, :kk] = torch.where(need[:, :kk, None], picked, c[:, :kk])
+    return c

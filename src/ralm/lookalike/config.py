@@ -35,6 +35,9 @@ class LookalikeConfig(BaseModel):
         kmeans_warm_niter: Lloyd iterations when warm-started from previous centroids.
         kmeans_backend: "faiss" (per-item faiss k-means, one thread) or "torch" (batched
             Lloyd over buckets of items with similar seed counts).
+        k_rule: "fixed" (k clusters per item) or "seeds" (item i uses
+            ``min(k, ceil(n_seeds_i / seeds_per_cluster))`` of its k slots, the rest masked).
+        seeds_per_cluster: seeds per cluster of the "seeds" rule.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -100,6 +103,15 @@ class LookalikeConfig(BaseModel):
     )
     kmeans_warm_niter: int = Field(
         default=5, ge=1, description="Lloyd iterations when warm-started."
+    )
+    k_rule: Literal["fixed", "seeds"] = Field(
+        default="fixed",
+        description="'fixed' = k clusters per item; 'seeds' = min(k, ceil(n_seeds / "
+        "seeds_per_cluster)) clusters per item (fewer, larger clusters for sparse items; the "
+        "unused slots are masked).",
+    )
+    seeds_per_cluster: int = Field(
+        default=5, ge=1, description="Seeds per cluster of k_rule='seeds'."
     )
 
     @model_validator(mode="after")

@@ -9,9 +9,8 @@ and adds the model-dependent terms (global vectors, Gram matrices). It returns a
 :meth:`SeedIndex.updated` applies (the re-clustering unit of work: one call per chunk of
 items, e.g. one Ray task).
 
-With the faiss backend every item's k-means seed is derived from ``(seed, item id)``, so
-an item's clusters do not depend on which other items share the call; the torch backend
-draws its random starts for the whole call from ``seed``.
+Every item's k-means seed is derived from ``(seed, item id)`` (both backends), so an
+item's clusters do not depend on which other items share the call.
 
 ``build_seed_index``, ``cluster_for_model``, ``index_from_clusters`` and
 ``transform_seeds`` are the stage-2 names, thin wrappers over the same code.
@@ -119,6 +118,8 @@ def _cluster(
         seed=seed,
         item_seeds=seeds_of_items,
         progress=progress,
+        k_rule=cfg.k_rule,
+        seeds_per_cluster=cfg.seeds_per_cluster,
     )
 
 
@@ -143,10 +144,14 @@ def _finish(
         gram[sl] = gram_matrix(c).numpy()  # (b, k, k)
         idx = np.flatnonzero(has[sl]) + lo
         if idx.size:  # an item without seeds keeps a zero global vector (never NaN)
-            cc = torch.from_numpy(clusters.centroids[idx])
-            m = torch.from_numpy(clusters.mask[idx])
-            n = torch.from_numpy(clusters.sizes[idx])
-            glob[idx] = model.item_global(cc, m, n).float().numpy()  # (b, h)
+            # padded to a multiple of 16 items (repeating the last): MKL's GEMMs of fewer
+            # than ~12 rows round differently, and an item's vector must not depend on
+            # how many other items share the call (chunked or Ray builds)
+            pad = np.concatenate([idx, np.full(-idx.size % 16, idx[-1])])
+            cc = torch.from_numpy(clusters.centroids[pad])
+            m = torch.from_numpy(clusters.mask[pad])
+            n = torch.from_numpy(clusters.sizes[pad])
+            glob[idx] = model.item_global(cc, m, n).float().numpy()[: idx.size]  # (b, h)
     n_seeds = np.diff(np.asarray(offsets, dtype=np.int64))
     sound = (
         np.isfinite(clusters.centroids).all(axis=(1, 2))
@@ -256,7 +261,7 @@ def cluster_for_model(
 ) -> SeedClusters:
     """Cluster transformed seeds the way ``model`` expects (positional warm start).
 
-    ``item_seeds`` (I,) replaces the faiss backend's per-item k-means seeds ``seed + i``
+    ``item_seeds`` (I,) replaces the per-item k-means seeds ``seed + i``
     (a chunk of items ``lo:hi`` passes ``seed + lo + arange(I)`` to cluster as in one call).
     """
     kk = model.config.k if k is None else k

@@ -1,4 +1,5 @@
-"""Per-item seed clusters: the result type shared by every k-means backend, and input checks."""
+"""Per-item seed clusters: the result type shared by every k-means backend, input checks,
+and the items that keep their seeds as centroids."""
 
 from __future__ import annotations
 
@@ -50,3 +51,27 @@ def check_inputs(seed_emb: np.ndarray, item_offsets: np.ndarray, k: int) -> None
         raise ValueError("item_offsets must be non-decreasing")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+
+
+def small_items(
+    seed_emb: np.ndarray, item_offsets: np.ndarray, item_k: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Items with 1..k_i seeds keep their seeds as centroids (vectorised).
+
+    Returns (I, k, h) centroids, (I, k) mask, (I, k) sizes and (S,) assignments, filled for
+    those items and zero elsewhere.
+    """
+    n_items, h = item_offsets.size - 1, seed_emb.shape[1]
+    counts = np.diff(item_offsets)
+    centroids = np.zeros((n_items, k, h), dtype=np.float32)
+    mask = np.zeros((n_items, k), dtype=bool)
+    sizes = np.zeros((n_items, k), dtype=np.int64)
+    assign = np.zeros(seed_emb.shape[0], dtype=np.int64)
+    item_of = np.repeat(np.arange(n_items), counts)  # (S,) item of every seed row
+    slot_of = np.arange(seed_emb.shape[0]) - item_offsets[item_of]  # (S,) position in item
+    rows = np.flatnonzero(counts[item_of] <= item_k[item_of])
+    centroids[item_of[rows], slot_of[rows]] = seed_emb[rows]
+    mask[item_of[rows], slot_of[rows]] = True
+    sizes[item_of[rows], slot_of[rows]] = 1
+    assign[rows] = slot_of[rows]
+    return centroids, mask, sizes, assign

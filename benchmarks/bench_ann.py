@@ -24,7 +24,8 @@ Printed, timed the way the service scores (a worker thread, ``OMP_WAIT_POLICY=PA
 * the retrieval index: build time (coarse k-means + adding every vector) and an
   incremental update of ``--changed`` items (remove + add) as a publish does.
 
-Run (about 10 minutes and 9 GiB at 1M items on 2 shared cores)::
+Run (1M items: about 25 minutes on the loaded 2-core host, 10 of them generating the
+index; peak RSS 9.3 GiB)::
 
     python benchmarks/bench_ann.py                       # 1M items, bfloat16 table
     python benchmarks/bench_ann.py --items 100000 --tastes 100   # a smaller run

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ServeConfig(BaseModel):
@@ -55,6 +55,16 @@ class ServeConfig(BaseModel):
             leader is replaced after about this long.
         version_poll_s: replicas only: seconds between polls of the published version
             pointer (a publish also wakes followers at once through Redis pub/sub).
+        candidates: C, candidates per request retrieved by an approximate search before
+            exact scoring (:mod:`ralm.serve.candidates`); None = score every servable
+            item exactly (the default). Must be at least ``max_n``.
+        candidate_vectors: what the retrieval index holds per item: "mean" (global vector
+            and size-weighted centroid mean, with the audience prior), "global" (global
+            vector only) or "centroids" (every centroid; k times the memory).
+        candidate_nprobe: IVF lists searched per request (more: better recall, slower).
+        candidate_nlist: IVF lists (None: 2 sqrt(items) at each build).
+        candidate_retrain_growth: rebuild the retrieval index (re-train its lists) when
+            the indexed items exceed this multiple of the count it was built on.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -132,6 +142,32 @@ class ServeConfig(BaseModel):
     version_poll_s: float = Field(
         default=1.0, gt=0, le=3600, description="Replicas: version pointer poll period (s)."
     )
+
+    candidates: int | None = Field(
+        default=None,
+        ge=1,
+        description="ANN pre-filter: score only this many retrieved candidates per request "
+        "(None: score every item exactly).",
+    )
+    candidate_vectors: Literal["mean", "global", "centroids"] = Field(
+        default="mean", description="Retrieval vectors per item (docs/SERVING.md)."
+    )
+    candidate_nprobe: int = Field(default=32, ge=1, description="IVF lists searched per query.")
+    candidate_nlist: int | None = Field(
+        default=None, ge=1, description="IVF lists (None: 2 sqrt(items))."
+    )
+    candidate_retrain_growth: float = Field(
+        default=2.0, gt=1.0, description="Re-train the retrieval index when items grow this much."
+    )
+
+    @model_validator(mode="after")
+    def _check_candidates(self) -> ServeConfig:
+        if self.candidates is not None and self.candidates < self.max_n:
+            raise ValueError(
+                f"candidates ({self.candidates}) must be at least max_n ({self.max_n}): a "
+                "request may ask for max_n items; raise --candidates or lower --max-n"
+            )
+        return self
 
     @property
     def replicated(self) -> bool:

@@ -10,6 +10,10 @@ table, slot weights with the size prior folded in, Gram matrices, |g|^2, the aud
 prior) are computed once per chunk and model and cached on the chunk, so a request only
 runs the matmul and the post-matmul chain; a new index version re-prepares only the
 chunks it changed (the others are the same objects).
+
+With a :class:`ralm.serve.candidates.CandidateRetriever` (``ServeConfig.candidates``), an
+ANN search first picks C candidate rows per request and only those are scored, from the
+same prepared terms (gathered from their chunks), so their scores equal exact scoring's.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import numpy as np
 import torch
 
 from ralm.lookalike.seed_index import IndexChunk, SeedIndex
+from ralm.serve.candidate_index import gather_terms
+from ralm.serve.candidates import CandidateRetriever
 from ralm.serve.runtime import Scorer
 
 
@@ -77,8 +83,12 @@ def chunk_terms(scorer: Scorer, chunk: IndexChunk, dtype: str = "float32") -> An
     return terms
 
 
+def _prepared(scorer: Scorer) -> bool:
+    return hasattr(scorer, "prepare_items") and hasattr(scorer, "score_prepared")
+
+
 def _score_chunk(scorer: Scorer, e_u: torch.Tensor, chunk: IndexChunk, dtype: str) -> torch.Tensor:
-    if hasattr(scorer, "prepare_items") and hasattr(scorer, "score_prepared"):
+    if _prepared(scorer):
         return scorer.score_prepared(e_u, chunk_terms(scorer, chunk, dtype))  # (B, R_c)
     t = chunk.scoring_tensors  # a scorer without prepared terms (tests' stand-ins)
     return scorer.score(
@@ -86,8 +96,96 @@ def _score_chunk(scorer: Scorer, e_u: torch.Tensor, chunk: IndexChunk, dtype: st
     )
 
 
+def score_rows(
+    scorer: Scorer, snap: SeedIndex, e_u: torch.Tensor, rows: np.ndarray, dtype: str = "float32"
+) -> torch.Tensor:
+    """Exact scores (B, R) of users e_u (B, h) against the given servable rows (R,) only.
+
+    The rows' prepared terms are gathered from their chunks' cached terms (the same
+    numbers :func:`score_batch` computes over whole chunks).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if not _prepared(scorer):
+        t = {n: torch.from_numpy(a) for n, a in snap.gather(rows, _SCORED).items()}
+        return scorer.score(e_u, t["centroids"], t["mask"], t["global_vec"],
+                            gram=t["gram"], sizes=t["sizes"])  # fmt: skip
+    part, local = np.divmod(rows, snap.chunk_items)
+    pos = np.empty_like(rows)
+    chunks = sorted(set(part.tolist()))
+    parts: dict[int, Any] = {}
+    for c in chunks:
+        chunk = snap.chunks[c]
+        sel = part == c
+        pos[sel] = np.searchsorted(chunk.servable_rows, local[sel])  # row in the chunk's terms
+        parts[c] = chunk_terms(scorer, chunk, dtype)
+    terms = gather_terms(parts, part, pos)  # items ordered by chunk, then as given
+    order = np.argsort(part, kind="stable")  # the order gather_terms produced
+    s = scorer.score_prepared(e_u, terms)  # (B, R) in that order
+    out = torch.empty_like(s)
+    out[:, torch.from_numpy(order)] = s
+    return out
+
+
+_SCORED = ("centroids", "mask", "global_vec", "gram", "sizes")
+
+
+def _excluded_rows(snap: SeedIndex, req: ScoreRequest) -> np.ndarray:
+    return np.asarray([snap.row_of[i] for i in req.exclude if i in snap.row_of], np.int64)
+
+
+def _results(
+    scorer: Scorer, snap: SeedIndex, s: torch.Tensor, rows: np.ndarray, n: int
+) -> RecommendResult:
+    """Top n of one request from its scores (R,) of ``rows`` (R,) (non-finite = -inf)."""
+    s = torch.where(torch.isfinite(s), s, torch.full_like(s, -math.inf))
+    top_s, top_i = torch.topk(s, min(n, rows.size))
+    keep = torch.isfinite(top_s)
+    top_s, top_i = top_s[keep], top_i[keep]
+    top_p = scorer.pctr(top_s)
+    ids = snap.item_ids
+    items = [
+        Recommendation(str(ids[rows[int(i)]]), float(p), float(sc))
+        for i, p, sc in zip(top_i, top_p, top_s, strict=True)
+    ]
+    return RecommendResult(snap.version, items, "")
+
+
+def score_candidates(
+    scorer: Scorer,
+    snap: SeedIndex,
+    reqs: Sequence[ScoreRequest],
+    retriever: CandidateRetriever,
+    dtype: str = "float32",
+) -> list[RecommendResult]:
+    """Top-n of every request from its ANN candidates only, scored exactly.
+
+    Each request retrieves ``max(C, n + |exclude|)`` candidates (so exclusions cannot
+    leave it short), drops its excluded items and ranks the rest by their exact scores.
+    """
+    with torch.no_grad():
+        u = torch.from_numpy(np.stack([r.universal for r in reqs]))  # (B, m)
+        e_u = scorer.transform(u)  # (B, h)
+        want = [max(retriever.n_candidates, r.n + len(r.exclude)) for r in reqs]
+        found = retriever.search(scorer, snap, e_u, want)
+        out = []
+        for b, (r, rows) in enumerate(zip(reqs, found, strict=True)):
+            ex = _excluded_rows(snap, r)
+            if ex.size:
+                rows = rows[~np.isin(rows, ex)]
+            if rows.size == 0:
+                out.append(RecommendResult(snap.version, [], ""))
+                continue
+            s = score_rows(scorer, snap, e_u[b : b + 1], rows, dtype)[0].float()  # (R,)
+            out.append(_results(scorer, snap, s, rows, r.n))
+    return out
+
+
 def score_batch(
-    scorer: Scorer, snap: SeedIndex, reqs: Sequence[ScoreRequest], dtype: str = "float32"
+    scorer: Scorer,
+    snap: SeedIndex,
+    reqs: Sequence[ScoreRequest],
+    dtype: str = "float32",
+    candidates: CandidateRetriever | None = None,
 ) -> list[RecommendResult]:
     """Top-n of every request of a micro-batch, all scored on the ONE index ``snap``.
 
@@ -95,11 +193,14 @@ def score_batch(
     that chunk's *servable* rows only (non-servable rows are never scored); a non-finite
     score (NaN / inf) counts as -inf, so a damaged item never hides the good ones; excluded
     items are masked before one ``topk``. ``dtype`` "bfloat16" scores from a half-precision
-    centroid table (accuracy in docs/LOOKALIKE.md).
+    centroid table (accuracy in docs/LOOKALIKE.md). With ``candidates`` only each
+    request's ANN candidates are scored (:func:`score_candidates`).
     """
     rows = snap.servable_rows  # (R,) index rows the scorer sees, ascending
     if rows.size == 0:
         return [RecommendResult(snap.version, [], "") for _ in reqs]
+    if candidates is not None:
+        return score_candidates(scorer, snap, reqs, candidates, dtype)
     with torch.no_grad():
         u = torch.from_numpy(np.stack([r.universal for r in reqs]))  # (B, m)
         e_u = scorer.transform(u)  # (B, h)
@@ -107,7 +208,7 @@ def score_batch(
         s = torch.cat(parts, dim=1).float()  # (B, R)
         s = torch.where(torch.isfinite(s), s, torch.full_like(s, -math.inf))
         for b, r in enumerate(reqs):
-            ex = np.asarray([snap.row_of[i] for i in r.exclude if i in snap.row_of], np.int64)
+            ex = _excluded_rows(snap, r)
             if ex.size:
                 pos = np.minimum(np.searchsorted(rows, ex), rows.size - 1)
                 pos = pos[rows[pos] == ex]  # excluded rows that are scored at all

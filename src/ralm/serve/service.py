@@ -26,6 +26,7 @@ from ralm.lookalike.seed_index import IndexChunk, SeedIndex
 from ralm.serve import store as sqlite_store
 from ralm.serve.backends import make_backend
 from ralm.serve.batcher import MicroBatcher
+from ralm.serve.candidates import CandidateRetriever
 from ralm.serve.config import ServeConfig
 from ralm.serve.index_holder import IndexHolder
 from ralm.serve.metrics import ServiceMetrics
@@ -123,6 +124,7 @@ class RalmService:
                 f"{config.store or db}: the seed store is unreadable ({e})"
             ) from e
         self.holder = IndexHolder(initial)
+        self.candidates = CandidateRetriever.from_config(config) if config.candidates else None
         self._set_index_gauges(self.holder.current())
         self._seen = seen
         rep = self.replication
@@ -315,6 +317,8 @@ class RalmService:
         return index.with_servable(rule, version=1)
 
     def _on_publish(self, snap: SeedIndex, kind: str) -> None:
+        if self.candidates is not None:  # retrieval index: changed items only
+            self.candidates.sync(self.model.scorer, snap)
         self.store.set_meta("max_version", snap.version)
         self._set_index_gauges(snap)
         rep = self.replication
@@ -353,6 +357,8 @@ class RalmService:
             self.replication.start(seen=self._seen)
         if self.holder.current().n_items == 0 and self.store.n_items() > 0:
             self.reclusterer.run_full()  # a follower skips it
+        if self.candidates is not None:
+            self.candidates.sync(self.model.scorer, self.holder.current())
         self.reclusterer.start()
 
     @property
@@ -437,7 +443,11 @@ class RalmService:
 
     def _score_batch(self, reqs: Sequence[ScoreRequest]) -> list[RecommendResult]:
         return score_batch(
-            self.model.scorer, self.holder.current(), reqs, dtype=self.config.score_dtype
+            self.model.scorer,
+            self.holder.current(),
+            reqs,
+            dtype=self.config.score_dtype,
+            candidates=self.candidates,
         )
 
     # ---- clicks and items ----------------------------------------------------------------

@@ -10,8 +10,12 @@ shape. What is measured, in one run:
   once per chunk, in a worker thread as the service runs it
   (``benchmarks/bench_scorer.py`` has the detailed scorer figures);
 * single-request latency p50/p99 in-process and over HTTP (uvicorn on 127.0.0.1);
-* throughput with micro-batching at a few concurrency levels, in-process (threads) and over
-  HTTP (async httpx on loopback), bounded in count and time;
+* throughput with micro-batching at concurrency 1 / 8 / 32 / 64, in-process (concurrent
+  ``arecommend`` coroutines, as the HTTP app calls it) and over HTTP (async httpx on
+  loopback against the real uvicorn app on a free port), bounded in count and time: req/s,
+  latency p50/p99, the batch sizes the batcher formed, and the floor of those same batches
+  (the sum of the ``(I*k, h) @ (h, 2B)`` matmul times of every batch formed) with the ratio
+  of the floor's req/s to the measured one (issue 9 target: <= 1.3x);
 * click ingestion rate (one transaction per batch of clicks, and one per click);
 * a re-clustering cycle of the items whose seeds changed (k-means warm start + publish +
   persisting the new version);
@@ -29,16 +33,20 @@ import argparse
 import asyncio
 import json
 import logging
+import queue
 import resource
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+TARGET_THROUGHPUT = 1.3  # issue 9: req/s within 1.3x of the floor of the same batches
 
 
 def _timeit(fn: Callable[[], object], repeat: int) -> list[float]:
@@ -146,46 +154,149 @@ def floors(svc: Any, batch: int, repeat: int) -> dict[str, float]:
     return out
 
 
-def inprocess(svc: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Sequential latency and threaded throughput through the service (micro-batched)."""
+class Floors:
+    """The batched matmul floor ``(I*k, h) @ (h, 2B)`` per batch size, timed once each.
+
+    Timed in a worker thread (the batcher's way), float32, the faster of one whole-table
+    matmul and the same matmul in chunks of 1,024 items, best of ``repeat``.
+    """
+
+    def __init__(self, table: torch.Tensor, k: int, repeat: int = 3) -> None:
+        self.table, self.k, self.repeat = table, k, repeat
+        self.ms: dict[int, float] = {}
+
+    def __call__(self, b: int) -> float:
+        if b not in self.ms:
+            x = torch.randn(self.table.shape[1], 2 * b)  # (h, 2B)
+            step = 1024 * self.k
+
+            def chunked() -> None:
+                for lo in range(0, self.table.shape[0], step):
+                    torch.mm(self.table[lo : lo + step], x)
+
+            whole = _in_worker(lambda: min(_timeit(lambda: self.table @ x, self.repeat)))
+            part = _in_worker(lambda: min(_timeit(chunked, self.repeat)))
+            self.ms[b] = min(whole, part) * 1000
+        return self.ms[b]
+
+
+def load_report(
+    done: list[float], wall: float, sizes: list[int], floor: Floors | None
+) -> dict[str, Any]:
+    """req/s, latency, the batch sizes formed and the floor of those same batches."""
+    out: dict[str, Any] = {
+        "requests": len(done),
+        "req_per_s": len(done) / wall,
+        "p50_ms": _pct(done, 50),
+        "p99_ms": _pct(done, 99),
+        "batches": len(sizes),
+        "mean_batch": float(np.mean(sizes)) if sizes else 0.0,
+        "batch_sizes": {str(b): n for b, n in sorted(Counter(sizes).items())},
+    }
+    if floor is not None and sizes:
+        floor_s = sum(floor(b) for b in sizes) / 1000  # the same batches, matmul only
+        out["floor_req_per_s"] = sum(sizes) / floor_s
+        ratio = out["floor_req_per_s"] / out["req_per_s"]
+        out["ratio_to_floor"] = round(ratio, 2)
+        out["target"] = (
+            f"<= {TARGET_THROUGHPUT}x: {'met' if ratio <= TARGET_THROUGHPUT else 'NOT met'}"
+        )
+    return out
+
+
+def inprocess(svc: Any, args: argparse.Namespace, floor: Floors | None) -> dict[str, Any]:
+    """Sequential latency, and throughput of concurrent ``arecommend`` calls (asyncio, as
+    the HTTP app calls it) through the micro-batcher, against the floor of its batches."""
     rng = np.random.default_rng(1)
     lat = _timeit(lambda: svc.recommend(user_id=f"u{rng.integers(args.users)}", n=50), args.n_seq)
     res: dict[str, Any] = {"p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
-    for conc in args.concurrency:
+
+    async def level(conc: int) -> dict[str, Any]:
         done: list[float] = []
         stop = time.monotonic() + args.max_seconds
-        per = max(1, args.n_conc // conc)
-        b0 = svc.metrics.batch_size.count()
+        per = max(2, args.n_conc // conc)
 
-        def worker(i: int, per: int = per, stop: float = stop, done: list[float] = done) -> None:
+        async def client(i: int) -> None:
             r = np.random.default_rng(100 + i)
             for _ in range(per):
                 if time.monotonic() > stop:
                     break
                 t0 = time.perf_counter()
-                svc.recommend(user_id=f"u{r.integers(args.users)}", n=50)
+                await svc.arecommend(user_id=f"u{r.integers(args.users)}", n=50)
                 done.append(time.perf_counter() - t0)
 
+        h0 = len(svc.batcher.history)
         t0 = time.perf_counter()
-        ths = [threading.Thread(target=worker, args=(i,)) for i in range(conc)]
-        for t in ths:
-            t.start()
-        for t in ths:
-            t.join()
+        await asyncio.gather(*(client(i) for i in range(conc)))
         wall = time.perf_counter() - t0
-        batches = svc.metrics.batch_size.count() - b0
-        res[f"c{conc}"] = {
-            "requests": len(done),
-            "req_per_s": len(done) / wall,
-            "p50_ms": _pct(done, 50),
-            "p99_ms": _pct(done, 99),
-            "mean_batch": len(done) / max(batches, 1),
-        }
+        sizes = [n for n, _ in list(svc.batcher.history)[h0:]]
+        return load_report(done, wall, sizes, floor)
+
+    for conc in args.concurrency:
+        res[f"c{conc}"] = asyncio.run(level(conc))
+        print(json.dumps({f"in_process_c{conc}": res[f"c{conc}"]}), flush=True)
     return res
 
 
-def over_http(svc: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """uvicorn on 127.0.0.1 in a thread; async httpx clients on loopback."""
+class _ThreadPipe:
+    """The two ends of :func:`_client_process`'s pipe when it runs as a thread."""
+
+    def __init__(self) -> None:
+        self.to_client: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.to_bench: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def ends(self) -> tuple[Any, Any]:
+        bench = type("End", (), {})()
+        bench.send, bench.recv = self.to_client.put, self.to_bench.get
+        client = type("End", (), {})()
+        client.send, client.recv = self.to_bench.put, self.to_client.get
+        return bench, client
+
+
+def _client_process(url: str, users: int, max_conn: int, conn: Any) -> None:
+    """The HTTP load generator (``--http-client process``: its own process, as real clients
+    are; ``thread``: a thread of the benchmark, sharing the server's GIL but not waiting
+    for the OS to schedule another process, the steadier figure on a loaded host). Runs
+    each ``(concurrency, requests per client, max seconds, seed)`` it receives and sends
+    back ``(latencies, wall seconds)``; ``None`` ends it."""
+    import httpx
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=max_conn)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
+            while True:
+                cmd = conn.recv()
+                if cmd is None:
+                    return
+                conc, per, max_s, seed = cmd
+                stop = time.monotonic() + max_s
+                done: list[float] = []
+
+                async def client(
+                    i: int, per: int = per, stop: float = stop, done: list = done, seed: int = seed
+                ) -> None:
+                    r = np.random.default_rng(seed + i)
+                    for _ in range(per):
+                        if time.monotonic() > stop:
+                            return
+                        t0 = time.perf_counter()
+                        body = {"user_id": f"u{r.integers(users)}", "n": 50}  # as in-process
+                        resp = await c.post("/recommend", json=body)
+                        resp.raise_for_status()
+                        done.append(time.perf_counter() - t0)
+
+                t0 = time.perf_counter()
+                await asyncio.gather(*(client(i) for i in range(conc)))
+                conn.send((done, time.perf_counter() - t0))
+
+    asyncio.run(main())
+
+
+def over_http(svc: Any, args: argparse.Namespace, floor: Floors | None) -> dict[str, Any]:
+    """The real uvicorn app on a free 127.0.0.1 port (in a thread of this process, sharing
+    the service); async httpx clients in a separate process, on loopback."""
+    import multiprocessing
+
     import httpx
     import uvicorn
 
@@ -201,60 +312,46 @@ def over_http(svc: Any, args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-
-    async def run() -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    client_args = (url, args.users, max(args.concurrency) + 4)
+    proc: Any
+    if args.http_client == "process":
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process running torch
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=_client_process, args=(*client_args, there))
+    else:
+        here, there = _ThreadPipe().ends()
+        proc = threading.Thread(target=_client_process, args=(*client_args, there), daemon=True)
+    proc.start()
+    out: dict[str, Any] = {}
+    try:
+        here.send((1, 3, 60.0, 0))  # warm-up (connection, first requests)
+        here.recv()
+        here.send((1, args.n_seq, 120.0, 2))
+        lat, _ = here.recv()
+        out["p50_ms"], out["p99_ms"] = _pct(lat, 50), _pct(lat, 99)
+        for conc in args.concurrency:
+            h0 = len(svc.batcher.history)
+            here.send((conc, max(2, args.n_conc // conc), args.max_seconds, 200))
+            done, wall = here.recv()
+            sizes = [n for n, _ in list(svc.batcher.history)[h0:]]
+            out[f"c{conc}"] = load_report(done, wall, sizes, floor)
+            print(json.dumps({f"http_c{conc}": out[f"c{conc}"]}), flush=True)
+        here.send(None)
+        proc.join(30)
         rng = np.random.default_rng(2)
-        limits = httpx.Limits(max_connections=max(args.concurrency) + 4)
-        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
-            lat = []
-            for _ in range(args.n_seq):
-                t0 = time.perf_counter()
-                body = {"user_id": f"u{rng.integers(args.users)}", "n": 50}  # as in-process
-                r = await c.post("/recommend", json=body)
-                r.raise_for_status()
-                lat.append(time.perf_counter() - t0)
-            out["p50_ms"], out["p99_ms"] = _pct(lat, 50), _pct(lat, 99)
-            for conc in args.concurrency:
-                stop = time.monotonic() + args.max_seconds
-                per = max(1, args.n_conc // conc)
-                done: list[float] = []
-
-                async def client(i: int, per: int = per, stop: float = stop, done: list = done):
-                    r = np.random.default_rng(200 + i)
-                    for _ in range(per):
-                        if time.monotonic() > stop:
-                            return
-                        t0 = time.perf_counter()
-                        body = {"user_id": f"u{r.integers(args.users)}", "n": 50}
-                        resp = await c.post("/recommend", json=body)
-                        resp.raise_for_status()
-                        done.append(time.perf_counter() - t0)
-
-                b0 = svc.metrics.batch_size.count()
-                t0 = time.perf_counter()
-                await asyncio.gather(*(client(i) for i in range(conc)))
-                wall = time.perf_counter() - t0
-                out[f"c{conc}"] = {
-                    "requests": len(done),
-                    "req_per_s": len(done) / wall,
-                    "p50_ms": _pct(done, 50),
-                    "p99_ms": _pct(done, 99),
-                    "mean_batch": len(done) / max(svc.metrics.batch_size.count() - b0, 1),
-                }
-            clicks = [
-                {"user_id": f"u{rng.integers(args.users)}", "item_id": f"item{j % 50}"}
-                for j in range(1000)
-            ]
+        clicks = [
+            {"user_id": f"u{rng.integers(args.users)}", "item_id": f"item{j % 50}"}
+            for j in range(1000)
+        ]
+        with httpx.Client(base_url=url, timeout=60) as c:
             t0 = time.perf_counter()
             for _ in range(5):
-                (await c.post("/clicks", json={"clicks": clicks})).raise_for_status()
+                c.post("/clicks", json={"clicks": clicks}).raise_for_status()
             out["clicks_http_batch1000_per_s"] = 5000 / (time.perf_counter() - t0)
         return out
-
-    try:
-        return asyncio.run(run())
     finally:
+        if proc.is_alive() and hasattr(proc, "terminate"):
+            proc.terminate()
         server.should_exit = True
         th.join(10)
 
@@ -315,30 +412,60 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="batched floor / scorer size")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--window-ms", type=float, default=2.0)
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--n-seq", type=int, default=30, help="sequential requests for p50/p99")
-    p.add_argument("--n-conc", type=int, default=48, help="requests per concurrency level")
-    p.add_argument("--max-seconds", type=float, default=10.0, help="cap per level")
+    p.add_argument("--n-conc", type=int, default=128, help="requests per concurrency level")
+    p.add_argument("--max-seconds", type=float, default=20.0, help="cap per level")
+    p.add_argument(
+        "--window-fraction",
+        type=float,
+        default=0.25,
+        help="batcher window: at most this share of the previous batch's time",
+    )
+    p.add_argument(
+        "--http-client",
+        choices=["thread", "process"],
+        default="thread",
+        help="HTTP load generator in a thread of this process, or in its own process",
+    )
+    p.add_argument(
+        "--skip-extras",
+        action="store_true",
+        help="only latency and throughput (no ingestion, no re-clustering)",
+    )
     p.add_argument("--ingest-clicks", type=int, default=100_000)
     p.add_argument("--recluster-items", type=int, default=500)
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     args = p.parse_args()
     if args.quick:
-        args.n_seq, args.n_conc, args.concurrency = 10, 32, [1, 8]
+        args.n_seq, args.n_conc, args.concurrency = 10, 64, [1, 32]
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     report: dict[str, Any] = {"shape": {"items": args.items, "k": args.k, "h": args.h}}
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         svc = build_service(args, Path(d) / "state")
+        svc.batcher.window_fraction = args.window_fraction
+        report["batcher"] = {
+            "max_batch": args.max_batch,
+            "window_ms": args.window_ms,
+            "window_fraction": args.window_fraction,
+            "threads": args.threads,
+        }
         report["startup_s"] = time.perf_counter() - t0
         report["rss_after_start_mb"] = _rss_mb()
         try:
             report["floors"] = floors(svc, args.batch, 3)
-            report["in_process"] = inprocess(svc, args)
-            report["ingestion"] = ingestion(svc, args)
-            report["http"] = over_http(svc, args)
-            report["recluster"] = recluster(svc, args)
+            snap = svc.holder.current()
+            table = torch.from_numpy(np.ascontiguousarray(snap.centroids[snap.servable_rows]))
+            floor = Floors(table.reshape(-1, table.shape[-1]), args.k)
+            report["in_process"] = inprocess(svc, args, floor)
+            if not args.skip_extras:
+                report["ingestion"] = ingestion(svc, args)
+            report["http"] = over_http(svc, args, floor)
+            report["batched_floor_ms"] = {str(b): v for b, v in sorted(floor.ms.items())}
+            if not args.skip_extras:
+                report["recluster"] = recluster(svc, args)
         finally:
             svc.close()
         report["rss_end_mb"] = _rss_mb()

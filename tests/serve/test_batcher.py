@@ -83,3 +83,79 @@ def test_held_requests_merge_into_one_scorer_call_each_with_its_own_rows(
             assert abs(ref.get(i.item_id, a.items[-1].score) - i.score) <= 1e-5
     tops = {tuple(i.item_id for i in g.items[:3]) for g in got}
     assert len(tops) >= 3  # users of different groups: a mixed-up row would be caught
+
+
+def test_window_adapts_to_the_load_and_history_records_batches() -> None:
+    """No wait after a batch of one (a sequential caller), a window of at most
+    window_fraction x the previous batch's time after a bigger batch, capped by window_ms."""
+    import time
+
+    gate = threading.Event()
+
+    def fn(reqs: Sequence[int]) -> list[int]:
+        gate.wait(5)
+        time.sleep(0.02)  # every batch takes ~20 ms
+        return list(reqs)
+
+    b: MicroBatcher[int, int] = MicroBatcher(fn, max_batch=8, window_ms=1000, window_fraction=0.5)
+    assert b.window() == 1.0  # nothing seen yet: the configured window
+    gate.set()
+    assert b.submit(0).result(5) == 0  # the first batch waits the configured window
+    t0 = time.perf_counter()
+    for i in range(1, 3):  # sequential: after a batch of one there is no wait at all
+        assert b.submit(i).result(5) == i
+    assert time.perf_counter() - t0 < 0.5  # a 1 s window would have held each request
+    assert [n for n, _ in b.history] == [1, 1, 1]
+    assert b.window() == 0.0
+    gate.clear()
+    futs = [b.submit(i) for i in range(5)]  # one batch of 1 holds the worker, 4 queue up
+    gate.set()
+    assert [f.result(5) for f in futs] == list(range(5))
+    sizes = [n for n, _ in b.history][3:]
+    assert sum(sizes) == 5 and max(sizes) > 1
+    last_s = b.history[-1][1]
+    assert last_s >= 0.02 and abs(b.window() - 0.5 * last_s) < 1e-9  # fraction of the last
+    b.close()
+    capped: MicroBatcher[int, int] = MicroBatcher(fn, window_ms=1, window_fraction=100.0)
+    gate.clear()
+    futs = [capped.submit(i) for i in range(3)]
+    gate.set()
+    [f.result(5) for f in futs]
+    if capped.history[-1][0] > 1:
+        assert capped.window() == 0.001  # window_ms caps the adaptive window
+    capped.close()
+
+
+def test_arecommend_known_user_inline_equals_recommend_and_checks_n(
+    service: RalmService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A known user's lookup runs on the event loop (no executor hop) and answers exactly
+    what the blocking path answers; a user the table does not know still takes the
+    executor path (here: unknown, so a 404-type error), and n is checked on both."""
+    import asyncio
+
+    from ralm.errors import RalmError
+    from ralm.serve.service import UnknownUserError
+
+    ref = service.recommend(user_id="u3", n=7, exclude=["i0"])
+    loop_calls: list[object] = []
+
+    async def run(**kw: object) -> object:
+        loop = asyncio.get_running_loop()
+        real = loop.run_in_executor
+
+        def spy(*a: object) -> object:
+            loop_calls.append(a[1])
+            return real(*a)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(loop, "run_in_executor", spy)
+        return await service.arecommend(**kw)  # type: ignore[arg-type]
+
+    got = asyncio.run(run(user_id="u3", n=7, exclude=["i0"]))
+    assert loop_calls == []  # inline: no thread hop for a table lookup
+    assert got == ref and got.user == "known"  # type: ignore[attr-defined]
+    with pytest.raises(UnknownUserError):
+        asyncio.run(run(user_id="nobody", n=7))
+    assert len(loop_calls) == 1  # not in the table: the executor path (store, features)
+    with pytest.raises(RalmError, match="n: must be"):
+        asyncio.run(run(user_id="u3", n=0))

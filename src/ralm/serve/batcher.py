@@ -1,8 +1,14 @@
 """Micro-batching: concurrent requests are scored together in one matrix multiply.
 
 A single worker thread takes the first waiting request, then keeps collecting until either
-``max_batch`` requests are in hand or ``window_ms`` has passed since the first one, and runs
-the batch function once. Callers get a :class:`concurrent.futures.Future` (awaitable from
+``max_batch`` requests are in hand or the batch's window has passed since the first one,
+and runs the batch function once. The window adapts to the load: it is ``window_ms`` at
+most, at most ``window_fraction`` of the previous batch's run time (a wait worth a small
+share of the work it batches: a fraction of a millisecond on a small catalogue), and 0
+right after a batch of one (a sequential caller never waits for company that is not
+coming; under concurrency the next batch takes what queued meanwhile, and the window
+opens again). Requests that arrive while a batch runs queue up and form the next one.
+Callers get a :class:`concurrent.futures.Future` (awaitable from
 asyncio through :func:`asyncio.wrap_future`). An exception of the batch function is set on
 every future of that batch (one warning line here; the traceback is logged once, by whoever
 handles the caller's error, e.g. the HTTP layer's 500); the worker keeps running.
@@ -14,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
@@ -32,10 +39,13 @@ class MicroBatcher(Generic[Req, Res]):
     Args:
         fn: batch function, ``fn(requests) -> results`` (one result per request, same order).
         max_batch: largest batch.
-        window_ms: how long a batch stays open after its first request (0 = take only what
+        window_ms: longest a batch stays open after its first request (0 = take only what
             is already queued).
         on_batch: optional callback ``(batch_size, seconds)`` after every batch (metrics).
         name: worker thread name.
+        window_fraction: the window is at most this share of the previous batch's run
+            time (None: always ``window_ms``).
+        history: how many recent ``(batch_size, seconds)`` pairs :attr:`history` keeps.
     """
 
     def __init__(
@@ -45,13 +55,18 @@ class MicroBatcher(Generic[Req, Res]):
         window_ms: float = 2.0,
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "ralm-batcher",
+        window_fraction: float | None = 0.25,
+        history: int = 4096,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self._fn = fn
         self.max_batch = max_batch
         self.window_s = window_ms / 1000.0
+        self.window_fraction = window_fraction
         self._on_batch = on_batch
+        self.history: deque[tuple[int, float]] = deque(maxlen=history)  # (size, seconds)
+        self._last: tuple[int, float] | None = None
         self._q: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -80,7 +95,7 @@ class MicroBatcher(Generic[Req, Res]):
             if first is _STOP:
                 break
             batch = [first]
-            deadline = time.perf_counter() + self.window_s
+            deadline = time.perf_counter() + self.window()
             while len(batch) < self.max_batch:
                 remaining = deadline - time.perf_counter()
                 try:
@@ -92,6 +107,15 @@ class MicroBatcher(Generic[Req, Res]):
                     break
                 batch.append(item)
             self._run_batch(batch)
+
+    def window(self) -> float:
+        """Seconds the next batch stays open after its first request (see module doc)."""
+        if self.window_fraction is None or self._last is None:
+            return self.window_s
+        size, seconds = self._last
+        if size <= 1:
+            return 0.0
+        return min(self.window_s, self.window_fraction * seconds)
 
     def _run_batch(self, batch: list[object]) -> None:
         pairs = [p for p in batch if isinstance(p, tuple)]
@@ -108,7 +132,10 @@ class MicroBatcher(Generic[Req, Res]):
             for _, f in live:
                 f.set_exception(e)
             return
+        seconds = time.perf_counter() - t0
+        self._last = (len(live), seconds)
+        self.history.append(self._last)
         for (_, f), res in zip(live, results, strict=True):
             f.set_result(res)
         if self._on_batch is not None:
-            self._on_batch(len(live), time.perf_counter() - t0)
+            self._on_batch(len(live), seconds)

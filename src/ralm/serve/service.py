@@ -239,6 +239,17 @@ class RalmService(ServiceState):
             ex.update(self.store.items_of_user(user_id))
         return ScoreRequest(np.asarray(vec, np.float32), n, frozenset(ex)), how
 
+    def _known_request(
+        self, user_id: str, n: int, exclude: Sequence[str]
+    ) -> tuple[ScoreRequest, str] | None:
+        """:meth:`_request` for a user of the embedding table, or None if it is not one."""
+        if not 1 <= n <= self.config.max_n:
+            raise RalmError(f"n: must be in [1, {self.config.max_n}], got {n}")
+        vec, found = self.model.embedder.lookup([user_id])
+        if not bool(found[0]):
+            return None
+        return ScoreRequest(np.asarray(vec[0], np.float32), n, frozenset(exclude)), "known"
+
     def recommend(
         self,
         user_id: str | None = None,
@@ -261,11 +272,18 @@ class RalmService(ServiceState):
         exclude: Sequence[str] = (),
         exclude_clicked: bool = False,
     ) -> RecommendResult:
-        """Async :meth:`recommend`: embedding runs in a worker thread, scoring is awaited."""
-        loop = asyncio.get_running_loop()
-        req, how = await loop.run_in_executor(
-            None, self._request, user_id, features, n, exclude, exclude_clicked
-        )
+        """Async :meth:`recommend`: scoring is awaited; the user's embedding is looked up
+        inline when it is a table lookup (a known user, no features, no store read: a
+        binary search, microseconds, so no thread hop), else in a worker thread."""
+        fast = None
+        if user_id is not None and features is None and not exclude_clicked:
+            fast = self._known_request(user_id, n, exclude)
+        if fast is None:
+            loop = asyncio.get_running_loop()
+            fast = await loop.run_in_executor(
+                None, self._request, user_id, features, n, exclude, exclude_clicked
+            )
+        req, how = fast
         res = await asyncio.wrap_future(self.batcher.submit(req))
         return dataclasses.replace(res, user=how)
 

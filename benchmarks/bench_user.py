@@ -357,7 +357,7 @@ def main() -> None:
     )
     head = f"{'dataset':>10} {'neg':>4} {'ralm/s':>9} {'RSS MiB':>8}"
     head += f" {'base/s':>9} {'ralm/base':>9}" if "base" in engines else ""
-    head += f" {'floor/s':>9} {'ralm/floor':>10}"
+    head += f" {'floor/s':>9} {'ralm/floor':>10}" if "floor" in engines else ""
     head += f" {'peer/s':>9} {'ralm/peer':>9} {'peer RSS':>8}" if a.peer else ""
     print(head)
     for path in paths:

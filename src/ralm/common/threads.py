@@ -14,7 +14,13 @@ Two settings, both measured on a shared 2-core host (docs/SERVING.md, "Threads")
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
+import sys
+from collections.abc import Sequence
+from types import ModuleType
 
 from ralm.errors import ConfigError
 
@@ -48,10 +54,48 @@ def default_threads() -> int:
 
 
 def apply_thread_policy() -> int:
-    """Wait policy, then torch's intra-op threads to :func:`default_threads`; returns it."""
-    apply_wait_policy()
-    import torch
+    """Wait policy, then torch's intra-op threads to :func:`default_threads`; returns it.
 
+    When torch is not imported yet, the thread count is set right after its first import
+    (:class:`_SetThreadsOnImport`) instead of importing it here: a command that never
+    uses torch (``ralm train user --help``) does not pay for loading it.
+    """
+    apply_wait_policy()
     n = default_threads()
-    torch.set_num_threads(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    else:
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _SetThreadsOnImport)]
+        sys.meta_path.insert(0, _SetThreadsOnImport(n))
     return n
+
+
+class _SetThreadsOnImport(importlib.abc.MetaPathFinder):
+    """Import hook: ``torch.set_num_threads(n)`` as soon as ``import torch`` completes.
+
+    Args:
+        n: intra-op threads.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "torch":
+            return None
+        sys.meta_path.remove(self)  # once; the real finders locate torch
+        spec = importlib.util.find_spec(fullname)
+        loader = spec.loader if spec is not None else None
+        if loader is None:
+            return spec
+        run, n = loader.exec_module, self.n
+
+        def exec_module(module: ModuleType) -> None:
+            run(module)
+            module.set_num_threads(n)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec

@@ -13,22 +13,47 @@ Public API::
 
 Stage 1 (:mod:`ralm.user.train`) and stage 2 (:mod:`ralm.lookalike.train`) each implement
 :class:`TrainingStage`; their losses come from ``UserTrainTask`` / ``LookalikeTrainTask``.
+
+The names are imported on first use (PEP 562): ``ralm.training.config`` (what the CLI's
+``--help`` needs) loads without torch.
 """
 
-from ralm.training.config import TrainLoopConfig
-from ralm.training.distributed import DistContext, distributed_run
-from ralm.training.threads import torch_threads
-from ralm.training.trainer import (
-    DistributedStage,
-    EpochData,
-    LoopState,
-    Monitor,
-    NonFiniteLossError,
-    ShardableEpochData,
-    Trainer,
-    TrainingStage,
-    train_step,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ralm.training.config import TrainLoopConfig
+    from ralm.training.distributed import DistContext, distributed_run
+    from ralm.training.threads import torch_threads
+    from ralm.training.trainer import (
+        DistributedStage,
+        EpochData,
+        LoopState,
+        Monitor,
+        NonFiniteLossError,
+        ShardableEpochData,
+        Trainer,
+        TrainingStage,
+        train_step,
+    )
+
+_EXPORTS = {
+    "DistContext": "ralm.training.distributed",
+    "DistributedStage": "ralm.training.trainer",
+    "EpochData": "ralm.training.trainer",
+    "LoopState": "ralm.training.trainer",
+    "Monitor": "ralm.training.trainer",
+    "NonFiniteLossError": "ralm.training.trainer",
+    "ShardableEpochData": "ralm.training.trainer",
+    "TrainLoopConfig": "ralm.training.config",
+    "Trainer": "ralm.training.trainer",
+    "TrainingStage": "ralm.training.trainer",
+    "distributed_run": "ralm.training.distributed",
+    "torch_threads": "ralm.training.threads",
+    "train_step": "ralm.training.trainer",
+}
 
 __all__ = [
     "DistContext",
@@ -45,3 +70,17 @@ __all__ = [
     "torch_threads",
     "train_step",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first access."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

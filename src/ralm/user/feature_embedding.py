@@ -10,7 +10,10 @@ Code 0 is the OOV / missing value and has its own learned row (it is not padding
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ralm.data.batching import UserBatch
@@ -18,10 +21,33 @@ from ralm.data.encoded import FieldInfo
 from ralm.errors import ConfigError
 
 CONTINUOUS_FIELD = "continuous"
-# dense-gradient bags over a small vocabulary: mean-pool as one (B, V) @ (V, d) matmul when
-# B x V is at most this many floats (its backward is one matmul too; EmbeddingBag's dense
-# backward sorts every value: 18 ms of a 104 ms ML-100K step)
+# dense-gradient bags over a small vocabulary (B x V at most this many floats): forward by
+# EmbeddingBag (one pass over the values), backward as one (V, B) @ (B, d) matmul
+# (EmbeddingBag's dense backward sorts every value; the matmul form of the forward cost a
+# (B, V) @ (V, d) matmul: both slower on the ML-100K history bag, issue 9)
 BAG_MATMUL_MAX = 1 << 20
+
+
+def bag_share_matrix(
+    values: torch.Tensor, offsets: torch.Tensor, n_codes: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """The (B, V) matrix ``M`` with ``M[b, v]`` = share of code v in bag b (1/len per value).
+
+    Args:
+        values: int64 (N,) codes of all bags, concatenated.
+        offsets: int64 (B,) start of every bag in ``values``.
+        n_codes: vocabulary size V.
+        dtype: float dtype of ``M``.
+    Returns:
+        (B, V) bag shares: ``M @ weight`` is the bag means (an empty bag is a zero row).
+    """
+    n_b, n_v = offsets.numel(), values.numel()
+    lengths = torch.diff(offsets, append=offsets.new_tensor([n_v]))  # (B,)
+    rows = torch.repeat_interleave(torch.arange(n_b), lengths, output_size=n_v)  # (N,)
+    share = (1.0 / lengths.clamp(min=1).to(dtype))[rows]  # (N,)
+    m = torch.zeros(n_b, n_codes, dtype=dtype)  # (B, V)
+    m.index_put_((rows, values), share, accumulate=True)
+    return m
 
 
 def bag_mean_matmul(
@@ -36,13 +62,45 @@ def bag_mean_matmul(
     Returns:
         (B, d) bag means; an empty bag gives zeros.
     """
-    n_b, n_v = offsets.numel(), values.numel()
-    lengths = torch.diff(offsets, append=offsets.new_tensor([n_v]))  # (B,)
-    rows = torch.repeat_interleave(torch.arange(n_b), lengths)  # (N,) bag of every value
-    share = (1.0 / lengths.clamp(min=1).to(weight.dtype))[rows]  # (N,)
-    m = weight.new_zeros(n_b, weight.shape[0])  # (B, V)
-    m.index_put_((rows, values), share, accumulate=True)
-    return m @ weight  # (B, d)
+    return bag_share_matrix(values, offsets, weight.shape[0], weight.dtype) @ weight  # (B, d)
+
+
+class _BagMeanMatmulGrad(torch.autograd.Function):
+    """Mean bag: EmbeddingBag forward, weight gradient ``M^T @ grad`` (one matmul)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, weight: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(values, offsets)
+        ctx.n_codes = weight.shape[0]
+        return F.embedding_bag(values, weight, offsets, mode="mean")  # (B, d)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        values, offsets = ctx.saved_tensors
+        m = bag_share_matrix(values, offsets, ctx.n_codes, grad.dtype)  # (B, V)
+        return m.T @ grad, None, None  # (V, d)
+
+
+def bag_mean(weight: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``EmbeddingBag(mode="mean")`` whose weight gradient is one dense matmul.
+
+    The forward is ``F.embedding_bag`` (the same means); the backward builds the bag-share
+    matrix ``M`` (B, V) and returns ``M^T @ grad``, the gradient of ``M @ weight``. For
+    dense-gradient tables with ``B x V`` small (``BAG_MATMUL_MAX``).
+
+    Args:
+        weight: (V, d) table.
+        values: int64 (N,) codes of all bags, concatenated.
+        offsets: int64 (B,) start of every bag in ``values``.
+    Returns:
+        (B, d) bag means; an empty bag gives zeros.
+    """
+    out: torch.Tensor = _BagMeanMatmulGrad.apply(weight, values, offsets)
+    return out
 
 
 class FeatureEmbedding(nn.Module):
@@ -123,7 +181,7 @@ class FeatureEmbedding(nn.Module):
                 values, offsets = batch.multivalent[f.name]
                 assert isinstance(table, nn.EmbeddingBag)
                 if not table.sparse and offsets.numel() * f.vocab_size <= BAG_MATMUL_MAX:
-                    vecs.append(bag_mean_matmul(table.weight, values, offsets))  # (B, d)
+                    vecs.append(bag_mean(table.weight, values, offsets))  # (B, d)
                 else:
                     vecs.append(table(values, offsets))  # (B, d), empty bag -> zeros
         if self.continuous_fc is not None:

@@ -86,9 +86,9 @@ class UserTrainTask(nn.Module):
             neg = self.sampler.sample((users.size, self.n_negatives), rng)  # (B, K)
         feats = gather_users(ds, users, exclude_items=pos)  # leakage guard
         pos_q = neg_q = None
-        if self.logq_correction:
-            pos_q = torch.from_numpy(self.sampler.log_prob(pos))
-            neg_q = torch.from_numpy(self.sampler.log_prob(neg))
+        if self.logq_correction:  # float32 like the logits (the loss would cast them)
+            pos_q = torch.from_numpy(self.sampler.log_prob(pos).astype(np.float32))
+            neg_q = torch.from_numpy(self.sampler.log_prob(neg).astype(np.float32))
         return UserTrainBatch(feats, torch.from_numpy(pos), torch.from_numpy(neg), pos_q, neg_q)
 
     def forward(self, batch: UserTrainBatch) -> torch.Tensor:

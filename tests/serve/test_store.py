@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,30 @@ def test_two_writers_on_one_file_share_the_sequence(tmp_path: Path) -> None:
     assert a.item("z").changed_seq == mark  # type: ignore[union-attr]
     a.close()
     b.close()
+
+
+def test_bulk_import_raises_the_page_cache_only_while_it_runs(tmp_path: Path) -> None:
+    """The import runs with a large page cache (the B-trees thrash in SQLite's 2 MiB
+    default at wechat scale) and leaves the connection's setting as it was, on error too."""
+    from ralm.serve import store as store_mod
+
+    st = SQLiteSeedStore(tmp_path / "s.db")
+    (before,) = st._w.execute("PRAGMA cache_size").fetchone()
+    seen: list[int] = []
+
+    def clicks() -> Iterator[tuple[str, str, float]]:
+        seen.append(st._w.execute("PRAGMA cache_size").fetchone()[0])
+        yield ("u", "i", 1.0)
+
+    assert st.bulk_import(clicks()) == 1
+    assert seen == [-store_mod.BULK_CACHE_KIB]
+    assert st._w.execute("PRAGMA cache_size").fetchone()[0] == before
+
+    def bad() -> Iterator[tuple[str, str, float]]:
+        yield ("u", "j", 2.0)
+        raise RuntimeError("reader failed")
+
+    with pytest.raises(RuntimeError, match="reader failed"):
+        st.bulk_import(bad())
+    assert st._w.execute("PRAGMA cache_size").fetchone()[0] == before
+    assert st.n_items() == 1  # the failed import was rolled back

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -21,6 +22,7 @@ def export(
 
     ds = load_dataset(data, EncodedDataset)
     model = load_user_model(user_model, ds)
+    logging.getLogger(__name__).info("embedding every user of %s to %s", data, out)
     files = export_embeddings(model, ds, out, batch_size=batch_size)
     for name, path in files.items():
         typer.echo(f"{name}: {path}")

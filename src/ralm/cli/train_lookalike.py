@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ from ralm.cli.options import with_settings
 from ralm.config_files import Section
 from ralm.errors import ConfigError
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
+
+log = logging.getLogger(__name__)
 
 LOOKALIKE = Section(
     "lookalike",
@@ -50,7 +54,11 @@ def train_lookalike(
     set_torch_threads(lookalike_train.threads)
     ds = load_dataset(data, EncodedDataset)
     umodel = load_user_model(user_model, ds)
+    log.info("embedding every user with the stage-1 model (the seed embeddings)")
+    t0 = time.perf_counter()
     seed_universal = embed_users(umodel, ds)  # (n_users, m), no exclusion
+    n, secs = len(seed_universal), time.perf_counter() - t0
+    log.info("embedded %d users in %.1fs (%.0f users/s)", n, secs, n / max(secs, 1e-9))
     cfg = with_stage1_dim(lookalike, int(seed_universal.shape[1]), user_model)
 
     def target_universal(users: np.ndarray, exclude_items: np.ndarray) -> np.ndarray:

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
+BULK_CACHE_KIB = 512 * 1024  # page cache of a bulk import (SQLite default: 2 MiB)
 _ITEM_COLS = "item_id, n_seeds, first_seen, last_click, changed_seq, clustered_seq"
 
 
@@ -245,54 +246,67 @@ class SQLiteSeedStore:
         stored seed changes nothing), then the touched items are trimmed and recounted once
         at the end. The seeds equal those of one ``add_clicks`` call with the same rows.
         Returns the number of seed rows in the store afterwards.
+
+        The write connection's page cache is raised to ``BULK_CACHE_KIB`` for the import
+        (and restored after): with SQLite's 2 MiB default the four B-trees of ``seeds``
+        thrash once they outgrow it (889k clicks: 213 s -> 61 s on 2 busy cores).
         """
         now = time.time()
         with self._wlock:
-            cur = self._w.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            self._sync_seq(cur)  # another process may write the same file
-            seq0 = self._seq
+            (cache0,) = self._w.execute("PRAGMA cache_size").fetchone()
+            self._w.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
             try:
-                buf: list[tuple[str, str, float, int]] = []
-                for user_id, item_id, ts in clicks:
-                    self._seq += 1
-                    buf.append((item_id, user_id, float(ts), self._seq))
-                    if len(buf) >= chunk:
-                        self._upsert_many(cur, buf)
-                        buf = []
-                self._upsert_many(cur, buf)
-                touched = [
-                    r[0]
-                    for r in cur.execute(
-                        "SELECT DISTINCT item_id FROM seeds WHERE seq > ?", (seq0,)
-                    ).fetchall()
-                ]
-                for item_id in touched:
-                    (n,) = cur.execute(
-                        "SELECT COUNT(*) FROM seeds WHERE item_id = ?", (item_id,)
-                    ).fetchone()
-                    if n > self.max_seeds:
-                        cur.execute(
-                            "DELETE FROM seeds WHERE item_id = ?1 AND user_id IN (SELECT "
-                            "user_id FROM seeds WHERE item_id = ?1 ORDER BY ts, seq LIMIT ?2)",
-                            (item_id, n - self.max_seeds),
-                        )
-                cur.execute(
-                    "INSERT INTO items(item_id, n_seeds, first_seen, last_click, changed_seq) "
-                    "SELECT s.item_id, (SELECT COUNT(*) FROM seeds c WHERE c.item_id = s.item_id),"
-                    " ?, MAX(s.ts), MAX(s.seq) FROM seeds s WHERE s.seq > ? GROUP BY s.item_id "
-                    "ON CONFLICT(item_id) DO UPDATE SET n_seeds = excluded.n_seeds, "
-                    "last_click = MAX(last_click, excluded.last_click), "
-                    "changed_seq = excluded.changed_seq",
-                    (now, seq0),
-                )
-                self._save_seq(cur)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                self._seq = seq0
-                raise
-            (total,) = self._w.execute("SELECT COUNT(*) FROM seeds").fetchone()
+                return self._bulk_import(clicks, chunk, now)
+            finally:
+                self._w.execute(f"PRAGMA cache_size = {int(cache0)}")
+
+    def _bulk_import(self, clicks: Iterable[tuple[str, str, float]], chunk: int, now: float) -> int:
+        """The body of :meth:`bulk_import` (under the write lock)."""
+        cur = self._w.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        self._sync_seq(cur)  # another process may write the same file
+        seq0 = self._seq
+        try:
+            buf: list[tuple[str, str, float, int]] = []
+            for user_id, item_id, ts in clicks:
+                self._seq += 1
+                buf.append((item_id, user_id, float(ts), self._seq))
+                if len(buf) >= chunk:
+                    self._upsert_many(cur, buf)
+                    buf = []
+            self._upsert_many(cur, buf)
+            touched = [
+                r[0]
+                for r in cur.execute(
+                    "SELECT DISTINCT item_id FROM seeds WHERE seq > ?", (seq0,)
+                ).fetchall()
+            ]
+            for item_id in touched:
+                (n,) = cur.execute(
+                    "SELECT COUNT(*) FROM seeds WHERE item_id = ?", (item_id,)
+                ).fetchone()
+                if n > self.max_seeds:
+                    cur.execute(
+                        "DELETE FROM seeds WHERE item_id = ?1 AND user_id IN (SELECT "
+                        "user_id FROM seeds WHERE item_id = ?1 ORDER BY ts, seq LIMIT ?2)",
+                        (item_id, n - self.max_seeds),
+                    )
+            cur.execute(
+                "INSERT INTO items(item_id, n_seeds, first_seen, last_click, changed_seq) "
+                "SELECT s.item_id, (SELECT COUNT(*) FROM seeds c WHERE c.item_id = s.item_id),"
+                " ?, MAX(s.ts), MAX(s.seq) FROM seeds s WHERE s.seq > ? GROUP BY s.item_id "
+                "ON CONFLICT(item_id) DO UPDATE SET n_seeds = excluded.n_seeds, "
+                "last_click = MAX(last_click, excluded.last_click), "
+                "changed_seq = excluded.changed_seq",
+                (now, seq0),
+            )
+            self._save_seq(cur)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            self._seq = seq0
+            raise
+        (total,) = self._w.execute("SELECT COUNT(*) FROM seeds").fetchone()
         return int(total)
 
     @staticmethod

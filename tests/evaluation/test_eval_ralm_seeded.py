@@ -49,3 +49,38 @@ def test_seed_sets_are_independent_and_deduplicated(
     np.testing.assert_allclose(both[:, 1], fitted.score_seeded_items(who, [b])[:, 0], atol=1e-6)
     dup = fitted.score_seeded_items(who, [np.concatenate([a, a])])[:, 0]
     np.testing.assert_allclose(dup, both[:, 0], atol=1e-6)
+
+
+def test_finetuned_ralm_indexes_with_the_tuned_tower(toy: EncodedDataset) -> None:
+    """``finetune_user``: the recommender's embeddings are the tuned tower's, the shared
+    stage-1 model is left as it was, and a seeded copy still scores like its item."""
+    import torch
+
+    from ralm.user.embed import embed_users
+    from ralm.user.train import train_user_model
+
+    view = training_view(toy)
+    um = train_user_model(
+        view,
+        UserModelConfig(dim=16, mlp_hidden=[32]),
+        train_cfg=UserTrainConfig(epochs=1, patience=0),
+    )
+    before = {k: v.clone() for k, v in um.tower.state_dict().items()}
+    m = RalmRecommender(
+        LookalikeConfig(h=16, k=4, variant="average"),
+        LookalikeTrainConfig(epochs=1, patience=0, finetune_user=True, finetune_lr_mult=1.0),
+        user_model=um,
+    )
+    m.fit(view, seed=0)
+    for k, v in um.tower.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    frozen = embed_users(um, view)
+    assert m.universal.shape == frozen.shape and np.abs(m.universal - frozen).max() > 1e-4
+    m.set_seed_splits((Split.TRAIN,))
+    offsets, users = item_seed_csr(toy, (Split.TRAIN,))
+    items = np.flatnonzero(np.diff(offsets) > 0)[:3]
+    sets = [users[offsets[j] : offsets[j + 1]] for j in items]
+    who = np.arange(toy.n_users)
+    np.testing.assert_allclose(
+        m.score_seeded_items(who, sets), m.score_users(who, items), rtol=1e-5, atol=1e-5
+    )

@@ -30,6 +30,8 @@ class LookalikeConfig(BaseModel):
         prior: "log_count" (``+ gamma log(1 + n)``) or "shrink" (``s * n / (n + n0)``).
         shrink_seeds: ``n0`` of the "shrink" prior.
         prior_scale: multiplier of the learned log-count prior at scoring time.
+        prior_cap: seed count above which the log-count prior is flat (0 = none).
+        learn_weights: learn the alpha/beta ratio (their sum stays fixed).
         init_scale: initial value of the learnable scale inside the sigmoid.
         kmeans_niter: Lloyd iterations of a cold-start k-means.
         kmeans_warm_niter: Lloyd iterations when warm-started from previous centroids.
@@ -88,10 +90,24 @@ class LookalikeConfig(BaseModel):
         description="Multiplier of the learned 'log_count' prior at scoring time (1 = as "
         "trained; < 1 trades warm accuracy for young items; 0 = look-alike term only).",
     )
+    prior_cap: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Seeds above which the 'log_count' prior stops growing: gamma * log(1 + "
+        "min(n, prior_cap)) (0 = no cap). Past the cap audience size no longer counts and "
+        "the look-alike term alone orders items (a young item with a clear audience is "
+        "not ranked below a mature one for its size).",
+    )
     shrink_seeds: float = Field(
         default=10.0,
         gt=0.0,
         description="Seeds at which the 'shrink' prior keeps half of the look-alike score.",
+    )
+    learn_weights: bool = Field(
+        default=False,
+        description="Learn the global/local mix instead of the fixed alpha/beta: "
+        "alpha' = (alpha + beta) sigmoid(w), beta' = alpha + beta - alpha', w starting at "
+        "the configured ratio (alpha + beta keeps the scale; the ratio is learned).",
     )
     init_scale: float = Field(
         default=5.0, gt=0.0, description="Initial calibration scale in sigmoid."
@@ -151,6 +167,9 @@ class LookalikeTrainConfig(TrainLoopConfig):
         max_val_pos: cap on VALID positives used for the AUC (0 = all).
         target_cache_gib: precompute the (fixed) target embeddings of all TRAIN positives
             once when they fit in this many GiB, instead of calling stage 1 per batch.
+        finetune_user: train the stage-1 user tower through the stage-2 loss (end to end).
+        finetune_lr_mult: learning rate of the tower under ``finetune_user``, as a multiple
+            of ``lr``.
     """
 
     epochs: int = Field(default=10, ge=1, description="Maximum epochs (re-cluster after each).")
@@ -197,4 +216,15 @@ class LookalikeTrainConfig(TrainLoopConfig):
         default=2.0,
         ge=0.0,
         description="Embed every TRAIN positive once (target excluded) if it fits in this.",
+    )
+    finetune_user: bool = Field(
+        default=False,
+        description="End-to-end: fine-tune the stage-1 user tower through the stage-2 loss "
+        "(target users are embedded by the tower in the graph; every user is re-embedded "
+        "before each re-clustering). Needs the tower (Python API / `ralm evaluate`).",
+    )
+    finetune_lr_mult: float = Field(
+        default=0.1,
+        gt=0.0,
+        description="Learning rate of the fine-tuned user tower as a multiple of lr.",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,11 @@ class LookalikeModel(nn.Module):
         # log inverse temperature of the listwise (softmax) training loss; the ranking does
         # not depend on it. Checkpoints written before it existed load with the initial value.
         self.log_inv_temp = nn.Parameter(torch.tensor(float(np.log(10.0))))
+        # learned global/local mix (config.learn_weights): alpha' = (alpha+beta) sigmoid(w)
+        if config.learn_weights:
+            total = config.alpha + config.beta
+            a = min(max(config.alpha / total, 1e-3), 1 - 1e-3) if total > 0 else 0.5
+            self.mix_logit = nn.Parameter(torch.tensor(float(np.log(a / (1 - a)))))
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """``nn.Module.load_state_dict``; a state without ``log_inv_temp`` (written before
@@ -67,9 +73,27 @@ class LookalikeModel(nn.Module):
         faster than the weight matrices, so calibration and the audience-size prior settle
         within an epoch (at the base rate gamma moved 0.04 in two ML-100K epochs)."""
         scalars = [self.scale, self.bias, self.prior_weight, self.log_inv_temp]
+        if self.config.learn_weights:
+            scalars.append(self.mix_logit)
         ids = {id(p) for p in scalars}
         rest = [p for p in self.parameters() if id(p) not in ids]
         return [{"params": rest, "lr": lr}, {"params": scalars, "lr": lr * scalar_lr_mult}]
+
+    def mix_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha, beta)`` of the score as tensors: the config's, or the learned mix
+        ``(alpha + beta) sigmoid(w)``, ``alpha + beta - alpha'`` (``learn_weights``)."""
+        cfg = self.config
+        if not cfg.learn_weights:
+            return torch.tensor(cfg.alpha), torch.tensor(cfg.beta)
+        total = cfg.alpha + cfg.beta
+        a = total * torch.sigmoid(self.mix_logit)
+        return a, total - a
+
+    @property
+    def alpha_beta(self) -> tuple[float, float]:
+        """The score's ``(alpha, beta)`` as floats (see :meth:`mix_weights`)."""
+        a, b = self.mix_weights()
+        return float(a.detach()), float(b.detach())
 
     def transform(self, universal: torch.Tensor) -> torch.Tensor:
         """Universal embeddings (N, m) -> transformed embeddings (N, h)."""
@@ -87,7 +111,8 @@ class LookalikeModel(nn.Module):
         return log_sizes(sizes)
 
     def seed_prior_term(self, sizes: torch.Tensor | None) -> torch.Tensor | None:
-        """``gamma * log(1 + n_seeds)`` per item from cluster sizes (..., k) -> (...)."""
+        """``gamma * log(1 + n_seeds)`` per item from cluster sizes (..., k) -> (...)
+        (``n_seeds`` capped at ``config.prior_cap`` when set)."""
         if not self.config.seed_prior:
             return None
         if sizes is None:
@@ -96,6 +121,8 @@ class LookalikeModel(nn.Module):
                 "pass sizes, e.g. SeedIndex.sizes"
             )
         n = sizes.to(torch.float32).clamp(min=0).sum(dim=-1)  # (...) seeds per item
+        if self.config.prior_cap > 0:
+            n = n.clamp(max=self.config.prior_cap)
         gamma = (
             self.gamma if self.config.prior_scale == 1.0 else self.gamma * self.config.prior_scale
         )
@@ -176,12 +203,13 @@ class LookalikeModel(nn.Module):
     ) -> torch.Tensor:
         """Scores (B, I) of users e_u (B, h) against prepared items (inference only)."""
         cfg = self.config
+        alpha, beta = self.alpha_beta
         return scorer.score_prepared(
             e_u,
             self.local_attention.weight,
             terms,
-            alpha=cfg.alpha,
-            beta=cfg.beta,
+            alpha=alpha,
+            beta=beta,
             use_local=cfg.use_local,
             use_global=cfg.use_global,
             chunk_items=chunk_items,
@@ -220,22 +248,19 @@ class LookalikeModel(nn.Module):
     ) -> torch.Tensor:
         """Differentiable scores (B, I): the same terms as :meth:`score` (tested equal),
         through autograd, for listwise training losses. Serving uses :meth:`score`."""
-        cfg = self.config
-        s = scorer.score_matrix_train(
-            e_u,
-            self.local_attention.weight,
-            centroids,
-            mask,
-            global_vec,
-            alpha=cfg.alpha,
-            beta=cfg.beta,
-            use_local=cfg.use_local,
-            use_global=cfg.use_global,
-            gram=gram,
-            log_prior=self.log_prior(sizes),
-            chunk_items=chunk_items,
-        )  # (B, I)
-        return self.with_prior(s, sizes)  # (B, I)
+        cfg, log_prior = self.config, self.log_prior(sizes)
+
+        def term(local: bool | None) -> torch.Tensor:
+            both = local is None  # the configured fixed weights, one call
+            return scorer.score_matrix_train(
+                e_u, self.local_attention.weight, centroids, mask, global_vec,
+                alpha=cfg.alpha if both else 1.0, beta=cfg.beta if both else 1.0,
+                use_local=cfg.use_local if both else bool(local),
+                use_global=cfg.use_global if both else not local,
+                gram=gram, log_prior=log_prior, chunk_items=chunk_items,
+            )  # fmt: skip
+
+        return self.with_prior(self._combine(term), sizes)  # (B, I)
 
     def score_pairs(
         self,
@@ -250,22 +275,38 @@ class LookalikeModel(nn.Module):
         ``global_vec`` is computed when None; ``sizes (B, k)`` are the example's cluster
         sizes (after leave-self-out in training).
         """
-        cfg = self.config
         if global_vec is None:
             global_vec = self.item_global(centroids, mask, sizes)  # (B, h)
-        s = scorer.score_pairs(
-            e_u,
-            self.local_attention.weight,
-            centroids,
-            mask,
-            global_vec,
-            alpha=cfg.alpha,
-            beta=cfg.beta,
-            use_local=cfg.use_local,
-            use_global=cfg.use_global,
-            log_prior=self.log_prior(sizes),
-        )  # (B,)
-        return self.with_prior(s, sizes)  # (B,)
+        cfg, log_prior, gv = self.config, self.log_prior(sizes), global_vec
+
+        def term(local: bool | None) -> torch.Tensor:
+            both = local is None  # the configured fixed weights, one call
+            return scorer.score_pairs(
+                e_u, self.local_attention.weight, centroids, mask, gv,
+                alpha=cfg.alpha if both else 1.0, beta=cfg.beta if both else 1.0,
+                use_local=cfg.use_local if both else bool(local),
+                use_global=cfg.use_global if both else not local, log_prior=log_prior,
+            )  # fmt: skip
+
+        return self.with_prior(self._combine(term), sizes)  # (B,)
+
+    def _combine(self, term: Callable[[bool | None], torch.Tensor]) -> torch.Tensor:
+        """``alpha cos_global + beta cos_local``: ``term(None)`` (the scorer with the fixed
+        weights) unless the mix is learned, then ``term(False)`` (global cosine) and
+        ``term(True)`` (local cosine) weighted by the learned mix, differentiably; a
+        switched-off term is not computed."""
+        cfg = self.config
+        if not cfg.learn_weights:
+            return term(None)
+        alpha, beta = self.mix_weights()
+        s: torch.Tensor | None = None
+        if cfg.use_global:
+            s = alpha * term(False)
+        if cfg.use_local:
+            loc = beta * term(True)
+            s = loc if s is None else s + loc
+        assert s is not None  # the config requires one of the terms
+        return s
 
     def logit(self, s: torch.Tensor) -> torch.Tensor:
         """Calibrated logit ``scale * s + bias`` (monotone in s: ranking unchanged)."""

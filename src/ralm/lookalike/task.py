@@ -81,6 +81,9 @@ class LookalikeBatch:
             ``across_ranks``, every rank's rows of the global batch in rank order.
         across_ranks: the softmax's columns are the items of every rank's rows (DDP): the
             loss all-gathers them (``ralm.training.distributed.all_gather_rows``).
+        users: int64 (B,) the examples' users, and ``exclude`` int64 (B,) the item removed
+            from each one's history (-1 = none): set when the user tower is fine-tuned
+            (the task then embeds the targets itself, ``target`` is not used).
     """
 
     target: torch.Tensor
@@ -91,6 +94,8 @@ class LookalikeBatch:
     log_q: torch.Tensor | None = None
     seen: torch.Tensor | None = None
     across_ranks: bool = False
+    users: np.ndarray | None = None
+    exclude: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -103,13 +108,23 @@ class LookalikeTrainTask(nn.Module):
         model: the look-alike model (its ``score_pairs`` / ``score`` is the one scorer).
         loss: "bce" (pointwise) or "softmax" (listwise over the batch's items).
         calib_weight: weight of the calibration BCE term of the softmax loss.
+        user_encoder: the fine-tuned user tower (``finetune_user``,
+            :class:`ralm.lookalike.finetune.TowerEncoder`) embedding each batch's targets
+            in the graph; None = the batch's fixed ``target`` embeddings.
     """
 
-    def __init__(self, model: LookalikeModel, loss: str = "bce", calib_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: LookalikeModel,
+        loss: str = "bce",
+        calib_weight: float = 1.0,
+        user_encoder: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         if loss not in ("bce", "softmax"):
             raise ValueError(f"unknown stage-2 loss {loss!r} (bce | softmax)")
         self.model = model
+        self.user_encoder = user_encoder
         self.loss = loss
         self.calib_weight = calib_weight
         # an ablated attention term leaves its parameters out of the graph: DDP must look
@@ -117,9 +132,16 @@ class LookalikeTrainTask(nn.Module):
         cfg = model.config
         self.ddp_find_unused_parameters = not (cfg.use_local and cfg.use_global)
 
+    def target(self, batch: LookalikeBatch) -> torch.Tensor:
+        """Universal embeddings (B, m) of the batch's target users: the fixed ones, or the
+        fine-tuned tower's (in the graph)."""
+        if self.user_encoder is None or batch.users is None:
+            return batch.target
+        return self.user_encoder(batch.users, batch.exclude)  # (B, m)
+
     def scores(self, batch: LookalikeBatch) -> torch.Tensor:
         """Raw scores (B,) of the batch's pairs."""
-        e_u = self.model.transform(batch.target)  # (B, h)
+        e_u = self.model.transform(self.target(batch))  # (B, h)
         return self.model.score_pairs(e_u, batch.centroids, batch.mask, sizes=batch.sizes)
 
     def forward(self, batch: LookalikeBatch) -> torch.Tensor:
@@ -138,7 +160,7 @@ class LookalikeTrainTask(nn.Module):
         if batch.log_q is None or batch.seen is None:
             raise ValueError("the softmax loss needs batches with log_q and seen")
         m = self.model
-        e_u = m.transform(batch.target)  # (B, h)
+        e_u = m.transform(self.target(batch))  # (B, h)
         gv = m.item_global(batch.centroids, batch.mask, batch.sizes)  # (B, h)
         cols = [gv, batch.centroids, batch.mask, batch.sizes, batch.log_q, batch.labels]
         first = 0  # under DDP: every rank's items, this rank's rows from column `first`
@@ -171,12 +193,15 @@ def make_batch(
     labels: np.ndarray,
     item_log_q: np.ndarray | None = None,
     col_items: np.ndarray | None = None,
+    with_users: bool = False,
 ) -> LookalikeBatch:
     """A :class:`LookalikeBatch` from examples and their target embeddings (B, m).
 
     ``item_log_q`` (n_items,) (log expected copies of each item per batch) makes a batch
     for the softmax loss (``log_q`` and ``seen`` filled). ``col_items`` (N,): the items of
     every rank's rows of the global batch in rank order (DDP; ``across_ranks`` set).
+    ``with_users`` fills ``users`` and ``exclude`` (positives exclude their item) for a
+    fine-tuned user tower.
     """
     cent, mask, sizes = leave_self_out(clusters, seed_emb, seeds, users, items)
     log_q = seen = None
@@ -195,6 +220,10 @@ def make_batch(
         log_q=log_q,
         seen=seen,
         across_ranks=col_items is not None,
+        users=np.asarray(users, np.int64) if with_users else None,
+        exclude=np.where(np.asarray(labels) > 0, items, -1).astype(np.int64)
+        if with_users
+        else None,
     )
 
 
@@ -208,6 +237,8 @@ class LookalikeEpochData:
         targets: target embeddings of the examples' users.
         users, items, labels: the epoch's shuffled examples (n,).
         item_log_q: float (n_items,) logQ correction of the softmax loss, or None (BCE).
+        with_users: batches carry users / exclusions for a fine-tuned user tower; their
+            ``target`` is then a placeholder (B, 0).
     """
 
     def __init__(
@@ -220,29 +251,33 @@ class LookalikeEpochData:
         items: np.ndarray,
         labels: np.ndarray,
         item_log_q: np.ndarray | None = None,
+        with_users: bool = False,
     ) -> None:
         self.clusters, self.seed_emb, self.seeds, self.targets = clusters, seed_emb, seeds, targets
         self.users, self.items, self.labels = users, items, labels
         self.item_log_q = item_log_q
         self.sharded = False  # a rank's rows (shard): the softmax spans every rank's items
+        self.with_users = with_users
 
     def __len__(self) -> int:
         return int(self.users.size)
 
     def batch(self, lo: int, hi: int) -> LookalikeBatch:
         u, i, y = self.users[lo:hi], self.items[lo:hi], self.labels[lo:hi]
-        tu = self.targets(u, i, y)  # (B, m)
+        # with a fine-tuned tower the task embeds the targets itself: (B, 0) placeholder
+        tu = np.zeros((u.size, 0), np.float32) if self.with_users else self.targets(u, i, y)
         cols = all_gather_array(i) if self.sharded and self.item_log_q is not None else None
         return make_batch(
-            self.clusters, self.seed_emb, self.seeds, tu, u, i, y, self.item_log_q, cols
-        )
+            self.clusters, self.seed_emb, self.seeds, tu, u, i, y,
+            item_log_q=self.item_log_q, col_items=cols, with_users=self.with_users,
+        )  # fmt: skip
 
     def shard(self, rows: np.ndarray, rank: int, world: int) -> LookalikeEpochData:
         """Rank ``rank``'s rows of the epoch (data-parallel training; no random draws)."""
         part = LookalikeEpochData(
             self.clusters, self.seed_emb, self.seeds, self.targets,
             self.users[rows], self.items[rows], self.labels[rows],
-            item_log_q=self.item_log_q,
+            item_log_q=self.item_log_q, with_users=self.with_users,
         )  # fmt: skip
         part.sharded = world > 1
         return part

@@ -34,6 +34,7 @@ from ralm.lookalike import checkpoint as ckpt
 from ralm.lookalike.calibration import cross_fitted_ece, expected_calibration_error, fit_platt
 from ralm.lookalike.clustering import SeedClusters
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
+from ralm.lookalike.finetune import TowerEncoder
 from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.samples import (
     SeedSets,
@@ -88,6 +89,8 @@ class LookalikeTrainResult:
         recluster_calls: how many times the seeds were re-clustered.
         calibration: post-hoc calibration on VALID (``val_ece_trained``, ``val_ece`` out of
             sample after the refit, ``calib_scale``, ``calib_bias``); empty when skipped.
+        universal: with ``finetune_user``, float32 (n_users, m) universal embeddings of the
+            tuned tower (best epoch) the seed index was built from; None otherwise.
     """
 
     model: LookalikeModel
@@ -98,6 +101,7 @@ class LookalikeTrainResult:
     best_val_auc: float = float("nan")
     recluster_calls: int = 0
     calibration: dict[str, float] = field(default_factory=dict)
+    universal: np.ndarray | None = None
 
 
 @torch.no_grad()
@@ -143,6 +147,8 @@ class LookalikeStage:
         target_universal: stage-1 embeddings with an item excluded.
         out: run folder or None.
         dist: data-parallel context (rank 0 clusters; :meth:`sync_epoch` shares them).
+        encoder: the fine-tuned user tower (``finetune_user``): targets are embedded in the
+            task's graph and every user is re-embedded before each re-clustering.
     """
 
     def __init__(
@@ -156,8 +162,10 @@ class LookalikeStage:
         target_universal: TargetFn,
         out: Path | None,
         dist: DistContext = SINGLE,
+        encoder: TowerEncoder | None = None,
     ) -> None:
         self.ds, self.cfg, self.tc, self.out, self.dist = ds, cfg, tc, out, dist
+        self.encoder = encoder
         self.task, self.model, self.optimizer = task, task.model, optimizer
         self.seed_universal = seed_universal
         self.data_meta = {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items}
@@ -167,10 +175,10 @@ class LookalikeStage:
         self.vu, self.vi, self.vy = validation_examples(
             ds, self.seeds, tc.val_neg_ratio, tc.neg_sampling, vrng, tc.max_val_pos
         )
-        v_exclude = np.where(self.vy > 0, self.vi, -1)
-        self.v_target = np.asarray(target_universal(self.vu, v_exclude), dtype=np.float32)
+        self.v_exclude = np.where(self.vy > 0, self.vi, -1)
+        self.v_target = np.asarray(target_universal(self.vu, self.v_exclude), dtype=np.float32)
         pos_keys = click_keys(ds, (Split.TRAIN,))
-        fits = pos_keys.size * cfg.m * 4 <= tc.target_cache_gib * 2**30
+        fits = pos_keys.size * cfg.m * 4 <= tc.target_cache_gib * 2**30 and encoder is None
         self.targets = TargetEmbeddings(
             seed_universal, target_universal, ds.n_items, pos_keys if fits else None, progress=show
         )
@@ -202,8 +210,10 @@ class LookalikeStage:
         )
 
     def recluster(self, prev: SeedClusters | None, epoch: int) -> None:
-        """Re-transform every seed with the current weights and re-cluster them."""
+        """Re-transform every seed with the current weights and re-cluster them (with a
+        fine-tuned tower, every user is re-embedded first)."""
         self.recluster_calls += 1
+        self.refresh_universal()
         if prev is None:
             log.info(
                 "stage 2: clustering %s seeds of %s items (k=%d)",
@@ -214,6 +224,14 @@ class LookalikeStage:
         self.clusters = cluster_for_model(
             self.model, self.seed_emb, self.seeds.offsets, init=prev, seed=self.tc.seed + epoch
         )
+
+    def refresh_universal(self) -> None:
+        """Re-embed every user (and the VALID targets) with the fine-tuned tower; no-op
+        when stage 1 is frozen."""
+        if self.encoder is None:
+            return
+        self.seed_universal = self.encoder.embed_all()  # (n_users, m)
+        self.v_target = self.encoder.embed(self.vu, self.v_exclude)  # (V, m)
 
     def sync_epoch(self, epoch: int, ctx: DistContext) -> None:
         """Every rank gets rank 0's clusters of the next epoch (after its re-clustering)."""
@@ -239,7 +257,7 @@ class LookalikeStage:
         )
         return LookalikeEpochData(
             self.clusters, self.seed_emb, self.seeds, self.targets, users, items, labels,
-            item_log_q=self.item_log_q(),
+            item_log_q=self.item_log_q(), with_users=self.encoder is not None,
         )  # fmt: skip
 
     def item_log_q(self) -> np.ndarray | None:
@@ -404,6 +422,7 @@ def train_lookalike(
     out_dir: str | Path | None = None,
     train_cfg: LookalikeTrainConfig | None = None,
     resume: bool = False,
+    user_encoder: TowerEncoder | None = None,
 ) -> LookalikeTrainResult:
     """Train the look-alike model; write checkpoints to ``out_dir`` when given.
 
@@ -416,12 +435,24 @@ def train_lookalike(
         out_dir: checkpoint folder (model, config, seed index, resumable state).
         train_cfg: loop settings (epochs, caps, batch, lr, negatives, patience, seed, ...).
         resume: continue from ``out_dir/train_state`` instead of starting over.
+        user_encoder: the stage-1 tower bound to ``ds``, trained in place when
+            ``train_cfg.finetune_user`` (required then; pass a copy to keep the original).
+            ``seed_universal`` / ``target_universal`` must come from the same tower.
 
     Raises:
         NonFiniteLossError: the loss or a weight became NaN/inf (nothing saved for it).
         CheckpointError: ``resume`` without a (matching, intact) resume state.
+        ConfigError: ``finetune_user`` without ``user_encoder``, or with ``out_dir``,
+            ``resume`` or ``torchrun`` (the tuned tower is not checkpointed).
     """
     tc = train_cfg or LookalikeTrainConfig()
+    encoder = user_encoder if tc.finetune_user else None
+    if tc.finetune_user and (user_encoder is None or out_dir is not None or resume):
+        raise ConfigError(
+            "finetune_user: stage 2 needs the stage-1 tower (user_encoder) and is in-memory "
+            "only (no out_dir / resume: the tuned tower is not checkpointed); use it through "
+            "the Python API or `ralm evaluate`"
+        )
     seed_universal = np.ascontiguousarray(seed_universal, dtype=np.float32)
     _check_inputs(ds, cfg, seed_universal)
     out = Path(out_dir) if out_dir is not None else None
@@ -430,9 +461,18 @@ def train_lookalike(
     with torch_threads(tc.threads), distributed_run() as dist:
         torch.manual_seed(tc.seed)
         model = LookalikeModel(cfg)
-        task = LookalikeTrainTask(model, loss=tc.loss, calib_weight=tc.calib_weight)
-        opt = torch.optim.Adam(model.param_groups(tc.lr), lr=tc.lr, weight_decay=tc.weight_decay)
-        stage = LookalikeStage(ds, cfg, tc, task, opt, seed_universal, target_universal, out, dist)
+        if encoder is not None and dist.enabled:
+            raise ConfigError("finetune_user is not supported under torchrun (one process)")
+        task = LookalikeTrainTask(
+            model, loss=tc.loss, calib_weight=tc.calib_weight, user_encoder=encoder
+        )
+        groups = model.param_groups(tc.lr)
+        if encoder is not None:
+            groups.append({"params": list(encoder.parameters()), "lr": tc.lr * tc.finetune_lr_mult})
+        opt = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+        stage = LookalikeStage(
+            ds, cfg, tc, task, opt, seed_universal, target_universal, out, dist, encoder=encoder
+        )
         if not resume and dist.is_main:
             stage.start()
         dist.barrier()  # config.json exists before any rank trains
@@ -451,6 +491,7 @@ def train_lookalike(
         state = trainer.fit(resume=resume)
         if stage.clusters is None:  # epochs already done before the resume
             stage.recluster(None, 0)
+        stage.refresh_universal()  # the best epoch's tower (the best clusters' embeddings)
         index = stage.best_seed_index()
         calib = stage.calibrate() if tc.calibrate == "valid" else {}
     return LookalikeTrainResult(
@@ -462,4 +503,5 @@ def train_lookalike(
         best_val_auc=float(state.best_record.get("val_auc", float("nan"))),
         recluster_calls=stage.recluster_calls,
         calibration=calib,
+        universal=stage.seed_universal if encoder is not None else None,
     )

@@ -25,6 +25,7 @@ from ralm.data.encoded import EncodedDataset, Split
 from ralm.errors import CheckpointError
 from ralm.evaluation.baselines.base import Recommender, item_seed_csr
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
+from ralm.lookalike.finetune import TowerEncoder
 from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.seed_index import SeedIndex, build_seed_index
 from ralm.user.checkpoint import UserModel
@@ -100,13 +101,20 @@ class RalmRecommender(Recommender):
                 )
             return
         cfg = self.lookalike.model_copy(update={"m": int(self.universal.shape[1])})
+        # end to end: a copy of the (shared) tower is tuned, the original stays as it is
+        encoder = (
+            TowerEncoder(copy.deepcopy(um.tower), ds) if self.train_cfg.finetune_user else None
+        )
         result = train_lookalike(
             ds,
             cfg,
             self.universal,
             target_universal,
             train_cfg=self.train_cfg.model_copy(update={"seed": seed}),
+            user_encoder=encoder,
         )
+        if result.universal is not None:  # the tuned tower's embeddings index the seeds
+            self.universal = result.universal
         self.model = result.model
         self.history = list(result.history)
         self.calibration = dict(result.calibration)

@@ -35,8 +35,8 @@ class LookalikeConfig(BaseModel):
         init_scale: initial value of the learnable scale inside the sigmoid.
         kmeans_niter: Lloyd iterations of a cold-start k-means.
         kmeans_warm_niter: Lloyd iterations when warm-started from previous centroids.
-        kmeans_backend: "faiss" (per-item faiss k-means, one thread) or "torch" (batched
-            Lloyd over buckets of items with similar seed counts).
+        kmeans_backend: "torch" (default: batched Lloyd over buckets of items with similar
+            seed counts) or "faiss" (per-item faiss k-means, one thread).
         k_rule: "fixed" (k clusters per item) or "seeds" (item i uses
             ``min(k, ceil(n_seeds_i / seeds_per_cluster))`` of its k slots, the rest masked).
         seeds_per_cluster: seeds per cluster of the "seeds" rule.
@@ -114,8 +114,9 @@ class LookalikeConfig(BaseModel):
     )
     kmeans_niter: int = Field(default=20, ge=1, description="Lloyd iterations of a cold k-means.")
     kmeans_backend: Literal["faiss", "torch"] = Field(
-        default="faiss",
-        description="'faiss' = one faiss k-means per item; 'torch' = batched Lloyd per bucket.",
+        default="torch",
+        description="'torch' = batched Lloyd over items of similar seed count (deterministic "
+        "per item, 2-6x faster, same k-means objective); 'faiss' = one faiss k-means per item.",
     )
     kmeans_warm_niter: int = Field(
         default=5, ge=1, description="Lloyd iterations when warm-started."

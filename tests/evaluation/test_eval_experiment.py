@@ -156,3 +156,17 @@ def test_references_and_new_protocols_in_the_report(tmp_path):
     for head in ("## Protocol: mixed", "## Protocol: full", "## Diagnostic: the copy test"):
         assert head in report
     assert "| item-kNN |" in report and "cold_share@5" in report and "recall@20" in report
+
+
+@pytest.mark.parametrize("merge", ["attention", "concat"])
+def test_ralm_and_its_tower_use_the_configured_stage1_merge(toy, merge):
+    """``[user] merge`` decides RALM's stage 1 (it used to be attention whatever the config)."""
+    from ralm.evaluation.runner import RunContext
+
+    cfg = ExperimentConfig.model_validate({**TINY, "user": {"merge": merge}})
+    ctx = RunContext(cfg, toy)
+    sentinel = object()  # a tower already trained for (merge, seed 0): nothing is retrained
+    ctx.towers[(merge, 0)] = sentinel  # type: ignore[assignment]
+    for name in ("ralm", "ralm_average", "ralm_paper"):
+        assert ctx.make(name, 0).user_model is sentinel  # type: ignore[attr-defined]
+    assert ctx.make("ralm_tower", 0).model is sentinel  # type: ignore[attr-defined]

@@ -121,7 +121,7 @@ class RunContext:
         from ralm.user.train import train_user_model
 
         key = (merge, seed)
-        if key not in self.towers and merge == "attention" and self.cfg.run_dir is not None:
+        if key not in self.towers and merge == self.cfg.user.merge and self.cfg.run_dir is not None:
             from ralm.user.checkpoint import load_user_model
 
             self.towers[key] = load_user_model(self.cfg.run_dir / "user", self.ds)
@@ -154,7 +154,7 @@ class RunContext:
         elif name == "youtube_dnn":
             model = TowerDotProduct(name=DISPLAY[name], model=self.tower("concat", seed))
         elif name == "ralm_tower":
-            model = TowerDotProduct(name=DISPLAY[name], model=self.tower("attention", seed))
+            model = TowerDotProduct(name=DISPLAY[name], model=self.tower(cfg.user.merge, seed))
         elif name in ("ralm", "ralm_average", "ralm_paper"):
             variant = "average" if name == "ralm_average" else "ralm"
             update: dict[str, object] = {"variant": variant}
@@ -168,7 +168,7 @@ class RunContext:
             model = RalmRecommender(
                 cfg.lookalike.model_copy(update=update),
                 cfg.lookalike_train,
-                user_model=self.tower("attention", seed),
+                user_model=self.tower(cfg.user.merge, seed),  # the configured stage 1
                 name=DISPLAY[name],
                 lookalike_model=trained,
             )

@@ -38,7 +38,6 @@ import json
 import os
 import resource
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,25 +48,9 @@ import faiss
 import numpy as np
 import torch
 
+from bench_scorer import in_worker  # the service-like worker-thread timing, written once
+
 TARGET_RECALL, TARGET_SPEEDUP = 0.95, 10.0  # issue 9, item 3
-
-
-def in_worker(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a fresh thread, as the service's batcher does; return its result."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["out"] = fn()
-        except BaseException as e:  # re-raised on the caller's thread
-            box["err"] = e
-
-    th = threading.Thread(target=target)
-    th.start()
-    th.join()
-    if "err" in box:
-        raise box["err"]
-    return box["out"]
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

@@ -170,3 +170,38 @@ def test_ralm_and_its_tower_use_the_configured_stage1_merge(toy, merge):
     for name in ("ralm", "ralm_average", "ralm_paper"):
         assert ctx.make(name, 0).user_model is sentinel  # type: ignore[attr-defined]
     assert ctx.make("ralm_tower", 0).model is sentinel  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow  # two tiny experiments, stage 1 + stage 2 each
+def test_merge_ablation_rows_use_the_tower_they_name(tmp_path):
+    """The merge ablation's "<merge>: RALM" rows are RALM on that merge's tower, whatever
+    the configured stage-1 merge: the concat-configured run's "attention: RALM" row equals
+    the attention-configured run's main RALM (same seed, deterministic), and vice versa."""
+    base = {
+        **TINY,
+        "seeds": [0],
+        "protocols": ["warm"],
+        "models": ["ralm"],
+        "ablations": {
+            "seeds": [0],
+            "k": [4],
+            "attention": ["both"],
+            "alpha_beta": [[0.3, 0.7]],
+            "retrain": False,
+        },
+    }
+    res = {}
+    for merge in ("attention", "concat"):
+        cfg = ExperimentConfig.model_validate({**base, "user": {**TINY["user"], "merge": merge}})
+        root = run_experiment(cfg, out_dir=tmp_path / merge)
+        res[merge] = json.loads((root / "results.json").read_text())
+    for configured, other in (("attention", "concat"), ("concat", "attention")):
+        rows = {e["label"]: e["runs"][0] for e in res[configured]["ablations"]["merge"]}
+        main = res[configured]["protocols"]["warm"]["runs"]["RALM"][0]
+        other_main = res[other]["protocols"]["warm"]["runs"]["RALM"][0]
+        assert rows[f"{configured}: RALM"]["prec@5"] == pytest.approx(main["prec@5"])
+        assert rows[f"{configured}: RALM"]["auc"] == pytest.approx(main["auc"])
+        assert rows[f"{other}: RALM"]["prec@5"] == pytest.approx(other_main["prec@5"])
+        assert rows[f"{other}: RALM"]["auc"] == pytest.approx(other_main["auc"])
+    a, c = (res[m]["protocols"]["warm"]["runs"]["RALM"][0] for m in ("attention", "concat"))
+    assert (a["auc"], a["prec@5"]) != (c["auc"], c["prec@5"])  # the two towers differ

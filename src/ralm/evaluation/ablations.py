@@ -27,13 +27,14 @@ log = logging.getLogger(__name__)
 _TERMS = {"both": (True, True), "local": (True, False), "global": (False, True)}
 
 
-def _ralm(ctx: RunContext, seed: int, name: str, merge: str = "attention", **lookalike: Any):
-    """A RALM trained on the shared tower of ``merge`` with stage-2 config overrides."""
+def _ralm(ctx: RunContext, seed: int, name: str, merge: str | None = None, **lookalike: Any):
+    """A RALM trained on the shared tower of ``merge`` (default: the configured stage-1
+    merge, as the main run's RALM) with stage-2 config overrides."""
     cfg = ctx.cfg
     model = RalmRecommender(
         cfg.lookalike.model_copy(update={"variant": "ralm", **lookalike}),
         cfg.lookalike_train,
-        user_model=ctx.tower(merge, seed),  # type: ignore[arg-type]
+        user_model=ctx.tower(merge or cfg.user.merge, seed),  # type: ignore[arg-type]
         name=name,
     )
     return ctx.fit(model, "ablation", seed)
@@ -74,7 +75,12 @@ def run_ablations(ctx: RunContext, fitted: dict[tuple[str, int], Any]) -> dict[s
                     merge=merge,
                     part="tower",
                 )
-                m = base if merge == "attention" else _ralm(ctx, seed, "RALM concat", "concat")
+                # the main run's RALM is trained on the configured merge; the other one is
+                # trained here on the other tower
+                if merge == ctx.cfg.user.merge:
+                    m = base
+                else:
+                    m = _ralm(ctx, seed, f"RALM {merge}", merge)
                 record("merge", f"{merge}: RALM", m, seed, merge=merge, part="RALM")
         for which in ab.attention:
             local, glob = _TERMS[which]

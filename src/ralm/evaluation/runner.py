@@ -1,7 +1,8 @@
 """Shared state of one experiment run: dataset, tasks, trained towers, timings.
 
-Stage-1 towers are expensive and shared: RALM, RALM-average and the RALM-tower baseline use
-the attention tower of a seed; YouTube DNN and the merge ablation use the concat tower.
+Stage-1 towers are expensive and shared: RALM, RALM-average, the RALM-tower baseline and the
+ablations use the tower of the configured merge (``[user] merge``) of a seed; YouTube DNN
+uses the concat tower, and the merge ablation both.
 Each is trained once per seed, on the training view (no TEST/COLD_TEST rows).
 """
 

@@ -151,3 +151,31 @@ def test_bag_mean_matmul_equals_embedding_bag_values_and_gradients() -> None:
     torch.testing.assert_close(out, ref)
     assert torch.all(out[1] == 0)  # empty bag -> zeros
     torch.testing.assert_close(w2.grad, bag.weight.grad)
+
+
+def test_attention_concat_merge_is_concat_gated_by_field_attention() -> None:
+    """``attention_concat``: field i scaled by n * alpha_i, then concatenated; with a uniform
+    attention it is exactly the concat merge, and its alpha is the attention merge's."""
+    from ralm.user.attention_merge import AttentionConcatMerge, AttentionMerge, ConcatMerge
+
+    torch.manual_seed(0)
+    h = torch.randn(4, 3, 5)  # (B, n, m)
+    gated = AttentionConcatMerge(5, 7, 3)
+    plain = AttentionMerge(5, 7)
+    plain.load_state_dict(gated.state_dict())
+    alpha = plain.weights(h)  # (B, n), the paper's field attention
+    expect = torch.cat([3 * alpha[:, i : i + 1] * h[:, i] for i in range(3)], dim=1)
+    assert torch.allclose(gated(h), expect, atol=1e-6)
+    assert gated.out_dim == 15 and gated(h).shape == (4, 15)
+    with torch.no_grad():
+        gated.w2.zero_()  # uniform attention
+    assert torch.allclose(gated(h), ConcatMerge(5, 3)(h), atol=1e-6)
+
+
+def test_attention_concat_tower_has_field_attention(toy: EncodedDataset) -> None:
+    tower = UserTower(toy.fields, tiny_config(merge="attention_concat"))
+    batch = gather_users(toy, np.arange(5))
+    assert tower(batch).shape == (5, 16)
+    alpha = tower.field_attention(batch)
+    assert alpha.shape == (5, tower.embedding.n_fields)
+    assert torch.allclose(alpha.sum(1), torch.ones(5), atol=1e-6)

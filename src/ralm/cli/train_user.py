@@ -39,7 +39,7 @@ def train_user(
     ds = load_dataset(data, EncodedDataset)
     model = train_user_model(ds, user, out, user_train, resume=resume)
     show_history(model.history, model.metrics)
-    if user.merge == "attention":
+    if user.merge in ("attention", "attention_concat"):
         show_field_attention(model, ds)
     typer.echo(f"saved best model (epoch {model.metrics.get('epoch', '?')}) to {out}")
 

@@ -65,7 +65,9 @@ def run_ablations(ctx: RunContext, fitted: dict[tuple[str, int], Any]) -> dict[s
                 m = base.variant(f"RALM k={k}", eval_k=k)
             record("k", f"k={k}", m, seed, k=k)
         if ab.merge:
-            for merge in ("attention", "concat"):
+            configured = ctx.cfg.user.merge
+            merges = ["attention", "concat"] + [configured] * (configured == "attention_concat")
+            for merge in merges:
                 tower = TowerDotProduct(name=f"{merge} tower", model=ctx.tower(merge, seed))  # type: ignore[arg-type]
                 record(
                     "merge",

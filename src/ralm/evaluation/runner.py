@@ -117,7 +117,9 @@ class RunContext:
             )
         return self.tasks[key]
 
-    def tower(self, merge: Literal["attention", "concat"], seed: int) -> UserModel:
+    def tower(
+        self, merge: Literal["attention", "concat", "attention_concat"], seed: int
+    ) -> UserModel:
         """Stage-1 model with the given merge, trained once per seed."""
         from ralm.user.train import train_user_model
 

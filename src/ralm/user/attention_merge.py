@@ -7,6 +7,13 @@ Attention merge with the spec's corrected shapes::
     M = alpha H                           M: (B, m)
 
 The concat merge (paper's ablation, Fig. 5) flattens ``H`` to ``(B, n*m)``.
+
+The attention-weighted concat (``attention_concat``) keeps the paper's per-field attention
+``alpha`` but does not average the fields into one ``m``-vector: each field is scaled by
+``n * alpha_i`` and the fields are concatenated, ``(B, n*m)``. With uniform attention it is
+exactly the concat merge; the attention only re-weights fields per user, so no field's
+information is mixed into another's coordinates (the weighted average of the paper's
+merge puts every field into the same ``m`` coordinates).
 """
 
 from __future__ import annotations
@@ -38,6 +45,25 @@ class AttentionMerge(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         alpha = self.weights(h)  # (B, n)
         return (alpha.unsqueeze(-1) * h).sum(1)  # (B, m); cheaper than B tiny bmm's
+
+
+class AttentionConcatMerge(AttentionMerge):
+    """Field attention as per-field gates on the concatenation: ``(n alpha_i h_i)_i``.
+
+    Args:
+        dim: field embedding dimension ``m``.
+        units: attention hidden units ``a``.
+        n_fields: number of fields ``n``.
+    """
+
+    def __init__(self, dim: int, units: int, n_fields: int) -> None:
+        super().__init__(dim, units)
+        self.n_fields = n_fields
+        self.out_dim = dim * n_fields
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        gate = self.weights(h) * self.n_fields  # (B, n), 1 everywhere when uniform
+        return (gate.unsqueeze(-1) * h).flatten(start_dim=1)  # (B, n*m)
 
 
 class ConcatMerge(nn.Module):

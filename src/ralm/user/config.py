@@ -37,8 +37,10 @@ class UserModelConfig(BaseModel):
     attention_units: int = Field(
         default=64, ge=1, description="Attention hidden units a (W1: m x a)."
     )
-    merge: Literal["attention", "concat"] = Field(
-        default="attention", description="Field merge: attention layer (paper) or concatenation."
+    merge: Literal["attention", "concat", "attention_concat"] = Field(
+        default="attention",
+        description="Field merge: attention layer (paper), concatenation, or concatenation "
+        "gated by the field attention.",
     )
     mlp_hidden: list[int] = Field(
         default_factory=lambda: [256], description="MLP hidden sizes after the merge."

@@ -8,7 +8,7 @@ from torch import nn
 from ralm.data.batching import UserBatch
 from ralm.data.encoded import FieldInfo
 from ralm.errors import ConfigError
-from ralm.user.attention_merge import AttentionMerge, ConcatMerge
+from ralm.user.attention_merge import AttentionConcatMerge, AttentionMerge, ConcatMerge
 from ralm.user.config import UserModelConfig
 from ralm.user.feature_embedding import FeatureEmbedding
 
@@ -53,6 +53,9 @@ class UserTower(nn.Module):
         self.merge: AttentionMerge | ConcatMerge
         if config.merge == "attention":
             self.merge = AttentionMerge(config.dim, config.attention_units)
+        elif config.merge == "attention_concat":
+            n = self.embedding.n_fields
+            self.merge = AttentionConcatMerge(config.dim, config.attention_units, n)
         else:
             self.merge = ConcatMerge(config.dim, self.embedding.n_fields)
         self.mlp = _mlp(self.merge.out_dim, list(config.mlp_hidden), config.dim)
@@ -64,13 +67,16 @@ class UserTower(nn.Module):
 
     def forward(self, batch: UserBatch) -> torch.Tensor:
         h = self.embedding(batch)  # (B, n_fields, m)
-        merged = self.merge(h)  # (B, m) attention | (B, n_fields*m) concat
+        merged = self.merge(h)  # (B, m) attention | (B, n_fields*m) concat, attention_concat
         return self.mlp(merged)  # (B, dim)
 
     def field_attention(self, batch: UserBatch) -> torch.Tensor:
-        """Per-field attention weights ``alpha`` (B, n_fields); attention merge only."""
+        """Per-field attention weights ``alpha`` (B, n_fields); attention merges only."""
         if not isinstance(self.merge, AttentionMerge):
-            raise ConfigError("field attention exists only for merge='attention' (not concat)")
+            raise ConfigError(
+                "field attention exists only for merge='attention' or 'attention_concat' "
+                "(not concat)"
+            )
         return self.merge.weights(self.embedding(batch))  # (B, n_fields)
 
 

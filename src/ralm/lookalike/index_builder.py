@@ -30,23 +30,23 @@ from ralm.lookalike.clustering import SeedClusters, cluster_items
 from ralm.lookalike.index_table import CHUNK_ITEMS, IndexUpdate, SeedIndex
 from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.scorer import gram_matrix
+from ralm.lookalike.seed_rows import TRANSFORM_BATCH, SeedRows, transform_rows
 
 log = logging.getLogger(__name__)
 
 Prev = SeedIndex | IndexUpdate | SeedClusters | np.ndarray | None
 
 
-@torch.no_grad()
 def transform_seeds(
-    model: LookalikeModel, seed_universal: np.ndarray, users: np.ndarray, batch: int = 65536
+    model: LookalikeModel,
+    seed_universal: np.ndarray,
+    users: np.ndarray,
+    batch: int = TRANSFORM_BATCH,
 ) -> np.ndarray:
-    """Transformed embeddings of seed rows: universal (n_users, m)[users] -> (S, h) float32."""
-    out = np.empty((users.size, model.config.h), dtype=np.float32)
-    for lo in range(0, users.size, batch):
-        u = users[lo : lo + batch]
-        x = torch.from_numpy(np.ascontiguousarray(seed_universal[u], dtype=np.float32))
-        out[lo : lo + u.size] = model.transform(x).float().numpy()  # (b, h)
-    return out
+    """Transformed embeddings of seed rows: universal (n_users, m)[users] -> (S, h) float32
+    (:func:`ralm.lookalike.seed_rows.transform_rows`; :class:`~ralm.lookalike.seed_rows.SeedRows`
+    writes the same bytes to disk instead)."""
+    return transform_rows(model.transform_layer, seed_universal, users, model.config.h, batch)
 
 
 def item_seeds(item_ids: Sequence[str] | np.ndarray, seed: int) -> np.ndarray:
@@ -272,6 +272,88 @@ def cluster_for_model(
     else:
         init_c, init_m = _warm_start(init, np.zeros(0, dtype=str), kk, model.config.h)
     return _cluster(model, seed_emb, item_offsets, kk, init_c, init_m, seed, item_seeds, progress)
+
+
+CLUSTER_ROWS = 1 << 19  # seed rows per chunk of :func:`cluster_rows` (256 MiB at h = 128)
+
+
+def item_chunks(item_offsets: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
+    """Consecutive item ranges ``[lo, hi)`` of at most ``max_rows`` seed rows each (an item
+    with more rows is a range of its own), covering every item."""
+    offsets = np.asarray(item_offsets, dtype=np.int64)
+    n_items, out, lo = offsets.size - 1, [], 0
+    while lo < n_items:
+        hi = int(np.searchsorted(offsets, offsets[lo] + max_rows, side="right")) - 1
+        hi = min(max(hi, lo + 1), n_items)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+def _clusters_of(cl: SeedClusters, lo: int, hi: int) -> SeedClusters:
+    """Items ``lo:hi`` of ``cl`` as a warm start (centroids and mask; views, no copy)."""
+    return SeedClusters(cl.centroids[lo:hi], cl.mask[lo:hi], cl.sizes[lo:hi], cl.assign[:0])
+
+
+def cluster_rows(
+    model: LookalikeModel,
+    rows: SeedRows,
+    item_offsets: np.ndarray,
+    init: SeedClusters | None = None,
+    seed: int = 0,
+    max_rows: int = CLUSTER_ROWS,
+    progress: bool = False,
+) -> SeedClusters:
+    """:func:`cluster_for_model` of the seed rows ``rows`` (S, h), chunk by chunk of items.
+
+    Only one chunk's transformed seeds (at most ``max_rows``, or one item's) are in memory
+    at a time instead of the whole (S, h) table. Every item's clusters are those of one
+    call over all items: the rows read are the table's bytes, an item's k-means seed is
+    ``seed + i`` in both (``item_seeds``), its warm start is its own row of ``init``, and
+    both backends cluster an item independently of the other items of the call (tested).
+    Only ``inertia`` (a float64 sum of per-chunk terms) may differ from one call's in the
+    last digits. The "average" variant (a running sum over the whole table) and a table
+    of at most ``max_rows`` rows are clustered in one call.
+
+    Args:
+        model: the stage-2 model (variant, k, k-means backend and iterations).
+        rows: the transformed seed rows, grouped by item.
+        item_offsets: int64 (I + 1,) CSR offsets of each item's rows.
+        init: previous clusters of the same items (warm start), or None.
+        seed: k-means seed.
+        max_rows: seed rows per chunk.
+        progress: show a progress bar (faiss backend).
+    """
+    offsets = np.asarray(item_offsets, dtype=np.int64)
+    n_items, k = offsets.size - 1, model.config.k
+    chunks = item_chunks(offsets, max_rows)
+    if model.config.variant == "average" or len(chunks) <= 1:
+        return cluster_for_model(model, rows.table(), offsets, init=init, seed=seed,
+                                 progress=progress)  # fmt: skip
+    if init is not None and init.k != k:
+        log.warning("warm start ignored: previous index has k=%d, asked k=%d", init.k, k)
+        init = None
+    centroids = np.zeros((n_items, k, rows.h), dtype=np.float32)
+    mask = np.zeros((n_items, k), dtype=bool)
+    sizes = np.zeros((n_items, k), dtype=np.int64)
+    assign = np.zeros(int(offsets[-1]), dtype=np.int64)
+    inertia = seconds = 0.0
+    for lo, hi in chunks:
+        r0, r1 = int(offsets[lo]), int(offsets[hi])
+        part = cluster_for_model(
+            model,
+            rows.range(r0, r1),  # (R, h) the table's rows r0:r1
+            offsets[lo : hi + 1] - r0,
+            init=None if init is None else _clusters_of(init, lo, hi),
+            seed=seed,
+            progress=progress,
+            item_seeds=seed + np.arange(lo, hi, dtype=np.int64),
+        )
+        centroids[lo:hi], mask[lo:hi], sizes[lo:hi] = part.centroids, part.mask, part.sizes
+        assign[r0:r1] = part.assign
+        inertia += part.inertia
+        seconds += part.seconds
+    return SeedClusters(centroids, mask, sizes, assign, inertia=inertia, seconds=seconds)
 
 
 def index_from_clusters(

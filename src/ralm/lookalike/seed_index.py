@@ -6,7 +6,8 @@ One type, one builder, one disk format:
   (new rows of some items): :mod:`ralm.lookalike.index_table`;
 * :func:`index_items`, the ONE builder (transform, cluster with the model's variant and
   k-means backend, global vectors, Gram matrices), and its whole-table forms
-  ``build_seed_index`` / ``cluster_for_model`` / ``index_from_clusters``:
+  ``build_seed_index`` / ``cluster_for_model`` / ``index_from_clusters``, and
+  ``cluster_rows`` (training's chunk-by-chunk clustering of :class:`SeedRows`):
   :mod:`ralm.lookalike.index_builder`;
 * the on-disk format (training's ``lookalike/seed_index/`` and serving's versions):
   :mod:`ralm.lookalike.index_io`.
@@ -17,6 +18,7 @@ from __future__ import annotations
 from ralm.lookalike.index_builder import (
     build_seed_index,
     cluster_for_model,
+    cluster_rows,
     index_from_clusters,
     index_items,
     item_seeds,
@@ -34,6 +36,7 @@ __all__ = [
     "SeedIndex",
     "build_seed_index",
     "cluster_for_model",
+    "cluster_rows",
     "index_from_clusters",
     "index_items",
     "item_seeds",

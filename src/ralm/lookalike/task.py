@@ -29,13 +29,14 @@ from torch import nn
 from ralm.lookalike.clustering import SeedClusters
 from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.samples import SeedSets
+from ralm.lookalike.seed_rows import SeedEmb
 from ralm.lookalike.targets import TargetEmbeddings
 from ralm.training.distributed import all_gather_array, all_gather_rows
 
 
 def leave_self_out(
     clusters: SeedClusters,
-    seed_emb: np.ndarray,
+    seed_emb: SeedEmb,
     seeds: SeedSets,
     users: np.ndarray,
     items: np.ndarray,
@@ -185,7 +186,7 @@ class LookalikeTrainTask(nn.Module):
 
 def make_batch(
     clusters: SeedClusters,
-    seed_emb: np.ndarray,
+    seed_emb: SeedEmb,
     seeds: SeedSets,
     target: np.ndarray,
     users: np.ndarray,
@@ -232,7 +233,8 @@ class LookalikeEpochData:
 
     Args:
         clusters: seed clusters of this epoch (fixed during it).
-        seed_emb: float32 (S, h) transformed seed embeddings the clusters were built from.
+        seed_emb: float32 (S, h) transformed seed embeddings the clusters were built from,
+            or the same rows on demand (:class:`ralm.lookalike.seed_rows.SeedRows`).
         seeds: seed sets (CSR).
         targets: target embeddings of the examples' users.
         users, items, labels: the epoch's shuffled examples (n,).
@@ -244,7 +246,7 @@ class LookalikeEpochData:
     def __init__(
         self,
         clusters: SeedClusters,
-        seed_emb: np.ndarray,
+        seed_emb: SeedEmb,
         seeds: SeedSets,
         targets: TargetEmbeddings,
         users: np.ndarray,

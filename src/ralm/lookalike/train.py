@@ -44,12 +44,8 @@ from ralm.lookalike.samples import (
     training_examples,
     validation_examples,
 )
-from ralm.lookalike.seed_index import (
-    SeedIndex,
-    cluster_for_model,
-    index_from_clusters,
-    transform_seeds,
-)
+from ralm.lookalike.seed_index import SeedIndex, cluster_rows, index_from_clusters
+from ralm.lookalike.seed_rows import SeedEmb, SeedRows
 from ralm.lookalike.targets import TargetEmbeddings, TargetFn
 from ralm.lookalike.task import (
     LookalikeEpochData,
@@ -108,7 +104,7 @@ class LookalikeTrainResult:
 def score_examples(
     model: LookalikeModel,
     clusters: SeedClusters,
-    seed_emb: np.ndarray,
+    seed_emb: SeedEmb,
     seeds: SeedSets,
     target_emb: np.ndarray,
     users: np.ndarray,
@@ -186,7 +182,10 @@ class LookalikeStage:
         if tc.monitor == "recall":
             self.ranking = build_ranking_set(ds, self.seeds, tc.val_max_users, tc.seed)
         self.clusters: SeedClusters | None = None
-        self.seed_emb = np.zeros((0, cfg.h), dtype=np.float32)
+        # the transformed seed rows the clusters were built from (leave-self-out reads a
+        # few per batch): an (S, h) table kept on disk, not in memory (SeedRows;
+        # docs/LOOKALIKE.md, "Stage-2 memory")
+        self.seed_emb: SeedEmb = np.zeros((0, cfg.h), dtype=np.float32)
         self.best_clusters: SeedClusters | None = None
         self.best_index: SeedIndex | None = None
         self.recluster_calls = 0
@@ -213,6 +212,7 @@ class LookalikeStage:
         """Re-transform every seed with the current weights and re-cluster them (with a
         fine-tuned tower, every user is re-embedded first)."""
         self.recluster_calls += 1
+        self._drop_seed_emb()  # the old table goes before the new one is written
         self.refresh_universal()
         if prev is None:
             log.info(
@@ -220,10 +220,17 @@ class LookalikeStage:
                 f"{self.seeds.users.size:,}", f"{self.seeds.n_items:,}", self.cfg.n_clusters,
             )  # fmt: skip
         self.model.eval()
-        self.seed_emb = transform_seeds(self.model, self.seed_universal, self.seeds.users)
-        self.clusters = cluster_for_model(
-            self.model, self.seed_emb, self.seeds.offsets, init=prev, seed=self.tc.seed + epoch
+        rows = SeedRows.of_model(self.model, self.seed_universal, self.seeds.users)
+        # chunk by chunk of items: the whole (S, h) table never exists
+        self.clusters = cluster_rows(
+            self.model, rows, self.seeds.offsets, init=prev, seed=self.tc.seed + epoch
         )
+        self.seed_emb = rows
+
+    def _drop_seed_emb(self) -> None:
+        old, self.seed_emb = self.seed_emb, np.zeros((0, self.cfg.h), dtype=np.float32)
+        if isinstance(old, SeedRows):
+            old.close()
 
     def refresh_universal(self) -> None:
         """Re-embed every user (and the VALID targets) with the fine-tuned tower; no-op
@@ -241,8 +248,13 @@ class LookalikeStage:
         """Broadcast rank 0's clusters, transformed seeds and re-cluster count."""
         if not self.dist.enabled:
             return
-        mine = (self.clusters, self.seed_emb, self.recluster_calls)
-        self.clusters, self.seed_emb, self.recluster_calls = self.dist.broadcast(mine)
+        emb: SeedEmb | None = None  # the other ranks get rank 0's table, in memory
+        if self.dist.is_main:
+            emb = self.seed_emb.table() if isinstance(self.seed_emb, SeedRows) else self.seed_emb
+        mine = (self.clusters, emb, self.recluster_calls)
+        self.clusters, emb, self.recluster_calls = self.dist.broadcast(mine)
+        if not self.dist.is_main and emb is not None:
+            self.seed_emb = emb
 
     def epoch_data(self, epoch: int) -> LookalikeEpochData:
         if self.clusters is None:
@@ -321,8 +333,10 @@ class LookalikeStage:
         if cl is None or not 0 < self.vy.sum() < self.vy.size:
             return {}
         self.model.eval()
-        emb = transform_seeds(self.model, self.seed_universal, self.seeds.users)
+        self._drop_seed_emb()  # the last epoch's table (the best epoch's is written now)
+        emb = SeedRows.of_model(self.model, self.seed_universal, self.seeds.users)
         vs = score_examples(self.model, cl, emb, self.seeds, self.v_target, self.vu, self.vi)
+        emb.close()
         with torch.no_grad():
             before = expected_calibration_error(
                 self.vy, self.model.pctr(torch.from_numpy(vs)).numpy()
@@ -381,7 +395,7 @@ class LookalikeStage:
         # the saved clusters were built from the saved weights: same embeddings
         self.clusters = clusters
         self.model.eval()
-        self.seed_emb = transform_seeds(self.model, self.seed_universal, self.seeds.users)
+        self.seed_emb = SeedRows.of_model(self.model, self.seed_universal, self.seeds.users)
         best: State | None = None
         if state.best_epoch >= 0:
             best_model, _ = ckpt.load_lookalike_model(out)

@@ -7,11 +7,15 @@ sample) in which the resident set was largest. It also prints the sizes of the a
 any stage-2 run of this data must hold at once (the floor the peak is compared with):
 
 * ``seed_universal``: float32 (n_users, m), every user's universal embedding;
-* ``seed_emb``: float32 (S, h), the transformed embedding of every seed row, which the
-  leave-self-out batches read;
-* ``clusters``: float32 (I, k, h) centroids (the previous ones stay for the warm start);
 * ``target cache``: float32 (P, m) TRAIN positives without their target, when they fit in
-  ``--target-cache-gib`` (default 2).
+  ``--target-cache-gib`` (default 2);
+* ``clusters``: float32 (I, k, h) centroids;
+* ``examples``: one epoch's (user, item, label), P positives and 4 P negatives, or, while
+  re-clustering, the previous clusters (warm start), whichever is larger;
+
+and the size of the float32 (S, h) table of transformed seed rows, which stage 2 held in
+memory (twice while re-clustering) before it went to a temporary file
+(:mod:`ralm.lookalike.seed_rows`).
 
 Run on a prepared dataset and a stage-1 model (e.g. from ``bench_pipeline.py``)::
 
@@ -68,6 +72,8 @@ def essential(data: Path, m: int, h: int, k: int, cache_gib: float) -> dict[str,
         "seed_universal": ds.n_users * m * 4 / GIB,
         "seed_emb": n_seed * h * 4 / GIB,
         "clusters": ds.n_items * k * h * 4 / GIB,
+        # an epoch's (users int64, items int64, labels float32) of positives + 4 negatives each
+        "examples": n_pos * 5 * 20 / GIB,
     }
     cache = n_pos * m * 4 / GIB
     out["target_cache"] = cache if cache <= cache_gib else 0.0
@@ -137,15 +143,20 @@ def main() -> None:
     for name, rec in sorted(phases.items(), key=lambda kv: kv[1]["order"]):
         print(f"  {rec['max'] / GIB:6.2f}  {name}")
     ess = essential(args.data, args.m, args.h, args.k, args.target_cache_gib)
-    floor = sum(ess[n] for n in ("seed_universal", "seed_emb", "clusters", "target_cache"))
+    # held in memory at once by any stage-2 run: the universal embeddings, the target cache
+    # and the clusters, plus either one epoch's examples (training) or the previous clusters
+    # (warm start of a re-clustering); the (S, h) table of transformed seeds was held too
+    # (twice while re-clustering) before it went to disk (ralm.lookalike.seed_rows)
+    names = ("seed_universal", "target_cache", "clusters", "examples")
+    floor = sum(ess[n] for n in names[:3]) + max(ess["clusters"], ess["examples"])
     print(
         f"data: {ess['n_users']:,.0f} users, {ess['n_items']:,.0f} items, "
         f"{ess['n_seed_rows']:,.0f} seed rows, {ess['n_train_positives']:,.0f} TRAIN positives"
     )
     print(
-        "essential arrays (GiB): "
-        + ", ".join(f"{n} {ess[n]:.3f}" for n in ("seed_universal", "seed_emb", "clusters"))
-        + f", target cache {ess['target_cache']:.3f}; sum {floor:.3f}"
+        "arrays (GiB): "
+        + ", ".join(f"{n} {ess[n]:.3f}" for n in names)
+        + f"; floor {floor:.3f}; (S, h) seed table {ess['seed_emb']:.3f}"
     )
     print(f"PEAK RSS (ru_maxrss) {peak:.3f} GiB")
     if args.json is not None:

@@ -274,7 +274,7 @@ def cluster_for_model(
     return _cluster(model, seed_emb, item_offsets, kk, init_c, init_m, seed, item_seeds, progress)
 
 
-CLUSTER_ROWS = 1 << 19  # seed rows per chunk of :func:`cluster_rows` (256 MiB at h = 128)
+CLUSTER_ROWS = 1 << 18  # seed rows per chunk of :func:`cluster_rows` (128 MiB at h = 128)
 
 
 def item_chunks(item_offsets: np.ndarray, max_rows: int) -> list[tuple[int, int]]:

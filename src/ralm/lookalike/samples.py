@@ -75,15 +75,36 @@ def _sample_negatives(
     """``ratio`` items per user from ``probs`` avoiding sorted ``forbidden`` user*n_items+item."""
     u = np.repeat(users, ratio)
     items = rng.choice(n_items, size=u.size, p=probs)
+    bad = np.zeros(u.size, dtype=bool)
     for _ in range(rounds + 1):
-        keys = u * n_items + items
-        pos = np.minimum(np.searchsorted(forbidden, keys), max(forbidden.size - 1, 0))
-        bad = (forbidden[pos] == keys) if forbidden.size else np.zeros(u.size, bool)
+        _mark_forbidden(u, items, n_items, forbidden, bad)
         if not bad.any():
             break
         items[bad] = rng.choice(n_items, size=int(bad.sum()), p=probs)
+    if not bad.any():
+        return u, items
     keep = ~bad
     return u[keep], items[keep]
+
+
+def _mark_forbidden(
+    u: np.ndarray,
+    items: np.ndarray,
+    n_items: int,
+    forbidden: np.ndarray,
+    out: np.ndarray,
+    chunk: int = 1 << 20,
+) -> None:
+    """``out[j] = u[j] * n_items + items[j] in forbidden`` (sorted), chunk by chunk (the
+    int64 keys and positions of all pairs at once were the peak of an epoch's examples)."""
+    if forbidden.size == 0:
+        out[:] = False
+        return
+    last = forbidden.size - 1
+    for lo in range(0, u.size, chunk):
+        keys = u[lo : lo + chunk] * n_items + items[lo : lo + chunk]
+        pos = np.minimum(np.searchsorted(forbidden, keys), last)
+        out[lo : lo + chunk] = forbidden[pos] == keys
 
 
 def negative_distribution(ds: EncodedDataset, seeds: SeedSets, how: str) -> np.ndarray:
@@ -116,14 +137,21 @@ def training_examples(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shuffled (users, items, labels float32) of TRAIN clicks plus sampled negatives."""
     pos = click_keys(ds, (Split.TRAIN,))
-    pu, pi = pos // ds.n_items, pos % ds.n_items
+    pu, pi = np.divmod(pos, ds.n_items)
     probs = negative_distribution(ds, seeds, neg_sampling)
     nu, ni = _sample_negatives(pu, ds.n_items, probs, pos, neg_ratio, rng)
+    del pos  # each temporary goes as soon as it is used: these are the epoch's largest arrays
+    n_pos = pu.size
     users = np.concatenate([pu, nu])
+    del pu, nu
     items = np.concatenate([pi, ni])
-    labels = np.concatenate([np.ones(pu.size, np.float32), np.zeros(nu.size, np.float32)])
+    del pi, ni
+    labels = np.zeros(users.size, np.float32)
+    labels[:n_pos] = 1.0
     perm = rng.permutation(users.size)
-    return users[perm], items[perm], labels[perm]
+    users = users[perm]
+    items = items[perm]
+    return users, items, labels[perm]
 
 
 def validation_examples(

@@ -46,9 +46,9 @@ def leave_self_out(
     Centroids are exact means of their members, so removing seed row r of cluster j with
     n members gives ``(n c_j - e_r) / (n - 1)``; a cluster of one is masked instead.
     """
-    cent = clusters.centroids[items].copy()  # (B, k, h)
-    mask = clusters.mask[items].copy()  # (B, k)
-    sizes = clusters.sizes[items].copy()  # (B, k)
+    cent = np.take(clusters.centroids, items, axis=0)  # (B, k, h), a new array (one copy)
+    mask = np.take(clusters.mask, items, axis=0)  # (B, k)
+    sizes = np.take(clusters.sizes, items, axis=0)  # (B, k)
     rows = seeds.find(users, items)  # (B,) seed row or -1
     b = np.flatnonzero(rows >= 0)
     if b.size:

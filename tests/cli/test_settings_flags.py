@@ -186,7 +186,7 @@ def test_bad_flag_value_is_one_line(paths, capsys) -> None:
     line = _one_line_error(_user(paths, "--epochs", "abc"), capsys)
     assert "--epochs" in line and "integer" in line
     line = _one_line_error(_user(paths, "--merge", "sum"), capsys)
-    assert "--merge" in line and "'attention' or 'concat'" in line
+    assert "--merge" in line and "'attention', 'concat' or 'attention_concat'" in line
     line = _one_line_error(_lookalike(paths, "--no-local", "--no-global"), capsys)
     assert "[lookalike]" in line and "--local" in line and "use_global" in line
 
@@ -237,7 +237,10 @@ def _help(argv: list[str]) -> str:
     ("argv", "expected"),
     [
         (["train", "user"], ["--dim", "[default: 128]", "--negatives", "[default: 10]"]),
-        (["train", "user"], ["--lr", "[default: 0.001]", "--merge", "[attention|concat]"]),
+        (
+            ["train", "user"],
+            ["--lr", "[default: 0.001]", "--merge", "[attention|concat|attention_concat]"],
+        ),
         (["train", "lookalike"], ["--k", "[default: 20]", "--h", "[default: 128]"]),
         (["train", "lookalike"], ["--no-seed-prior", "[default: true]"]),
         (["serve"], ["--recluster-every", "[default: 300.0]", "[default: 3000000]"]),

@@ -62,7 +62,8 @@ def test_run_experiment_writes_report(tmp_path):
     )
     assert [e["k"] for e in res["ablations"]["k"]] == [2, 4]
     assert {e["label"] for e in res["ablations"]["merge"]} == {
-        "attention: tower (dot)", "attention: RALM", "concat: tower (dot)", "concat: RALM"
+        "attention: tower (dot)", "attention: RALM", "concat: tower (dot)", "concat: RALM",
+        "attention_concat: tower (dot)", "attention_concat: RALM",
     }  # fmt: skip
     assert res["timings"]["total_s"][0] > 0
     report = (root / "report.md").read_text()

@@ -15,12 +15,17 @@ SPARSE_AUTO_ROWS = 10_000
 class UserModelConfig(BaseModel):
     """Architecture of the user tower and the item table (what a checkpoint must match).
 
-    Defaults follow the paper (embedding dim 128, attention merge) where it states them.
+    Defaults follow the paper (embedding dim 128, field attention) where it states them and
+    the evidence does not contradict it (the merge: docs/USER_MODEL.md, "Merge").
 
     Args:
         dim: embedding dimension ``m`` of every field and of the universal user embedding.
         attention_units: hidden units ``a`` of the attention merge (W1 is ``m x a``).
-        merge: ``attention`` (paper) or ``concat`` (ablation, paper Fig. 5).
+        merge: ``attention_concat`` (default: the paper's field attention ``alpha`` gates each
+            field, ``n alpha_i h_i``, and the gated fields are concatenated), ``attention``
+            (the paper's merge, ``M = alpha H``: a weighted average of the fields in one
+            ``m``-space) or ``concat`` (ablation, paper Fig. 5). The paper's average lost to
+            both others on every data set measured (docs/USER_MODEL.md, "Merge").
         mlp_hidden: hidden layer sizes of the MLP after the merge (output is ``dim``).
         exclude_fields: dataset fields left out of the tower (ablations; a derived field
             that leaks the target, see docs/USER_MODEL.md).
@@ -38,9 +43,10 @@ class UserModelConfig(BaseModel):
         default=64, ge=1, description="Attention hidden units a (W1: m x a)."
     )
     merge: Literal["attention", "concat", "attention_concat"] = Field(
-        default="attention",
-        description="Field merge: attention layer (paper), concatenation, or concatenation "
-        "gated by the field attention.",
+        default="attention_concat",
+        description="Field merge: the paper's field attention as per-field gates on "
+        "the concatenation (default), the paper's attention-weighted average, or plain "
+        "concatenation.",
     )
     mlp_hidden: list[int] = Field(
         default_factory=lambda: [256], description="MLP hidden sizes after the merge."

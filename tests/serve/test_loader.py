@@ -12,6 +12,7 @@ from ralm.data.encoded import EncodedDataset
 from ralm.data.feature_encoder import FeatureEncoder
 from ralm.errors import CheckpointError, DataError
 from ralm.serve.loader import load_serving_model
+from ralm.user.checkpoint import read_config
 
 Run = tuple[Path, Path, list[int]]
 
@@ -38,7 +39,8 @@ def test_exported_table_is_used(trained_run: Run, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     ds = EncodedDataset.load(data)
-    table = np.full((ds.n_users, 16), 0.5, dtype=np.float32)
+    dim = read_config(run / "user")["config"].dim
+    table = np.full((ds.n_users, dim), 0.5, dtype=np.float32)
     (copy / "export").mkdir()
     np.save(copy / "export" / "user_embeddings.npy", table)
     np.save(copy / "export" / "user_ids.npy", np.asarray(ds.user_ids).astype(str))

@@ -52,6 +52,15 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def available_gib() -> float:
+    """MemAvailable of the host (GiB)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 / GIB
+    return float("inf")
+
+
 def essential(data: Path, m: int, h: int, k: int, cache_gib: float) -> dict[str, float]:
     """GiB of the arrays a stage-2 run must hold (see the module docstring)."""
     import numpy as np
@@ -95,6 +104,12 @@ def main() -> None:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--target-cache-gib", type=float, default=2.0)
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.add_argument(
+        "--min-available-gib",
+        type=float,
+        default=3.0,
+        help="kill the run when the host's MemAvailable falls under this",
+    )
     p.add_argument("rest", nargs="*", help="more flags of ralm train lookalike (after --)")
     args = p.parse_args()
 
@@ -130,6 +145,10 @@ def main() -> None:
         if pid == proc.pid:
             break
         r = rss_bytes(proc.pid)
+        if available_gib() < args.min_available_gib:
+            proc.kill()
+            print(f"host MemAvailable under {args.min_available_gib} GiB: run killed at "
+                  f"RSS {r / GIB:.2f} GiB ({phase[0]})", flush=True)  # fmt: skip
         rec = phases.setdefault(phase[0], {"max": 0, "order": len(phases)})
         rec["max"] = max(rec["max"], r)
         time.sleep(args.every)

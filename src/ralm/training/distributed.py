@@ -154,6 +154,10 @@ def distributed_run(timeout_s: float = 1800.0) -> Iterator[DistContext]:
     log.info("data-parallel training: rank %d of %d (backend %s)", rank, world, backend)
     try:
         yield DistContext(rank, world, local)
+        # every rank has left its last collective before any rank tears the group down
+        # (a rank destroying its group while a peer's gloo threads still talk to it can
+        # abort the peer at exit: "terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_pipeline import available_gib  # the host memory guard, written once
+
 GIB = 2**30
 
 
@@ -50,15 +52,6 @@ def rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def available_gib() -> float:
-    """MemAvailable of the host (GiB)."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024 / GIB
-    return float("inf")
 
 
 def essential(data: Path, m: int, h: int, k: int, cache_gib: float) -> dict[str, float]:

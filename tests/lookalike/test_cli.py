@@ -64,3 +64,28 @@ def test_cli_loss_and_monitor_options(run_dir: Path) -> None:
     assert train["neg_sampling"] == "log_uniform"  # the CLI default follows the config's
     bad = runner.invoke(app, [*_args(run_dir), "--out", str(out), "--loss", "hinge"])
     assert bad.exit_code != 0 and "loss" in (bad.output + str(bad.exception))
+
+
+def test_stage1_targets_equal_embed_users_and_check_the_dataset(run_dir: Path) -> None:
+    """The CLI's per-batch stage-1 calls (dataset checked once) give ``embed_users``'s
+    embeddings bitwise, and still refuse a dataset with another item-id map."""
+    import dataclasses
+
+    import numpy as np
+
+    from ralm.cli.train_lookalike import stage1_targets
+    from ralm.user.checkpoint import load_user_model
+    from ralm.user.embed import embed_users
+
+    ds = EncodedDataset.load(run_dir / "data")
+    um = load_user_model(run_dir / "user", ds)
+    fn = stage1_targets(um, ds)
+    rng = np.random.default_rng(0)
+    for b in (1, 7, 256, 5000):  # one and several of embed_users's chunks
+        users = rng.integers(0, ds.n_users, b)
+        exclude = np.where(rng.random(b) < 0.5, rng.integers(0, ds.n_items, b), -1)
+        want = embed_users(um, ds, users, exclude)
+        np.testing.assert_array_equal(fn(users, exclude), want)
+    other = dataclasses.replace(um, item_digest="0" * 16)  # trained on another item map
+    with pytest.raises(CheckpointError):
+        stage1_targets(other, ds)(np.array([0]), np.array([-1]))

@@ -63,3 +63,36 @@ def test_mark_forbidden_chunked_equals_all_at_once() -> None:
     assert want.any() and not want.all()
     _mark_forbidden(u, items, n_items, np.zeros(0, np.int64), out)
     assert not out.any()
+
+
+def test_seen_grid_equals_the_pairwise_lookup() -> None:
+    """``SeedSets.seen`` (the users' own seed lists against sorted columns) gives the
+    (B, N) grid of the former formulation, ``find`` over every pair, and a set of pairs."""
+    from ralm.lookalike.samples import SeedSets
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n_users, n_items = int(rng.integers(1, 50)), int(rng.integers(1, 30))
+        pairs = np.unique(rng.integers(0, n_users * n_items, size=int(rng.integers(0, 300))))
+        item, user = np.divmod(pairs, n_users)  # sorted by (item, user), as seed_csr gives
+        offsets = np.r_[0, np.cumsum(np.bincount(item, minlength=n_items))].astype(np.int64)
+        seeds = SeedSets(offsets=offsets, users=user.astype(np.int64), n_users=n_users)
+        b, n = int(rng.integers(0, 40)), int(rng.integers(0, 40))
+        u, c = rng.integers(0, n_users, b), rng.integers(0, n_items, n)  # repeats included
+        got = seeds.seen(u, c)
+        old = seeds.find(np.repeat(u, n), np.tile(c, b)).reshape(b, n) >= 0
+        known = set(zip(user.tolist(), item.tolist(), strict=True))
+        naive = np.array([[(x, y) in known for y in c.tolist()] for x in u.tolist()], bool)
+        assert got.dtype == bool and got.shape == (b, n)
+        np.testing.assert_array_equal(got, old)
+        np.testing.assert_array_equal(got, naive.reshape(b, n))
+
+
+def test_seen_grid_on_the_toy_dataset(toy: EncodedDataset) -> None:
+    seeds = seed_sets(toy)
+    rng = np.random.default_rng(1)
+    u, c = rng.integers(0, toy.n_users, 256), rng.integers(0, toy.n_items, 256)
+    old = seeds.find(np.repeat(u, c.size), np.tile(c, u.size)).reshape(u.size, -1) >= 0
+    got = seeds.seen(u, c)
+    assert got.any() and not got.all()
+    np.testing.assert_array_equal(got, old)

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +16,13 @@ from ralm.cli.options import with_settings
 from ralm.config_files import Section
 from ralm.errors import ConfigError
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ralm.data.encoded import EncodedDataset
+    from ralm.lookalike.targets import TargetFn
+    from ralm.user.checkpoint import UserModel
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +50,6 @@ def train_lookalike(
     lookalike_train: LookalikeTrainConfig,
 ) -> None:
     """Train the look-alike model (stage 2): iterative k-means + attention, val AUC per epoch."""
-    import numpy as np
-
     from ralm.cli.train_user import load_dataset, set_torch_threads
     from ralm.data.encoded import EncodedDataset
     from ralm.lookalike.train import train_lookalike as run
@@ -61,15 +66,40 @@ def train_lookalike(
     log.info("embedded %d users in %.1fs (%.0f users/s)", n, secs, n / max(secs, 1e-9))
     cfg = with_stage1_dim(lookalike, int(seed_universal.shape[1]), user_model)
 
-    def target_universal(users: np.ndarray, exclude_items: np.ndarray) -> np.ndarray:
-        return embed_users(umodel, ds, users, exclude_items)
-
-    res = run(ds, cfg, seed_universal, target_universal, out, lookalike_train, resume=resume)
+    res = run(
+        ds, cfg, seed_universal, stage1_targets(umodel, ds), out, lookalike_train, resume=resume
+    )
     show_history(res.history, res.best_epoch)
     typer.echo(
         f"best val AUC {res.best_val_auc:.4f} (epoch {res.best_epoch}); "
         f"model and seed index saved to {out}"
     )
+
+
+def stage1_targets(umodel: UserModel, ds: EncodedDataset) -> TargetFn:
+    """``target_universal(users, exclude_items)`` of stage 2: ``embed_users`` of the
+    stage-1 model, the dataset checked on the first call instead of on every call.
+
+    Stage 2 calls it per batch when the TRAIN positives do not fit its target cache (paper
+    scale), and ``embed_users`` checks the dataset on every call, hashing every item id
+    (54 ms a call at 43,500 items: a per-step cost that grew with the catalogue). The
+    check passes once for this (model, dataset) pair; later calls use a copy of the
+    model without the item-map digest (fields and item count are still checked), so the
+    embeddings are those of ``embed_users(umodel, ds, users, exclude_items)``, bitwise.
+    """
+    import dataclasses
+
+    from ralm.user.embed import embed_users
+
+    checked: list[UserModel] = []  # the model without its digest, once checked
+
+    def target_universal(users: np.ndarray, exclude_items: np.ndarray) -> np.ndarray:
+        if not checked:  # the first call checks the dataset in full, as before
+            umodel.check_dataset(ds)
+            checked.append(dataclasses.replace(umodel, item_digest=""))  # same tower
+        return embed_users(checked[0], ds, users, exclude_items)
+
+    return target_universal
 
 
 def with_stage1_dim(cfg: LookalikeConfig, m: int, user_model: Path) -> LookalikeConfig:

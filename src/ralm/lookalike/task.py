@@ -207,10 +207,9 @@ def make_batch(
     cent, mask, sizes = leave_self_out(clusters, seed_emb, seeds, users, items)
     log_q = seen = None
     if item_log_q is not None:
-        b, cols = users.size, items if col_items is None else col_items
-        rows = seeds.find(np.repeat(users, cols.size), np.tile(cols, b)).reshape(b, -1)  # (B, N)
+        cols = items if col_items is None else col_items
         same = items[:, None] == cols[None, :]  # (B, N)
-        seen = torch.from_numpy((rows >= 0) | same)
+        seen = torch.from_numpy(seeds.seen(users, cols) | same)  # (B, N)
         log_q = torch.from_numpy(np.asarray(item_log_q[items], dtype=np.float32))
     return LookalikeBatch(
         target=torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)),

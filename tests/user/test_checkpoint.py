@@ -105,3 +105,22 @@ def test_excluded_fields_survive_the_checkpoint(toy: EncodedDataset, tmp_path: P
     loaded = load_user_model(tmp_path / "run", toy)
     assert loaded.field_names == ["history", "continuous"]
     np.testing.assert_array_equal(embed_users(model, toy), embed_users(loaded, toy))
+
+
+def test_dataset_item_digest_is_hashed_once_per_item_array(monkeypatch) -> None:
+    """The per-batch dataset checks hash the item ids once per dataset; a new item-id
+    array is hashed again, so a changed map is still refused."""
+    import ralm.user.checkpoint as ckpt
+
+    ds = make_toy_dataset(n_users=300, n_items=60, seed=0)
+    want = ckpt.item_digest(ds.item_ids)
+    calls: list[int] = []
+    real = ckpt.item_digest
+    monkeypatch.setattr(ckpt, "item_digest", lambda ids: calls.append(1) or real(ids))
+    assert [ckpt.dataset_item_digest(ds) for _ in range(3)] == [want] * 3
+    assert len(calls) == 1
+    ds.item_ids = np.asarray([f"x{j}" for j in range(60)])
+    assert ckpt.dataset_item_digest(ds) == real(ds.item_ids) != want
+    assert len(calls) == 2
+    with pytest.raises(CheckpointError, match="item-id map"):
+        ckpt.check_compatible(ds.fields, ds.n_items, want, ds)

@@ -78,26 +78,13 @@ def train_lookalike(
 
 def stage1_targets(umodel: UserModel, ds: EncodedDataset) -> TargetFn:
     """``target_universal(users, exclude_items)`` of stage 2: ``embed_users`` of the
-    stage-1 model, the dataset checked on the first call instead of on every call.
-
-    Stage 2 calls it per batch when the TRAIN positives do not fit its target cache (paper
-    scale), and ``embed_users`` checks the dataset on every call, hashing every item id
-    (54 ms a call at 43,500 items: a per-step cost that grew with the catalogue). The
-    check passes once for this (model, dataset) pair; later calls use a copy of the
-    model without the item-map digest (fields and item count are still checked), so the
-    embeddings are those of ``embed_users(umodel, ds, users, exclude_items)``, bitwise.
-    """
-    import dataclasses
-
+    stage-1 model (called per batch when the TRAIN positives do not fit the target cache;
+    the dataset check it runs hashes the item ids once per dataset,
+    :func:`ralm.user.checkpoint.dataset_item_digest`)."""
     from ralm.user.embed import embed_users
 
-    checked: list[UserModel] = []  # the model without its digest, once checked
-
     def target_universal(users: np.ndarray, exclude_items: np.ndarray) -> np.ndarray:
-        if not checked:  # the first call checks the dataset in full, as before
-            umodel.check_dataset(ds)
-            checked.append(dataclasses.replace(umodel, item_digest=""))  # same tower
-        return embed_users(checked[0], ds, users, exclude_items)
+        return embed_users(umodel, ds, users, exclude_items)
 
     return target_universal
 

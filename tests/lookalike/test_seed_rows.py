@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from ralm.data.encoded import EncodedDataset
-from ralm.lookalike import train as train_mod
+from ralm.lookalike import stage as stage_mod
 from ralm.lookalike.clustering import SeedClusters
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
 from ralm.lookalike.index_builder import item_chunks
@@ -139,11 +139,11 @@ def test_training_with_rows_on_disk_equals_keeping_the_table(
     tc = LookalikeTrainConfig(epochs=2, batch_size=64, patience=0, loss=loss)
     if chunk_rows:  # cluster in chunks of items of at most chunk_rows seed rows
         assert len(item_chunks(seed_sets(toy).offsets, chunk_rows)) > 5
-        monkeypatch.setattr(train_mod, "cluster_rows", partial(cluster_rows, max_rows=chunk_rows))
+        monkeypatch.setattr(stage_mod, "cluster_rows", partial(cluster_rows, max_rows=chunk_rows))
     lean = _run(toy, universal, lookup, tc, tmp_path / "lean")
     _TableRows.made.clear()
-    monkeypatch.setattr(train_mod, "SeedRows", _TableRows)
-    monkeypatch.setattr(train_mod, "cluster_rows", _old_clustering)
+    monkeypatch.setattr(stage_mod, "SeedRows", _TableRows)
+    monkeypatch.setattr(stage_mod, "cluster_rows", _old_clustering)
     kept = _run(toy, universal, lookup, tc, tmp_path / "kept")
     assert len(_TableRows.made) == 4  # 3 clusterings + calibration used the reference
     for k, v in kept.model.state_dict().items():

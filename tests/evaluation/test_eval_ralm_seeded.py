@@ -15,8 +15,9 @@ from ralm.user.config import UserModelConfig, UserTrainConfig
 
 @pytest.fixture(scope="module")
 def fitted(toy: EncodedDataset) -> RalmRecommender:
+    # the young-item rule off: a copy is then its item exactly (the rule is tested below)
     m = RalmRecommender(
-        LookalikeConfig(h=16, k=4, variant="average"),
+        LookalikeConfig(h=16, k=4, variant="average", young_boost=1.0),
         LookalikeTrainConfig(epochs=1, patience=0),
         UserModelConfig(dim=16, mlp_hidden=[32]),
         user_train=UserTrainConfig(epochs=2, patience=0),
@@ -24,6 +25,35 @@ def fitted(toy: EncodedDataset) -> RalmRecommender:
     m.fit(training_view(toy), seed=0)
     m.set_seed_splits((Split.TRAIN,))
     return m
+
+
+def test_a_brand_new_copy_is_counted_by_its_rate(
+    fitted: RalmRecommender, toy: EncodedDataset
+) -> None:
+    """With the young-item rule on, a seeded copy is brand new (age 0): its audience prior
+    counts its seeds ``young_boost`` times, the original's counts them by its TRAIN age."""
+    import torch
+
+    from ralm.lookalike.item_age import item_ages
+
+    young = fitted.variant("young", young_age=3 * 86400.0, young_boost=10.0)
+    young.set_seed_splits((Split.TRAIN,))
+    assert young.model is not None
+    offsets, users = item_seed_csr(toy, (Split.TRAIN,))
+    items = np.flatnonzero(np.diff(offsets) > 0)[:6]
+    sets = [users[offsets[j] : offsets[j + 1]] for j in items]
+    who = np.arange(toy.n_users)
+    n = np.diff(offsets)[items].astype(np.float64)
+    f = young.model.young_factor(torch.from_numpy(item_ages(toy, (Split.TRAIN,))[items]))
+    assert f is not None
+    gamma = float(young.model.gamma.detach())
+    lift = gamma * (np.log1p(10.0 * n) - np.log1p(f.double().numpy() * n))  # copy - original
+    got = young.score_seeded_items(who, sets) - young.score_users(who, items)
+    np.testing.assert_allclose(got, np.broadcast_to(lift, got.shape), rtol=1e-4, atol=1e-5)
+    assert (lift > 0).all()  # these toy items are older than 3 days at the TRAIN clock
+    # the rule off again: the copy is the item
+    plain = fitted.score_seeded_items(who, sets) - fitted.score_users(who, items)
+    np.testing.assert_allclose(plain, 0.0, atol=1e-5)
 
 
 def test_an_item_recreated_from_its_seeds_scores_like_the_item(
@@ -67,7 +97,7 @@ def test_finetuned_ralm_indexes_with_the_tuned_tower(toy: EncodedDataset) -> Non
     )
     before = {k: v.clone() for k, v in um.tower.state_dict().items()}
     m = RalmRecommender(
-        LookalikeConfig(h=16, k=4, variant="average"),
+        LookalikeConfig(h=16, k=4, variant="average", young_boost=1.0),
         LookalikeTrainConfig(epochs=1, patience=0, finetune_user=True, finetune_lr_mult=1.0),
         user_model=um,
     )

@@ -31,6 +31,10 @@ class LookalikeConfig(BaseModel):
         shrink_seeds: ``n0`` of the "shrink" prior.
         prior_scale: multiplier of the learned log-count prior at scoring time.
         prior_cap: seed count above which the log-count prior is flat (0 = none).
+        young_age: age (seconds since the item's first click) below which an item counts
+            as young; 0 = none recorded (no young-item boost).
+        young_boost: the most a young item's seed count is scaled up by the audience prior
+            (``n * clamp(young_age / age, 1, young_boost)``; 1 = off).
         learn_weights: learn the alpha/beta ratio (their sum stays fixed).
         init_scale: initial value of the learnable scale inside the sigmoid.
         kmeans_niter: Lloyd iterations of a cold-start k-means.
@@ -97,6 +101,20 @@ class LookalikeConfig(BaseModel):
         "min(n, prior_cap)) (0 = no cap). Past the cap audience size no longer counts and "
         "the look-alike term alone orders items (a young item with a clear audience is "
         "not ranked below a mature one for its size).",
+    )
+    young_age: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Age in seconds (now - the item's first click) below which the audience "
+        "prior extrapolates an item's seed count: n * clamp(young_age / age, 1, young_boost) "
+        "(a young item is judged by its click rate, not by the clicks it has had time to "
+        "collect). 0 = none: `ralm train lookalike` sets it from TRAIN (the median age of an "
+        "item at its TRAIN clicks) when the data has real timestamps.",
+    )
+    young_boost: float = Field(
+        default=10.0,
+        ge=1.0,
+        description="Most a young item's seed count is scaled up by (1 = off).",
     )
     shrink_seeds: float = Field(
         default=10.0,

@@ -110,9 +110,31 @@ class LookalikeModel(nn.Module):
             )
         return log_sizes(sizes)
 
-    def seed_prior_term(self, sizes: torch.Tensor | None) -> torch.Tensor | None:
+    def young_factor(self, age: torch.Tensor | None) -> torch.Tensor | None:
+        """``clamp(young_age / age, 1, young_boost)`` per item from ages in seconds (...)
+        (the time since each item's first click), or None when the model has no young-item
+        rule (``young_age`` 0, ``young_boost`` 1) or no ages are given. A young item's seed
+        count is scaled by it in the audience prior: its click rate over ``young_age``."""
+        cfg = self.config
+        if age is None or cfg.young_age <= 0 or cfg.young_boost <= 1.0:
+            return None
+        a = torch.as_tensor(age, dtype=torch.float64).clamp(min=0.0)
+        f = (cfg.young_age / a.clamp(min=cfg.young_age / cfg.young_boost)).clamp(min=1.0)
+        return f.to(torch.float32)
+
+    def seed_count(self, sizes: torch.Tensor, age: torch.Tensor | None = None) -> torch.Tensor:
+        """Seeds per item as the audience prior counts them, (..., k) -> (...): the sum of
+        the cluster sizes, scaled by :meth:`young_factor` for young items."""
+        n = sizes.to(torch.float32).clamp(min=0).sum(dim=-1)  # (...) seeds per item
+        f = self.young_factor(age)
+        return n if f is None else n * f
+
+    def seed_prior_term(
+        self, sizes: torch.Tensor | None, age: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """``gamma * log(1 + n_seeds)`` per item from cluster sizes (..., k) -> (...)
-        (``n_seeds`` capped at ``config.prior_cap`` when set)."""
+        (``n_seeds`` scaled up for young items by ``age`` (...) seconds since the first
+        click, see :meth:`young_factor`, then capped at ``config.prior_cap`` when set)."""
         if not self.config.seed_prior:
             return None
         if sizes is None:
@@ -120,7 +142,7 @@ class LookalikeModel(nn.Module):
                 "this look-alike model adds an audience-size prior (seed_prior=True): "
                 "pass sizes, e.g. SeedIndex.sizes"
             )
-        n = sizes.to(torch.float32).clamp(min=0).sum(dim=-1)  # (...) seeds per item
+        n = self.seed_count(sizes, age)
         if self.config.prior_cap > 0:
             n = n.clamp(max=self.config.prior_cap)
         gamma = (
@@ -128,12 +150,15 @@ class LookalikeModel(nn.Module):
         )
         return gamma * torch.log1p(n)
 
-    def shrink_weight(self, sizes: torch.Tensor | None) -> torch.Tensor:
+    def shrink_weight(
+        self, sizes: torch.Tensor | None, age: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``n / (n + shrink_seeds)`` per item from cluster sizes (..., k) -> (...): the
-        'shrink' prior's trust in an item's look-alike evidence."""
+        'shrink' prior's trust in an item's look-alike evidence (``n`` as
+        :meth:`seed_count` counts it)."""
         if sizes is None:
             raise ValueError("the 'shrink' prior needs sizes, e.g. SeedIndex.sizes")
-        n = sizes.to(torch.float32).clamp(min=0).sum(dim=-1)  # (...) seeds per item
+        n = self.seed_count(sizes, age)
         return n / (n + self.config.shrink_seeds)
 
     @property
@@ -141,12 +166,15 @@ class LookalikeModel(nn.Module):
         """True when the audience prior is the 'shrink' multiplier, not an additive term."""
         return self.config.seed_prior and self.config.prior == "shrink"
 
-    def with_prior(self, s: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:
+    def with_prior(
+        self, s: torch.Tensor, sizes: torch.Tensor | None, age: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Raw look-alike scores (..., I) with the audience prior applied (the one rule:
-        ``s * n / (n + shrink_seeds)`` for 'shrink', else ``s + gamma log(1 + n)``)."""
+        ``s * n / (n + shrink_seeds)`` for 'shrink', else ``s + gamma log(1 + n)``; ``age``
+        (I,) seconds since each item's first click, for :meth:`young_factor`)."""
         if self.shrinks:
-            return s * self.shrink_weight(sizes)
-        prior = self.seed_prior_term(sizes)  # (I,) broadcast over the leading dims
+            return s * self.shrink_weight(sizes, age)
+        prior = self.seed_prior_term(sizes, age)  # (I,) broadcast over the leading dims
         return s if prior is None else s + prior
 
     @property
@@ -168,6 +196,7 @@ class LookalikeModel(nn.Module):
         gram: torch.Tensor | None = None,
         sizes: torch.Tensor | None = None,
         dtype: torch.dtype | str = torch.float32,
+        age: torch.Tensor | None = None,
     ) -> scorer.ItemTerms:
         """Per-item constants of :meth:`score_prepared`, once per index version or chunk.
 
@@ -183,10 +212,12 @@ class LookalikeModel(nn.Module):
             gram: optional (I, k, k) ``C C^T``.
             sizes: (I, k) cluster sizes (required by ``size_prior`` / ``seed_prior``).
             dtype: centroid-table dtype (float32 or bfloat16).
+            age: optional (I,) seconds since each item's first click (the audience prior's
+                young-item rule, :meth:`young_factor`); None = every item counts as mature.
         """
         with torch.no_grad():
             shrink = self.shrinks
-            prior = None if shrink else self.seed_prior_term(sizes)  # (I,) or None
+            prior = None if shrink else self.seed_prior_term(sizes, age)  # (I,) or None
             return scorer.prepare_items(
                 centroids,
                 mask,
@@ -195,7 +226,7 @@ class LookalikeModel(nn.Module):
                 log_prior=self.log_prior(sizes),
                 prior=prior,
                 dtype=dtype,
-                scale=self.shrink_weight(sizes) if shrink else None,
+                scale=self.shrink_weight(sizes, age) if shrink else None,
             )
 
     def score_prepared(
@@ -224,16 +255,18 @@ class LookalikeModel(nn.Module):
         gram: torch.Tensor | None = None,
         sizes: torch.Tensor | None = None,
         chunk_items: int = 1024,
+        age: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scores (B, I) of users e_u (B, h) against I items (inference only, no autograd).
 
         ``s = alpha cos(E_u, E_global) + beta cos(E_u, E_local)`` in [-1, 1], plus
         ``gamma log(1 + n_seeds)`` when ``config.seed_prior``. ``sizes (I, k)`` (cluster
-        sizes) is required when ``config.size_prior`` or ``config.seed_prior``. Equal to
-        :meth:`prepare_items` then :meth:`score_prepared`; a caller scoring the same items
-        for many requests should keep the prepared terms.
+        sizes) is required when ``config.size_prior`` or ``config.seed_prior``; ``age``
+        (I,) seconds since each item's first click (young items, :meth:`young_factor`).
+        Equal to :meth:`prepare_items` then :meth:`score_prepared`; a caller scoring the
+        same items for many requests should keep the prepared terms.
         """
-        terms = self.prepare_items(centroids, mask, global_vec, gram=gram, sizes=sizes)
+        terms = self.prepare_items(centroids, mask, global_vec, gram=gram, sizes=sizes, age=age)
         return self.score_prepared(e_u, terms, chunk_items=chunk_items)
 
     def score_train(
@@ -269,11 +302,12 @@ class LookalikeModel(nn.Module):
         mask: torch.Tensor,
         global_vec: torch.Tensor | None = None,
         sizes: torch.Tensor | None = None,
+        age: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Score (B,) of row-aligned pairs (same terms as :meth:`score`).
 
         ``global_vec`` is computed when None; ``sizes (B, k)`` are the example's cluster
-        sizes (after leave-self-out in training).
+        sizes (after leave-self-out in training); ``age`` (B,) as in :meth:`score`.
         """
         if global_vec is None:
             global_vec = self.item_global(centroids, mask, sizes)  # (B, h)
@@ -288,7 +322,7 @@ class LookalikeModel(nn.Module):
                 use_global=cfg.use_global if both else not local, log_prior=log_prior,
             )  # fmt: skip
 
-        return self.with_prior(self._combine(term), sizes)  # (B,)
+        return self.with_prior(self._combine(term), sizes, age)  # (B,)
 
     def _combine(self, term: Callable[[bool | None], torch.Tensor]) -> torch.Tensor:
         """``alpha cos_global + beta cos_local``: ``term(None)`` (the scorer with the fixed

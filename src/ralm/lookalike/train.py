@@ -29,6 +29,7 @@ from ralm.data.encoded import EncodedDataset
 from ralm.errors import CheckpointError, ConfigError
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
 from ralm.lookalike.finetune import TowerEncoder
+from ralm.lookalike.item_age import with_young_age
 from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.seed_index import SeedIndex
 from ralm.lookalike.stage import LookalikeStage, check_inputs, score_examples
@@ -124,6 +125,7 @@ def train_lookalike(
         )
     seed_universal = np.ascontiguousarray(seed_universal, dtype=np.float32)
     check_inputs(ds, cfg, seed_universal)
+    cfg = with_young_age(cfg, ds)  # the young-item rule's age, from TRAIN's click times
     out = Path(out_dir) if out_dir is not None else None
     if resume and (out is None or not (out / "train_state" / "state.json").is_file()):
         raise CheckpointError(f"nothing to resume: {out}/train_state/state.json not found")

@@ -26,6 +26,7 @@ from ralm.errors import CheckpointError
 from ralm.evaluation.baselines.base import Recommender, item_seed_csr
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
 from ralm.lookalike.finetune import TowerEncoder
+from ralm.lookalike.item_age import item_ages
 from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.seed_index import SeedIndex, build_seed_index
 from ralm.user.checkpoint import UserModel
@@ -73,6 +74,9 @@ class RalmRecommender(Recommender):
         self.model: LookalikeModel | None = lookalike_model
         self.universal = np.zeros((0, 0), dtype=np.float32)
         self.index: SeedIndex | None = None
+        # (n_items,) seconds from each item's first seed click to the seed splits' last
+        # click (the audience prior's young-item rule); set with the index
+        self.age = np.zeros(0, dtype=np.float64)
         self.seed = 0
         self.history: list[dict[str, float]] = []
         self.calibration: dict[str, float] = {}  # stage 2's post-hoc calibration (ECE)
@@ -144,6 +148,7 @@ class RalmRecommender(Recommender):
         super().set_seed_splits(splits)
         if self.model is None:
             return
+        self.age = item_ages(self.ds, self.seed_splits)
         self.index = build_seed_index(
             self.model,
             self.universal,
@@ -178,6 +183,7 @@ class RalmRecommender(Recommender):
             torch.from_numpy(np.ascontiguousarray(ix.global_vec[items])),  # (I, h)
             gram=torch.from_numpy(np.ascontiguousarray(ix.gram[items])),  # (I, k, k)
             sizes=torch.from_numpy(np.ascontiguousarray(ix.sizes[items])),  # (I, k)
+            age=torch.from_numpy(self.age[items]),  # (I,)
         )  # (B, I)
         return s.numpy()
 
@@ -187,7 +193,8 @@ class RalmRecommender(Recommender):
 
         The seed sets are indexed exactly as the online service indexes a new item: a CSR
         of the (distinct) seeds, :func:`build_seed_index` with the evaluation k and seed,
-        then :meth:`LookalikeModel.score` — the same scale as :meth:`score_users`.
+        then :meth:`LookalikeModel.score` — the same scale as :meth:`score_users`. The
+        items are brand new (age 0: their clicks have just arrived).
         """
         assert self.model is not None
         sets = [np.unique(np.asarray(s, dtype=np.int64)) for s in seed_sets]
@@ -204,7 +211,13 @@ class RalmRecommender(Recommender):
         t = ix.tensors()
         e_u = self._user_vec(np.asarray(users, dtype=np.int64))  # (B, h)
         s = self.model.score(
-            e_u, t["centroids"], t["mask"], t["global_vec"], gram=t["gram"], sizes=t["sizes"]
+            e_u,
+            t["centroids"],
+            t["mask"],
+            t["global_vec"],
+            gram=t["gram"],
+            sizes=t["sizes"],
+            age=torch.zeros(len(sets), dtype=torch.float64),
         )  # (B, S)
         return s.numpy()
 
@@ -223,6 +236,7 @@ class RalmRecommender(Recommender):
                 torch.from_numpy(np.ascontiguousarray(ix.mask[i])),  # (b, k)
                 torch.from_numpy(np.ascontiguousarray(ix.global_vec[i])),  # (b, h)
                 sizes=torch.from_numpy(np.ascontiguousarray(ix.sizes[i])),  # (b, k)
+                age=torch.from_numpy(self.age[i]),  # (b,)
             )
             out[lo : lo + u.size] = s.numpy()
         return out

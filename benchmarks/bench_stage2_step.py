@@ -10,7 +10,9 @@ backward and Adam, one thread, batch 256. Printed per scale, each figure the bes
 
 * ``batch_ms``: building one batch from the epoch's examples;
 * ``step_ms``: forward + backward + Adam on the built batch (no data-size term: the floor
-  of a step that only does the loss's work);
+  of a step that only does the loss's work); ``step_cpu_ms`` the same step's CPU time
+  (``time.process_time``, all threads: on a shared host it leaves out the time the
+  process waited for a core, so it compares code versions better than the wall time);
 * ``samples_per_s``: both together, and ``floor_samples_per_s`` = 256 / ``step_ms``;
 * ``seen_ms`` / ``seen_pairwise_ms``: the ``seen`` grid now (``SeedSets.seen``, the rows'
   own seed lists against the sorted columns) and as it was built before (``SeedSets.find``
@@ -104,17 +106,17 @@ def run_scale(scale: float, steps: int, repeat: int, k: int, h: int) -> dict[str
     seeds.find(users[:1], items[:1])  # the sorted keys, built once per run
     best: dict[str, float] = {}
     for _ in range(repeat):
-        t_batch = t_step = t_seen = t_old = 0.0
+        t_batch = t_step = t_seen = t_old = c_step = 0.0
         for s in range(5 + steps):
             lo, hi = s * b, (s + 1) * b
             t0 = time.perf_counter()
             batch = data.batch(lo, hi)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             loss = task(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
             u, i = users[lo:hi], items[lo:hi]
             seeds.seen(u, i)
             t3 = time.perf_counter()
@@ -122,10 +124,12 @@ def run_scale(scale: float, steps: int, repeat: int, k: int, h: int) -> dict[str
             t4 = time.perf_counter()
             if s >= 5:  # warm-up steps left out
                 t_batch, t_step = t_batch + t1 - t0, t_step + t2 - t1
+                c_step += c2 - c1
                 t_seen, t_old = t_seen + t3 - t2, t_old + t4 - t3
         got = {
             "batch_ms": 1e3 * t_batch / steps,
             "step_ms": 1e3 * t_step / steps,
+            "step_cpu_ms": 1e3 * c_step / steps,
             "seen_ms": 1e3 * t_seen / steps,
             "seen_pairwise_ms": 1e3 * t_old / steps,
         }

@@ -51,7 +51,7 @@ def test_run_experiment_writes_report(tmp_path):
     ):
         assert (root / name).is_file() and (root / name).stat().st_size > 0, name
     res = json.loads((root / "results.json").read_text())
-    assert set(res["protocols"]) == {"warm", "cold", "mixed", "full"}
+    assert set(res["protocols"]) == {"warm", "cold", "mixed", "mixed_warm", "full"}
     assert set(res["diagnostics"]) == {"copy"}
     warm = res["protocols"]["warm"]
     assert set(warm["summary"]) == {"Random", "Popularity", "Yahoo look-alike", "RALM"}

@@ -181,6 +181,23 @@ def test_mixed_task_ranks_cold_items_among_warm_ones(toy):
         assert set(excl.tolist()) == {i for uu, i in known if uu == u}
 
 
+def test_mixed_warm_task_tests_warm_clicks_against_the_mixed_candidates(toy):
+    mixed = build_task(toy, "mixed", seed=0)
+    task = build_task(toy, "mixed_warm", seed=0)
+    assert task.candidates.tolist() == mixed.candidates.tolist()
+    assert task.seed_splits == mixed.seed_splits == (Split.TRAIN, Split.COLD_SEED)
+    assert task.focus_items is not None
+    assert task.focus_items.tolist() == mixed.focus_items.tolist()
+    test = _clicks(toy, Split.TEST)
+    known = _clicks(toy, Split.TRAIN, Split.COLD_SEED)
+    cold = set(toy.extra["toy"]["cold"])
+    for r, u in enumerate(task.users.tolist()):
+        assert all((u, i) in test and i not in cold for i in task.truth[r].tolist())
+        excl = task.exclude_items[task.exclude_offsets[r] : task.exclude_offsets[r + 1]]
+        assert set(excl.tolist()) == {i for uu, i in known if uu == u}
+    assert sum(t.size for t in task.truth) > 0
+
+
 def test_full_task_ranks_every_item_minus_every_known_click(toy):
     task = build_task(toy, "full", seed=0)
     assert task.candidates.tolist() == list(range(toy.n_items))

@@ -324,6 +324,23 @@ def test_bulk_import_equals_add_clicks(maker: Maker) -> None:
     assert (a.items(), a.clicks_since(0)) == before
 
 
+def test_imported_items_are_first_seen_at_their_earliest_click(maker: Maker) -> None:
+    """History is imported with its times: an item's first_seen is its earliest imported
+    click (even one whose seed was trimmed), not the import time; live clicks of a new
+    item are first seen when they arrive."""
+    rows = [("u1", "x", 50.0), ("u2", "x", 10.0), ("u3", "x", 30.0), ("u1", "y", 70.0)]
+    st = maker.new(max_seeds=2)
+    st.bulk_import(rows)
+    got = {it.item_id: it.first_seen for it in st.items()}
+    assert got == {"x": 10.0, "y": 70.0}
+    st.bulk_import([("u9", "x", 5.0), ("u9", "y", 80.0)])  # an earlier click moves it back
+    got = {it.item_id: it.first_seen for it in st.items()}
+    assert got == {"x": 5.0, "y": 70.0}
+    t0 = time.time()
+    st.add_clicks([Click("u1", "z", 1.0)])
+    assert st.item("z").first_seen >= t0  # type: ignore[union-attr]
+
+
 def test_rejects_non_finite_time(maker: Maker) -> None:
     st = maker.new()
     with pytest.raises(ValueError, match="ts must be finite"):

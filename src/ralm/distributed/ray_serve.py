@@ -145,6 +145,7 @@ def _serve_chunk(
     clustered_at: float,
     fault: str | None,
     key: str,
+    first_seen: list[float] | None = None,
 ) -> tuple[IndexUpdate, int]:
     """One serving chunk: open the store, :func:`build_update` over ``item_ids``."""
     inject_fault(fault, key)
@@ -153,7 +154,7 @@ def _serve_chunk(
     store = location.open()
     try:
         job = BuildJob(store, embedder, model, item_ids, [0] * len(item_ids), prev, seed,
-                       min_seeds, limit)  # fmt: skip
+                       min_seeds, limit, first_seen)  # fmt: skip
         return build_update(job, clustered_at)
     finally:
         store.close()
@@ -222,9 +223,11 @@ class RayBackend:
         )
         fault, token, when = os.environ.get(RAY_FAULT_ENV), uuid.uuid4().hex, time.time()
         task = remote(_serve_chunk).options(**task_options(self.max_retries))
+        first = None if job.first_seen is None else list(job.first_seen)
         pending = [
             task.remote(refs, location, ids[c], prev_rows(job.prev, ids[c]),
-                        job.seed, job.min_seeds, job.limit, when, fault, f"{token}-{n}")
+                        job.seed, job.min_seeds, job.limit, when, fault, f"{token}-{n}",
+                        None if first is None else first[c])
             for n, c in enumerate(chunks)
         ]  # fmt: skip
         self.last_tasks = len(pending)

@@ -36,9 +36,9 @@ ModelName = Literal[
     "user_knn",
     "ease",
 ]
-ProtocolName = Literal["warm", "cold", "mixed", "full", "copy"]
+ProtocolName = Literal["warm", "cold", "mixed", "mixed_warm", "full", "copy"]
 AttentionTerms = Literal["both", "local", "global"]
-ALL_PROTOCOLS: list[ProtocolName] = ["warm", "cold", "mixed", "full", "copy"]
+ALL_PROTOCOLS: list[ProtocolName] = ["warm", "cold", "mixed", "mixed_warm", "full", "copy"]
 ALL_TERMS: list[AttentionTerms] = ["both", "local", "global"]
 ALL_MODELS: list[ModelName] = [
     "random", "popularity", "lr", "yahoo", "youtube_dnn", "ralm_average", "ralm",

@@ -11,6 +11,9 @@
   + COLD_SEED; candidates = every item with seeds (warm and cold) minus the user's TRAIN and
   COLD_SEED clicks; tested on COLD_TEST; the evaluator also reports ``cold_share@K``, the
   share of top-K slots given to cold items.
+- ``mixed_warm``: the other side of ``mixed``: the same seeds and candidates (warm and cold
+  items compete), tested on the warm items' TEST clicks; what the cold items' share of the
+  top-K costs the warm ones (with ``cold_share@K``).
 - ``full``: the standard full-ranking protocol of GNN / two-tower papers. Seeds = TRAIN;
   candidates = every item of the catalogue minus every known click of the user (TRAIN and
   VALID); tested on TEST; recall@K / NDCG@K also at K = 20 and 50.
@@ -36,7 +39,7 @@ from ralm.data.encoded import EncodedDataset, Interactions, Split
 from ralm.errors import DataError
 from ralm.evaluation.negatives import contains, pair_keys, sample_negatives
 
-Protocol = Literal["warm", "cold", "valid", "mixed", "full", "copy"]
+Protocol = Literal["warm", "cold", "valid", "mixed", "mixed_warm", "full", "copy"]
 HELD_OUT = (Split.TEST, Split.COLD_TEST)
 FULL_RANKING_KS = (20, 50)  # the cut-offs GNN / two-tower papers report
 COPY_ITEMS = 5  # the copy test's most popular items
@@ -127,14 +130,15 @@ def _protocol_spec(
     if protocol == "cold":
         cold = np.flatnonzero(ds.item_popularity((Split.COLD_SEED,)) > 0)
         return cold_seeds, Split.COLD_TEST, cold_seeds, cold
-    if protocol == "mixed":
+    if protocol in ("mixed", "mixed_warm"):
         every = np.flatnonzero(ds.item_popularity(cold_seeds) > 0)
-        return cold_seeds, Split.COLD_TEST, cold_seeds, every
+        test = Split.COLD_TEST if protocol == "mixed" else Split.TEST
+        return cold_seeds, test, cold_seeds, every
     if protocol == "full":
         return warm_seeds, Split.TEST, (Split.TRAIN, Split.VALID), np.arange(ds.n_items)
     raise ValueError(
-        f"unknown protocol {protocol!r} (expected 'warm', 'cold', 'valid', 'mixed', 'full' "
-        "or 'copy')"
+        f"unknown protocol {protocol!r} (expected 'warm', 'cold', 'valid', 'mixed', "
+        "'mixed_warm', 'full' or 'copy')"
     )
 
 
@@ -149,7 +153,8 @@ def build_task(
 
     Args:
         ds: the full encoded dataset (test rows included; they are only read here).
-        protocol: ``"warm"``, ``"cold"``, ``"valid"``, ``"mixed"``, ``"full"`` or ``"copy"``.
+        protocol: ``"warm"``, ``"cold"``, ``"valid"``, ``"mixed"``, ``"mixed_warm"``,
+            ``"full"`` or ``"copy"``.
         n_neg: sampled non-clicked candidates per test click for AUC / GAUC.
         seed: seeds the negative sampling (and the user subsample).
         max_users: evaluate a seeded random subset of at most this many test users.
@@ -195,7 +200,7 @@ def build_task(
     pu = np.repeat(users, np.diff(t_off))
     nu, ni = sample_negatives(pu, n_neg, candidates, any_keys, ds.n_items, rng)
     focus = None
-    if protocol == "mixed":
+    if protocol in ("mixed", "mixed_warm"):
         focus = ds.item_popularity((Split.TRAIN,)) == 0  # cold items: no TRAIN click
         focus &= is_cand
     return EvalTask(

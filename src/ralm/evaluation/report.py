@@ -34,7 +34,7 @@ def protocol_metrics(protocol: str, ks: list[int]) -> list[str]:
         cols = [f"{w}_{m}" for w in ("orig", "copy") for m in ("rank", "rank_min", "rank_max")]
         return [*cols[:3], "orig_top50", *cols[3:], "copy_top50", "copy_vs_orig"]
     k_lo, k_hi = min(ks), max(ks)
-    if protocol == "mixed":
+    if protocol in ("mixed", "mixed_warm"):
         rec = [f"recall@{k}" for k in sorted(ks)]
         share = [f"cold_share@{k}" for k in sorted(ks)]
         return [*rec, *share, f"prec@{k_lo}", "auc", f"coverage@{k_hi}"]
@@ -54,6 +54,8 @@ PROTOCOL_TEXT = {
     "mixed": "COLD_TEST clicks of cold items, seeds = TRAIN + COLD_SEED, cold items ranked "
     "among EVERY warm item minus the user's TRAIN + COLD_SEED clicks; cold_share@K = share "
     "of top-K slots given to cold items",
+    "mixed_warm": "TEST clicks of warm items, ranked with the mixed protocol's seeds and "
+    "candidates (cold items compete): what the cold items' share costs the warm ones",
     "full": "the standard full-ranking protocol of GNN / two-tower papers: TEST clicks, seeds "
     "= TRAIN, every item of the catalogue ranked minus every known click of the user (TRAIN "
     "+ VALID), recall@K / NDCG@K at K = 20 and 50",

@@ -132,6 +132,7 @@ def _finish(
     min_seeds: int,
     clustered_at: float,
     chunk: int = 8192,
+    first_seen: np.ndarray | None = None,
 ) -> IndexUpdate:
     """Global vectors and Gram matrices of clusters; servable and soundness flags."""
     n_items, k = clusters.n_items, clusters.k
@@ -170,9 +171,48 @@ def _finish(
         n_seeds=n_seeds,
         servable=(n_seeds >= min_seeds) & has & sound,
         clustered_at=np.full(n_items, clustered_at, dtype=np.float64),
+        first_seen=_first_seen_rows(first_seen, n_items),
         inertia=clusters.inertia,
         seconds=clusters.seconds,
     )
+
+
+def _first_seen_rows(first_seen: np.ndarray | None, n_items: int) -> np.ndarray:
+    """float64 (I,) first-click times, 0 where not known; a clear error on a bad array."""
+    if first_seen is None:
+        return np.zeros(n_items, dtype=np.float64)
+    out = np.asarray(first_seen, dtype=np.float64)
+    if out.shape != (n_items,):
+        raise ValueError(f"first_seen has shape {out.shape}, expected ({n_items},)")
+    if not np.isfinite(out).all():
+        raise ValueError("first_seen has non-finite values (use 0 for a time not known)")
+    return out
+
+
+def _earliest_first_seen(prev: Prev, ids: np.ndarray, given: np.ndarray | None) -> np.ndarray:
+    """Each item's earliest known first-click time: ``given`` (0 = not known) or the one
+    its row of ``prev`` (an index or update, by id) recorded, whichever is earlier."""
+    out = _first_seen_rows(given, ids.size).copy()
+    if not isinstance(prev, SeedIndex | IndexUpdate) or prev.n_items == 0:
+        return out
+    row_of = (
+        prev.row_of
+        if isinstance(prev, SeedIndex)
+        else {str(i): r for r, i in enumerate(prev.item_ids.tolist())}
+    )
+    pos = [(j, row_of[i]) for j, i in enumerate(ids.tolist()) if i in row_of]
+    if not pos:
+        return out
+    js, rows = (np.asarray(a, dtype=np.int64) for a in zip(*pos, strict=True))
+    old = (
+        prev.gather(rows, ("first_seen",))["first_seen"]
+        if isinstance(prev, SeedIndex)
+        else prev.first_seen[rows]
+    )
+    cur = out[js]
+    known = old > 0
+    out[js] = np.where(known & ((cur <= 0) | (old < cur)), old, cur)
+    return out
 
 
 def _check_csr(csr: tuple[np.ndarray, np.ndarray], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -199,6 +239,7 @@ def index_items(
     min_seeds: int = 1,
     clustered_at: float | None = None,
     progress: bool = False,
+    first_seen: np.ndarray | None = None,
 ) -> IndexUpdate:
     """Cluster and index the seeds of U items (THE builder; see the module docstring).
 
@@ -218,6 +259,9 @@ def index_items(
         min_seeds: items with fewer seeds are not servable.
         clustered_at: time stamp of the rows (default: now).
         progress: show a progress bar.
+        first_seen: float64 (U,) time of each item's first click (0 = not known); an item
+            that ``prev`` (an index or update) holds keeps the earlier of its recorded time
+            and this one.
     """
     offsets, rows = _check_csr(csr, seeds.shape[0])
     n_items = offsets.size - 1
@@ -243,7 +287,8 @@ def index_items(
             model, emb, offsets, kk, init, init_mask, seed, item_seeds(ids, seed), progress
         )
         when = time.time() if clustered_at is None else float(clustered_at)
-        return _finish(model, clusters, offsets, ids, min_seeds, when)
+        first = _earliest_first_seen(prev, ids, first_seen)
+        return _finish(model, clusters, offsets, ids, min_seeds, when, first_seen=first)
     finally:
         model.train(was_training)
 
@@ -363,14 +408,16 @@ def index_from_clusters(
     item_ids: np.ndarray | None = None,
     version: int = 1,
     chunk: int = 8192,
+    first_seen: np.ndarray | None = None,
 ) -> SeedIndex:
-    """Add the model-dependent terms (global vectors, Gram matrices) to clusters."""
+    """Add the model-dependent terms (global vectors, Gram matrices) to clusters
+    (``first_seen`` (I,): each item's first-click time, 0 = not known)."""
     n = clusters.n_items
     ids = np.asarray([str(i) for i in range(n)] if item_ids is None else item_ids, dtype=str)
     was_training = model.training
     model.eval()
     try:
-        upd = _finish(model, clusters, item_offsets, ids, 1, time.time(), chunk)
+        upd = _finish(model, clusters, item_offsets, ids, 1, time.time(), chunk, first_seen)
     finally:
         model.train(was_training)
     return SeedIndex.from_update(upd, version=version)
@@ -387,6 +434,7 @@ def build_seed_index(
     version: int | None = None,
     progress: bool = False,
     chunk_items: int = CHUNK_ITEMS,
+    first_seen: np.ndarray | None = None,
 ) -> SeedIndex:
     """Transform, cluster and index every item's seeds (:func:`index_items` over all items).
 
@@ -402,10 +450,11 @@ def build_seed_index(
         version: index generation (default: init's version + 1, or 1).
         progress: show a progress bar.
         chunk_items: rows per chunk of the index.
+        first_seen: float64 (I,) time of each item's first click (0 = not known).
     """
     upd = index_items(
         model, seed_universal, item_seed_csr, init, item_ids=item_ids, k=k, seed=seed,
-        progress=progress,
+        progress=progress, first_seen=first_seen,
     )  # fmt: skip
     if version is None:
         version = init.version + 1 if isinstance(init, SeedIndex) else 1

@@ -7,7 +7,11 @@ A seed-index folder holds one ``meta.json`` and one safetensors file per row chu
     chunk-<sha256[:24]>.safetensors
         item_id_utf8 u8 (N,), item_id_offsets i64 (C+1,)   raw item ids of the C rows
         centroids f32 (C,k,h), mask bool (C,k), sizes i64 (C,k), global_vec f32 (C,h),
-        gram f32 (C,k,k), n_seeds i64 (C,), servable bool (C,), clustered_at f64 (C,)
+        gram f32 (C,k,k), n_seeds i64 (C,), servable bool (C,), clustered_at f64 (C,),
+        first_seen f64 (C,)   time of each item's first click (0 = not known: mature)
+
+Format 2 (before ``first_seen``) still loads, with ``first_seen`` 0 for every row; its
+chunks are rewritten in format 3 when the index is saved again.
 
 Chunk files are content-addressed (named by their sha256) and never modified after they
 are written. Publishing a new version of an index writes only the chunks that changed: a
@@ -40,8 +44,9 @@ from ralm.common.atomic import atomic_dir
 from ralm.errors import CheckpointError
 
 FORMAT = "ralm.seed_index"
-FORMAT_VERSION = 2
-FLOAT_ARRAYS = ("centroids", "global_vec", "gram", "clustered_at")
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 2: no first_seen (read as 0)
+FLOAT_ARRAYS = ("centroids", "global_vec", "gram", "clustered_at", "first_seen")
 
 
 def chunk_shapes(rows: int, k: int, h: int) -> dict[str, tuple[tuple[int, ...], type]]:
@@ -55,6 +60,7 @@ def chunk_shapes(rows: int, k: int, h: int) -> dict[str, tuple[tuple[int, ...], 
         "n_seeds": ((rows,), np.int64),
         "servable": ((rows,), np.bool_),
         "clustered_at": ((rows,), np.float64),
+        "first_seen": ((rows,), np.float64),
         "item_id_offsets": ((rows + 1,), np.int64),
     }
 
@@ -131,7 +137,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{meta_path} is corrupted: {e}") from e
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format_version") not in READABLE_VERSIONS:
         got = meta.get("format_version") if isinstance(meta, dict) else None
         raise CheckpointError(
             f"{meta_path}: seed index format {got} is not supported (expected "
@@ -160,9 +166,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def read_chunk(
-    path: Path, rows: int, sha256: str, k: int, h: int
+    path: Path, rows: int, sha256: str, k: int, h: int, format_version: int = FORMAT_VERSION
 ) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Read and verify one chunk file: checksum, names, shapes, dtypes, finiteness."""
+    """Read and verify one chunk file: checksum, names, shapes, dtypes, finiteness
+    (a format-2 chunk gets ``first_seen`` 0)."""
     if not path.is_file():
         raise CheckpointError(f"seed index file {path} is missing")
     try:
@@ -179,6 +186,8 @@ def read_chunk(
         arrays = st_load(data)
     except Exception as e:  # safetensors raises several types on bad bytes
         raise CheckpointError(f"{path} is corrupted: {e}") from e
+    if format_version < 3 and "first_seen" not in arrays:
+        arrays["first_seen"] = np.zeros(rows, dtype=np.float64)
     for name, (shape, dtype) in chunk_shapes(rows, k, h).items():
         a = arrays.get(name)
         if a is None:

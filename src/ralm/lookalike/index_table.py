@@ -36,6 +36,7 @@ CHUNK_ITEMS = 8192
 FORMAT_VERSION = index_io.FORMAT_VERSION
 ROW_ARRAYS = (
     "centroids", "mask", "sizes", "global_vec", "gram", "n_seeds", "servable", "clustered_at",
+    "first_seen",
 )  # fmt: skip
 
 
@@ -53,6 +54,8 @@ class IndexUpdate:
         n_seeds: int64 (U,) seeds clustered per item.
         servable: bool (U,) may be recommended.
         clustered_at: float64 (U,) unix time of this clustering.
+        first_seen: float64 (U,) time of each item's first click (0 = not known: the item
+            counts as mature for the audience prior's young-item rule); None = all 0.
         inertia: total squared distance of seeds to their centroid (diagnostics).
         seconds: wall time of the clustering.
     """
@@ -66,8 +69,13 @@ class IndexUpdate:
     n_seeds: np.ndarray
     servable: np.ndarray
     clustered_at: np.ndarray
+    first_seen: np.ndarray = None  # type: ignore[assignment]  # None -> zeros (__post_init__)
     inertia: float = 0.0
     seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.first_seen is None:
+            object.__setattr__(self, "first_seen", np.zeros(self.n_items, dtype=np.float64))
 
     @property
     def n_items(self) -> int:
@@ -107,6 +115,7 @@ class IndexChunk:
         self.n_seeds: np.ndarray = arrays["n_seeds"]  # (C,)
         self.servable: np.ndarray = arrays["servable"]  # (C,)
         self.clustered_at: np.ndarray = arrays["clustered_at"]  # (C,)
+        self.first_seen: np.ndarray = arrays["first_seen"]  # (C,)
         self.digest = digest
 
     def __len__(self) -> int:
@@ -145,6 +154,7 @@ class IndexChunk:
             "global_vec": pick(self.global_vec),  # (R, h)
             "gram": pick(self.gram),  # (R, k, k)
             "sizes": pick(self.sizes),  # (R, k)
+            "first_seen": pick(self.first_seen),  # (R,) float64
         }
 
 
@@ -275,6 +285,10 @@ class SeedIndex:
     @cached_property
     def clustered_at(self) -> np.ndarray:
         return self._whole("clustered_at")
+
+    @cached_property
+    def first_seen(self) -> np.ndarray:
+        return self._whole("first_seen")
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Torch views of what ``LookalikeModel.score`` takes: ``model.score(e_u, **t)``."""
@@ -429,10 +443,13 @@ class SeedIndex:
         meta = index_io.read_meta(root)
         k, h = meta["k"], meta["h"]
         chunks = []
+        fmt = int(meta["format_version"])
         for entry in meta["chunks"]:
             p = root / entry["file"]
-            ids, arrays = index_io.read_chunk(p, entry["rows"], entry["sha256"], k, h)
-            chunks.append(IndexChunk(np.asarray(ids, dtype=str), arrays, entry["sha256"]))
+            ids, arrays = index_io.read_chunk(p, entry["rows"], entry["sha256"], k, h, fmt)
+            # a chunk of an older format is written anew (not linked) when saved again
+            digest = entry["sha256"] if fmt == index_io.FORMAT_VERSION else None
+            chunks.append(IndexChunk(np.asarray(ids, dtype=str), arrays, digest))
         chunk_items = int(meta.get("chunk_items", CHUNK_ITEMS))
         if any(len(c) != chunk_items for c in chunks[:-1]) or (
             chunks and not 0 < len(chunks[-1]) <= chunk_items

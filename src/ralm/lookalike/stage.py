@@ -24,6 +24,7 @@ from ralm.lookalike.calibration import cross_fitted_ece, expected_calibration_er
 from ralm.lookalike.clustering import SeedClusters
 from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
 from ralm.lookalike.finetune import TowerEncoder
+from ralm.lookalike.item_age import first_click_times
 from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.samples import (
     SeedSets,
@@ -110,6 +111,9 @@ class LookalikeStage:
         self.seed_universal = seed_universal
         self.data_meta = {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items}
         self.seeds = seed_sets(ds)
+        # each item's first TRAIN click, recorded in the seed index (the audience prior's
+        # young-item rule measures an item's age from it; 0 = no TRAIN click)
+        self.first_seen, _ = first_click_times(ds)
         show = progress_enabled()
         vrng = np.random.default_rng([tc.seed, 1_000_003])
         self.vu, self.vi, self.vy = validation_examples(
@@ -259,7 +263,9 @@ class LookalikeStage:
             "inertia_change": cl.inertia - prev_inertia,
         }
         if self.ranking is not None:
-            index = index_from_clusters(self.model, cl, self.seeds.offsets, self.ds.item_ids)
+            index = index_from_clusters(
+                self.model, cl, self.seeds.offsets, self.ds.item_ids, first_seen=self.first_seen
+            )
             rec["recall"] = ranking_recall(
                 self.model, index, self.seed_universal, self.ranking, self.tc.eval_k
             )
@@ -310,8 +316,9 @@ class LookalikeStage:
         if improved:
             self.files[ckpt.MODEL_FILE] = ckpt.save_model(out, self.model)
             index_from_clusters(
-                self.model, self.clusters, self.seeds.offsets, self.ds.item_ids
-            ).save(out / "seed_index")
+                self.model, self.clusters, self.seeds.offsets, self.ds.item_ids,
+                first_seen=self.first_seen,
+            ).save(out / "seed_index")  # fmt: skip
             self._write_config()
         ckpt.save_train_state(
             out / "train_state", self.model, self.optimizer, self.clusters, state.to_json()
@@ -352,12 +359,16 @@ class LookalikeStage:
         """Seed index of the best epoch (built from its clusters, or the saved one)."""
         if self.best_clusters is not None:
             return index_from_clusters(
-                self.model, self.best_clusters, self.seeds.offsets, self.ds.item_ids
-            )
+                self.model, self.best_clusters, self.seeds.offsets, self.ds.item_ids,
+                first_seen=self.first_seen,
+            )  # fmt: skip
         if self.best_index is not None:
             return self.best_index
         assert self.clusters is not None  # no epoch ran: the initial clustering
-        return index_from_clusters(self.model, self.clusters, self.seeds.offsets, self.ds.item_ids)
+        return index_from_clusters(
+            self.model, self.clusters, self.seeds.offsets, self.ds.item_ids,
+            first_seen=self.first_seen,
+        )  # fmt: skip
 
 
 def loop_state(raw: dict[str, Any]) -> LoopState:

@@ -66,12 +66,15 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / torch.clamp(n, min=1e-12)
 
 
-def _priors(scorer: Any, sizes: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _priors(
+    scorer: Any, sizes: torch.Tensor, age: torch.Tensor | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The scorer's per-item multiplier ``t`` and offset ``p`` (None when it has none)."""
+    extra = {} if age is None else {"age": age}
     if getattr(scorer, "shrinks", False):
-        return scorer.shrink_weight(sizes).to(torch.float32), None  # (I,)
+        return scorer.shrink_weight(sizes, **extra).to(torch.float32), None  # (I,)
     term = getattr(scorer, "seed_prior_term", None)
-    prior = term(sizes) if term is not None else None
+    prior = term(sizes, **extra) if term is not None else None
     return None, None if prior is None else prior.to(torch.float32)  # (I,)
 
 
@@ -83,6 +86,7 @@ def item_vectors(
     global_vec: torch.Tensor,
     sizes: torch.Tensor,
     kind: CandidateKind = "mean",
+    age: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Retrieval vectors ``[v, p]`` of items (see the module docstring).
 
@@ -95,6 +99,8 @@ def item_vectors(
         global_vec: (I, h) global-attention vectors.
         sizes: (I, k) cluster sizes.
         kind: "mean", "global" or "centroids".
+        age: optional (I,) seconds since each item's first click (the prior's young-item
+            rule, as the scorer applies it when the vectors are built).
 
     Returns:
         ``(vectors float32 (V, h + 1), owner int64 (V,))``: V = I for "mean" / "global"
@@ -107,7 +113,7 @@ def item_vectors(
     n_i = int(centroids.shape[0])
     c = centroids.to(torch.float32)
     g = _unit(global_vec.to(torch.float32))  # (I, h)
-    scale, prior = _priors(scorer, sizes)
+    scale, prior = _priors(scorer, sizes, age)
     p = torch.zeros(n_i) if prior is None else prior  # (I,)
     t = torch.ones(n_i) if scale is None else scale  # (I,)
     if kind == "global":

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ import torch
 
 from ralm.lookalike.seed_index import IndexChunk, SeedIndex
 from ralm.serve.candidate_index import CandidateIndex, CandidateKind, item_vectors, query_vectors
+from ralm.serve.runtime import item_age
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +178,9 @@ class CandidateRetriever:
             if local.size == 0:
                 continue
             t = {n: torch.from_numpy(getattr(chunk, n)[local]) for n in _COMPARED[:4]}
+            age = item_age(scorer, torch.from_numpy(chunk.first_seen[local]), time.time())
             v, owner = item_vectors(
-                scorer, t["centroids"], t["mask"], t["global_vec"], t["sizes"], self.kind
+                scorer, t["centroids"], t["mask"], t["global_vec"], t["sizes"], self.kind, age
             )
             row = c * snap.chunk_items + local[owner]  # (V,) item row of each vector
             slot = np.zeros_like(row)

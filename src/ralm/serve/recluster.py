@@ -70,6 +70,8 @@ class BuildJob:
         seed: k-means seed.
         min_seeds: embeddable seeds an item needs to be servable.
         limit: most recent seeds used per item (None = all stored).
+        first_seen: the store's first-click time of each item (an item ``prev`` holds
+            keeps the earlier time its row recorded); None = not known.
     """
 
     store: SeedStore
@@ -81,6 +83,7 @@ class BuildJob:
     seed: int
     min_seeds: int
     limit: int | None = None
+    first_seen: Sequence[float] | None = None
 
 
 class BuilderBackend(Protocol):
@@ -159,6 +162,7 @@ def build_update(job: BuildJob, clustered_at: float | None = None) -> tuple[Inde
         min_seeds=job.min_seeds,
         clustered_at=clustered_at,
         progress=len(ids) >= 1000 and progress_enabled(),
+        first_seen=None if job.first_seen is None else np.asarray(job.first_seen, np.float64),
     )
     return upd, int(uni.shape[0])
 
@@ -191,7 +195,8 @@ class LocalBackend:
     def build(self, job: BuildJob) -> tuple[IndexUpdate, int]:
         upds, total = [], 0
         for g in seed_groups(job.n_seeds, job.store.max_seeds, MAX_SEEDS_PER_GROUP):
-            part = replace(job, item_ids=job.item_ids[g], n_seeds=job.n_seeds[g])
+            first = None if job.first_seen is None else job.first_seen[g]
+            part = replace(job, item_ids=job.item_ids[g], n_seeds=job.n_seeds[g], first_seen=first)
             u, n = build_update(part)
             upds.append(u)
             total += n
@@ -294,6 +299,7 @@ class Reclusterer:
             seed=self.config.seed,
             min_seeds=min_servable_seeds(self.config),
             limit=seed_limit,
+            first_seen=[it.first_seen for it in items],
         )
 
     def _publish(self, upd: IndexUpdate, kind: str, base: SeedIndex) -> SeedIndex | None:

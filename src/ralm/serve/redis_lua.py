@@ -150,3 +150,17 @@ for _, i in ipairs(redis.call('ZRANGE', P .. 'items', 0, -1)) do
 end
 return 0
 """
+
+# ARGV = prefix, item, t, item, t, ...: an item's first_seen becomes t where t is earlier
+# (imported history: an item was first seen at its earliest click, not at import time)
+EARLIER_FIRST_SEEN = """
+local P = ARGV[1]
+for j = 2, #ARGV, 2 do
+  local ik = P .. 'i:' .. ARGV[j]
+  local cur = redis.call('HGET', ik, 'first_seen')
+  if cur and tonumber(ARGV[j + 1]) < tonumber(cur) then
+    redis.call('HSET', ik, 'first_seen', ARGV[j + 1])
+  end
+end
+return 0
+"""

@@ -107,6 +107,7 @@ class RedisSeedStore:
         self._items = self.r.register_script(redis_lua.ITEMS)
         self._mark = self.r.register_script(redis_lua.MARK_CLUSTERED)
         self._mark_all = self.r.register_script(redis_lua.MARK_ALL_CHANGED)
+        self._earlier = self.r.register_script(redis_lua.EARLIER_FIRST_SEEN)
         cfg = self._k("config")
         self.r.hsetnx(cfg, "max_seeds", self.max_seeds)
         stored = int(self.r.hget(cfg, "max_seeds"))
@@ -160,12 +161,23 @@ class RedisSeedStore:
         seed rows in the store afterwards.
         """
         buf: list[Click] = []
+        first: dict[str, float] = {}  # earliest imported click of each item
         for user_id, item_id, ts in clicks:
-            buf.append(Click(user_id, item_id, float(ts)))
+            t = float(ts)
+            buf.append(Click(user_id, item_id, t))
+            if t < first.get(item_id, math.inf):
+                first[item_id] = t
             if len(buf) >= chunk:
                 self.add_clicks(buf)
                 buf = []
         self.add_clicks(buf)
+        # an imported item was first seen at its earliest click, not at import time
+        pairs = list(first.items())
+        for lo in range(0, len(pairs), _CHUNK):
+            args: list[str] = [self.prefix]
+            for item_id, t in pairs[lo : lo + _CHUNK]:
+                args += [item_id, repr(t)]
+            self._earlier(args=args)
         return self.n_seed_rows()
 
     def mark_clustered(self, covered: Mapping[str, int]) -> None:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -51,6 +52,7 @@ class Scorer(Protocol):
         gram: torch.Tensor | None = None,
         sizes: torch.Tensor | None = None,
         dtype: torch.dtype | str = torch.float32,
+        age: torch.Tensor | None = None,
     ) -> Any: ...
 
     def score_prepared(
@@ -58,6 +60,23 @@ class Scorer(Protocol):
     ) -> torch.Tensor: ...
 
     def pctr(self, s: torch.Tensor) -> torch.Tensor: ...
+
+
+def young_age(scorer: Any) -> float:
+    """The scorer's young-item age in seconds (0 = no young-item rule)."""
+    cfg = getattr(scorer, "config", None)
+    if float(getattr(cfg, "young_boost", 1.0)) <= 1.0:
+        return 0.0
+    return max(float(getattr(cfg, "young_age", 0.0)), 0.0)
+
+
+def item_age(scorer: Any, first_seen: torch.Tensor, now: float) -> torch.Tensor | None:
+    """float64 (R,) seconds from each item's first click (``first_seen``, 0 = not known:
+    mature) to ``now``, for a scorer with the young-item rule; None without the rule."""
+    if young_age(scorer) <= 0:
+        return None
+    fs = first_seen.to(torch.float64)
+    return torch.where(fs > 0, now - fs, torch.full_like(fs, math.inf))
 
 
 class UserEmbedder(Protocol):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ import torch
 from ralm.lookalike.seed_index import IndexChunk, SeedIndex
 from ralm.serve.candidate_index import gather_terms
 from ralm.serve.candidates import CandidateRetriever
-from ralm.serve.runtime import Scorer
+from ralm.serve.runtime import Scorer, item_age, young_age
 
 
 @dataclass(frozen=True)
@@ -61,25 +62,48 @@ class ScoreRequest:
 
 
 _TERMS_LOCK = threading.Lock()
+# prepared terms of a chunk holding young items are refreshed this often (their audience
+# prior changes with their age: the young-item rule of LookalikeModel.young_factor)
+YOUNG_REFRESH_S = 60.0
 
 
-def chunk_terms(scorer: Scorer, chunk: IndexChunk, dtype: str = "float32") -> Any:
-    """The scorer's prepared terms of ``chunk``'s servable rows, computed once and cached."""
-    cache: dict[tuple[int, str], tuple[Scorer, Any]] = chunk.__dict__.setdefault(
+def _has_young(scorer: Scorer, chunk: IndexChunk, now: float) -> bool:
+    """True when some servable row of ``chunk`` is younger than the scorer's young age."""
+    ya = young_age(scorer)
+    if ya <= 0:
+        return False
+    fs = chunk.scoring_tensors["first_seen"]
+    return bool(((fs > 0) & (now - fs < ya)).any())
+
+
+def chunk_terms(
+    scorer: Scorer, chunk: IndexChunk, dtype: str = "float32", now: float | None = None
+) -> Any:
+    """The scorer's prepared terms of ``chunk``'s servable rows, computed once and cached.
+
+    Items' ages (the audience prior's young-item rule) are taken at ``now`` (default: the
+    wall clock) when the terms are prepared; a chunk holding young items is prepared again
+    once its terms are ``YOUNG_REFRESH_S`` old, so a young item's boost fades with its age
+    whether or not its row changes.
+    """
+    when = time.time() if now is None else float(now)
+    cache: dict[tuple[int, str], tuple[Scorer, Any, float, bool]] = chunk.__dict__.setdefault(
         "_prepared_terms", {}
     )
     key = (id(scorer), dtype)
     hit = cache.get(key)
-    if hit is not None and hit[0] is scorer:
+    if hit is not None and hit[0] is scorer and not (hit[3] and when - hit[2] >= YOUNG_REFRESH_S):
         return hit[1]
     t = chunk.scoring_tensors
+    age = item_age(scorer, t["first_seen"], when)
+    extra = {} if age is None else {"age": age}
     with torch.no_grad():
         terms = scorer.prepare_items(
             t["centroids"], t["mask"], t["global_vec"], gram=t["gram"], sizes=t["sizes"],
-            dtype=dtype,
+            dtype=dtype, **extra,
         )  # fmt: skip
     with _TERMS_LOCK:
-        cache[key] = (scorer, terms)
+        cache[key] = (scorer, terms, when, _has_young(scorer, chunk, when))
     return terms
 
 

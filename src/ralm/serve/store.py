@@ -268,9 +268,13 @@ class SQLiteSeedStore:
         seq0 = self._seq
         try:
             buf: list[tuple[str, str, float, int]] = []
+            first: dict[str, float] = {}  # earliest imported click of each item
             for user_id, item_id, ts in clicks:
                 self._seq += 1
-                buf.append((item_id, user_id, float(ts), self._seq))
+                t = float(ts)
+                buf.append((item_id, user_id, t, self._seq))
+                if t < first.get(item_id, math.inf):
+                    first[item_id] = t
                 if len(buf) >= chunk:
                     self._upsert_many(cur, buf)
                     buf = []
@@ -299,6 +303,11 @@ class SQLiteSeedStore:
                 "last_click = MAX(last_click, excluded.last_click), "
                 "changed_seq = excluded.changed_seq",
                 (now, seq0),
+            )
+            # imported history: an item was first seen at its earliest click, not now
+            cur.executemany(
+                "UPDATE items SET first_seen = ?1 WHERE item_id = ?2 AND first_seen > ?1",
+                [(t, i) for i, t in first.items()],
             )
             self._save_seq(cur)
             cur.execute("COMMIT")

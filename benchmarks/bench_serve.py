@@ -493,6 +493,13 @@ def main() -> None:
         help="batcher window: at most this share of the previous batch's time",
     )
     p.add_argument(
+        "--hold-fraction",
+        type=float,
+        default=0.25,
+        help="batcher hold: after a batch of S that left at most S/2 queued, wait for S "
+        "more requests up to this share of its run time (0: no hold)",
+    )
+    p.add_argument(
         "--http-client",
         choices=["raw", "httpx"],
         default="raw",
@@ -517,10 +524,12 @@ def main() -> None:
         t0 = time.perf_counter()
         svc = build_service(args, Path(d) / "state")
         svc.batcher.window_fraction = args.window_fraction
+        svc.batcher.hold_fraction = args.hold_fraction
         report["batcher"] = {
             "max_batch": args.max_batch,
             "window_ms": args.window_ms,
             "window_fraction": args.window_fraction,
+            "hold_fraction": args.hold_fraction,
             "threads": args.threads,
         }
         report["startup_s"] = time.perf_counter() - t0

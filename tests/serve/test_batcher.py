@@ -159,3 +159,92 @@ def test_arecommend_known_user_inline_equals_recommend_and_checks_n(
     assert len(loop_calls) == 1  # not in the table: the executor path (store, features)
     with pytest.raises(RalmError, match="n: must be"):
         asyncio.run(run(user_id="u3", n=0))
+
+
+def test_hold_after_a_batch_of_several_and_never_after_one() -> None:
+    """hold(): after a batch of S > 1 during which Q <= S/2 requests arrived, the next
+    batch waits for S + Q requests up to hold_fraction of that batch's time; no hold when
+    more arrived, after a batch of one, nor with hold_fraction None / 0; an unmet hold ends
+    on time and the lone request is still answered."""
+    import time
+
+    gate = threading.Event()
+    gate.set()
+
+    def fn(reqs: Sequence[int]) -> list[int]:
+        gate.wait(5)
+        time.sleep(0.1)  # every batch takes ~100 ms
+        return [r + 1 for r in reqs]
+
+    b: MicroBatcher[int, int] = MicroBatcher(fn, max_batch=8, window_ms=1, hold_fraction=0.5)
+    assert b.hold() == (0, 0.0)  # nothing seen yet
+    assert b.submit(0).result(5) == 1
+    assert b.hold() == (0, 0.0)  # after a batch of one: a sequential caller never waits
+    gate.clear()
+    first = b.submit(0)  # holds the worker; the next three queue up behind it
+    time.sleep(0.05)
+    futs = [b.submit(i) for i in range(1, 4)]
+    gate.set()
+    assert [f.result(5) for f in [first, *futs]] == [1, 2, 3, 4]
+    assert [n for n, _ in b.history][-2:] == [1, 3]
+    want, held = b.hold()
+    assert want == 3 and abs(held - 0.5 * b.history[-1][1]) < 1e-9 and held >= 0.05
+    b._arrived = 1  # one more arrived during the batch of 3: wait for all 4
+    assert b.hold()[0] == 4
+    b._arrived = 2  # as many arrived as were answered: steady traffic, no hold
+    assert b.hold() == (0, 0.0)
+    b._arrived = 0
+    t0 = time.perf_counter()
+    assert b.submit(7).result(5) == 8  # alone: held for company that never comes
+    waited = time.perf_counter() - t0 - b.history[-1][1]
+    assert held * 0.9 <= waited < held + 1.0  # the hold, and not much more
+    assert [n for n, _ in b.history][-1] == 1
+    b.close()
+    for off in (None, 0.0):
+        nb: MicroBatcher[int, int] = MicroBatcher(fn, window_ms=1, hold_fraction=off)
+        nb._last = (5, 1.0)
+        assert nb.hold() == (0, 0.0)
+        nb.close()
+
+
+def test_hold_keeps_closed_loop_callers_in_one_batch_each_with_its_own_result() -> None:
+    """8 callers that resubmit 2-9 ms after their answer (an HTTP round trip, longer than
+    the 1 ms window): with the hold each round is one batch of 8, and every caller gets the
+    answer to its own request; without it the rounds split."""
+    import time
+
+    def fn(reqs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        time.sleep(0.06)
+        return [(c * 1000 + r, c) for c, r in reqs]
+
+    def rounds(hold: float | None) -> list[int]:
+        b: MicroBatcher[tuple[int, int], tuple[int, int]] = MicroBatcher(
+            fn, max_batch=64, window_ms=1, hold_fraction=hold
+        )
+        start = threading.Barrier(8)
+        bad: list[object] = []
+
+        def caller(c: int) -> None:
+            start.wait(5)
+            for r in range(6):
+                got = b.submit((c, r)).result(10)
+                if got != (c * 1000 + r, c):
+                    bad.append(got)
+                time.sleep(0.002 + 0.001 * c)  # the way back and the next request
+
+        threads = [threading.Thread(target=caller, args=(c,)) for c in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        b.close()
+        assert bad == []
+        sizes = [n for n, _ in b.history]
+        assert sum(sizes) == 48
+        return sizes
+
+    held = rounds(0.5)
+    assert held[-4:].count(8) >= 3, held  # after the start: whole rounds
+    assert len(held) <= 9, held
+    split = rounds(None)
+    assert len(split) > len(held), (split, held)

@@ -1,10 +1,10 @@
 """The training-path formulas against their previous forms: same values and gradients.
 
 ``score_matrix_train`` computes ``w^T G w`` as one bmm per item, ``score_pairs`` the
-norm of E_local itself, the attention's tanh is ``2 sigmoid(2x) - 1`` and the global
-pooling a bmm: the same math as the forms below (the code before), which round
-differently. Values and gradients must agree to float tolerance, in float64 and float32,
-and the new forms pass ``torch.autograd.gradcheck``.
+norm of E_local itself, the attention's tanh is ``2 sigmoid(2x) - 1``, the masked softmax
+one autograd function and the global pooling a bmm: the same math as the forms below
+(the code before), which round differently. Values and gradients must agree to float
+tolerance, in float64 and float32, and the new forms pass ``torch.autograd.gradcheck``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,17 @@ from ralm.lookalike.scorer_math import (
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
 
+def old_masked_softmax(logits, mask, log_prior=None):  # type: ignore[no-untyped-def]
+    if log_prior is not None:
+        logits = logits + log_prior
+    mask = mask.expand_as(logits)
+    any_valid = mask.any(dim=-1, keepdim=True)
+    w = torch.softmax(logits.masked_fill(~(mask | ~any_valid), float("-inf")), dim=-1)
+    return w * any_valid.to(w.dtype)
+
+
 def old_local_cos(att, dots, mask, gram, u_norm2, log_prior=None):  # type: ignore[no-untyped-def]
-    w = masked_softmax(torch.tanh(att), mask, log_prior)
+    w = old_masked_softmax(torch.tanh(att), mask, log_prior)
     num = (w * dots).sum(dim=-1)
     gw = torch.matmul(gram, w.unsqueeze(-1)).squeeze(-1)  # broadcast: gram copied per user
     return safe_cos(num, u_norm2, (w * gw).sum(dim=-1))
@@ -56,7 +65,7 @@ def old_score_pairs(e_u, w_local, cent, mask, gv, alpha, beta, lp=None):  # type
 
 
 def old_global(att: GlobalAttention, cent, mask, lp):  # type: ignore[no-untyped-def]
-    g = masked_softmax(torch.tanh(att.w_g(cent)) @ att.v, mask, lp)
+    g = old_masked_softmax(torch.tanh(att.w_g(cent)) @ att.v, mask, lp)
     return (g.unsqueeze(-1) * cent).sum(dim=-2)
 
 
@@ -126,6 +135,8 @@ def test_score_matrix_train_matches_previous_formula(dtype: torch.dtype, with_gr
     )
     local = score_matrix_train(e_u, w_l, cent, mask, gv, use_global=False, gram=gram)
     assert torch.all(local[:, 1] == 0)  # no seeds: local cosine exactly 0
+    none = score_matrix_train(e_u[:0], w_l, cent, mask, gv, gram=gram)  # no users (no clicks)
+    assert none.shape == (0, cent.shape[0])
     _compare(new, old, leaves, TOL[dtype])
 
 
@@ -151,6 +162,28 @@ def test_global_attention_matches_previous_formula(dtype: torch.dtype) -> None:
     cent, lp = leaves["cent"], leaves["lp"]
     params = {"cent": cent, "lp": lp, "w_g": att.w_g.weight, "v": att.v}
     _compare(att(cent, mask, lp), old_global(att, cent, mask, lp), params, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_masked_softmax_matches_previous_formula(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(2)
+    mask = torch.rand(5, 6, generator=g) < 0.5
+    mask[0], mask[1] = False, True  # a row without valid slots, a full row
+    cases = [((5, 6), mask, (5, 6)), ((3, 5, 6), mask[None], (1, 5, 6)), ((3, 5, 6), mask, None)]
+    cases.append(((1, 5, 6), mask.expand(3, 5, 6), (3, 5, 6)))  # a mask wider than the logits
+    for lg_shape, m, lp_shape in cases:
+        x = torch.randn(*lg_shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+        leaves = {"x": x}
+        lp = None
+        if lp_shape is not None:
+            lp = torch.randn(*lp_shape, generator=g, dtype=torch.float64).to(dtype)
+            leaves["lp"] = lp.requires_grad_()
+        new, old = masked_softmax(x, m, lp), old_masked_softmax(x, m, lp)
+        assert new.shape == old.shape
+        _compare(new, old, leaves, TOL[dtype])
+    x = torch.randn(4, 5, 6, dtype=torch.float64, requires_grad=True)
+    lp = torch.randn(1, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: masked_softmax(a, mask, b), (x, lp))
 
 
 def test_tanh_matches_torch_tanh() -> None:

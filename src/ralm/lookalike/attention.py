@@ -38,6 +38,22 @@ class _Tanh(torch.autograd.Function):
         return torch.ops.aten.tanh_backward(grad, y)  # grad * (1 - y^2), one pass
 
 
+class _TanhInplace(torch.autograd.Function):
+    """:class:`_Tanh` written over its input (a temporary nothing else saved)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
 def tanh(x: torch.Tensor) -> torch.Tensor:
     """``tanh(x)``, differentiable, computed as ``2 sigmoid(2x) - 1``.
 
@@ -65,13 +81,48 @@ def masked_softmax(
         log_prior: optional (..., k) added to the logits (log cluster sizes: a centroid
             standing for n seeds weighs like n seeds with the same logit).
     """
-    if log_prior is not None:
-        logits = logits + log_prior
-    mask = mask.expand_as(logits)
+    # on the mask as given: a mask shared by many rows (broadcast) is reduced once
     any_valid = mask.any(dim=-1, keepdim=True)  # (..., 1)
-    safe = mask | ~any_valid  # all-masked rows: softmax over everything, zeroed below
-    w = torch.softmax(logits.masked_fill(~safe, float("-inf")), dim=-1)  # (..., k)
-    return w * any_valid.to(w.dtype)
+    off = any_valid & ~mask  # all-masked rows: softmax over everything, zeroed after
+    return _MaskedSoftmax.apply(logits, log_prior, off, any_valid)  # type: ignore[no-any-return]
+
+
+class _MaskedSoftmax(torch.autograd.Function):
+    """:func:`masked_softmax` in two buffers (logits + prior, masked in place; weights,
+    all-masked rows zeroed in place) and one backward pass (``torch.softmax``'s)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        logits: torch.Tensor,
+        log_prior: torch.Tensor | None,
+        off: torch.Tensor,
+        any_valid: torch.Tensor,
+    ) -> torch.Tensor:
+        z = logits.clone() if log_prior is None else logits + log_prior
+        shape = torch.broadcast_shapes(z.shape, off.shape)
+        if z.shape != shape:  # a mask wider than the logits
+            z = z.expand(shape).clone()
+        z.masked_fill_(off, float("-inf"))
+        w = torch.softmax(z, dim=-1)
+        w.mul_(any_valid.to(w.dtype))  # rows without a valid slot: 0
+        ctx.save_for_backward(w)
+        ctx.shapes = logits.shape, None if log_prior is None else log_prior.shape
+        ctx.dtypes = logits.dtype, None if log_prior is None else log_prior.dtype
+        return w
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (w,) = ctx.saved_tensors
+        # w (g - sum(g w)): 0 on masked slots and all-masked rows (w = 0 there)
+        gz = torch._softmax_backward_data(grad, w, -1, w.dtype)
+        (lg_shape, lp_shape), (lg_dtype, lp_dtype) = ctx.shapes, ctx.dtypes
+        g_logits = g_prior = None
+        if ctx.needs_input_grad[0]:
+            g_logits = gz.sum_to_size(lg_shape).to(lg_dtype)
+        if ctx.needs_input_grad[1]:
+            g_prior = gz.sum_to_size(lp_shape).to(lp_dtype)
+        return g_logits, g_prior, None, None
 
 
 class LocalAttention(nn.Module):
@@ -107,7 +158,8 @@ class GlobalAttention(nn.Module):
         self, centroids: torch.Tensor, mask: torch.Tensor, log_prior: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Attention weight of every centroid, (..., k); 0 on masked slots."""
-        logits = tanh(self.w_g(centroids)) @ self.v  # (..., k, h) -> (..., k)
+        z = self.w_g(centroids)  # (..., k, h), a fresh temporary: tanh over it in place
+        logits = _TanhInplace.apply(z) @ self.v  # (..., k, h) -> (..., k)
         return masked_softmax(logits, mask, log_prior)
 
     def forward(

@@ -132,9 +132,10 @@ def score_matrix_train(
         if q is not None:
             both = torch.cat([q, e_u], dim=0)  # (2B, h)
             r = (both @ c.reshape(-1, h).T).view(2 * n_b, hi - lo, k)  # (2B, Ic, k)
+            att, dots = r.split([n_b, n_b])  # backward: one cat (slices: 2 zero-fills)
             gm = gram_matrix(c) if gram is None else gram[lo:hi]  # (Ic, k, k)
             lp = None if log_prior is None else log_prior[lo:hi][None]  # (1, Ic, k)
-            cl = local_cos(r[:n_b], r[n_b:], mask[lo:hi][None], gm, u_norm2[:, None], lp)
+            cl = local_cos(att, dots, mask[lo:hi][None], gm, u_norm2[:, None], lp)
         out.append(combine(cg, cl, alpha, beta))  # (B, Ic)
     if not out:
         return e_u.new_zeros((n_b, 0))

@@ -5,8 +5,8 @@ Not a test. Builds wechat-shaped seed sets (``--scales`` of the preset's 2,984,7
 (random slots, random centroids: the step's work does not depend on their values) and runs
 the real stage-2 step, the default softmax loss: ``LookalikeEpochData.batch`` (targets,
 leave-self-out, the softmax's (B, B) ``seen`` grid, logQ) then ``LookalikeTrainTask``,
-backward and Adam, one thread, batch 256. Printed per scale, each figure the best of
-``--repeat`` runs interleaved:
+backward and Adam, one thread (``--threads``), batch 256. Printed per scale, each figure
+the best of ``--repeat`` runs interleaved:
 
 * ``batch_ms``: building one batch from the epoch's examples;
 * ``step_ms``: forward + backward + Adam on the built batch (no data-size term: the floor
@@ -143,6 +143,7 @@ def run_scale(scale: float, steps: int, repeat: int, k: int, h: int) -> dict[str
         t_mm = min(t_mm, time.perf_counter() - t0)
     out = {
         "scale": scale,
+        "threads": torch.get_num_threads(),
         "users": seeds.n_users,
         "items": seeds.n_items,
         "seed_rows": int(seeds.users.size),

@@ -55,6 +55,16 @@ def test_young_item_reaches_its_taste_group_within_one_cycle(
         svc.reclusterer.run_full()  # one re-cluster cycle
         info = svc.item_info("young")
         assert info["servable"] and info["n_seeds"] == N_SEEDS
+        # brand new: first seen at its clicks, its seeds count young_boost times in the
+        # prior (the toy data has real times, so training set a young_age); a training
+        # item is first seen at its first TRAIN click, decades ago on today's clock
+        cfg = svc.model.scorer.config
+        assert cfg.young_age > 0
+        assert info["first_seen"] == pytest.approx(now, abs=60)
+        assert info["prior_boost"] == pytest.approx(cfg.young_boost)
+        old = svc.item_info(svc.holder.current().item_ids[0])
+        assert old["first_seen"] is not None and old["first_seen"] < now - 10 * 365 * 86400
+        assert old["prior_boost"] == 1.0
         reach = _top10_share(svc, audience, "young")
         leak = _top10_share(svc, others, "young")
         assert reach > 0.5, f"young item in the top-10 of only {reach:.0%} of its group"

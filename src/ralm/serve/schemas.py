@@ -90,6 +90,8 @@ class ItemOut(BaseModel):
     clustered_seeds: int
     cluster_sizes: list[int]
     last_recluster: float | None
+    first_seen: float | None = None  # the item's first click (unix time; None = not known)
+    prior_boost: float = 1.0  # the young-item factor of its seed count in the prior now
 
 
 class HealthOut(BaseModel):

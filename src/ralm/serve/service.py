@@ -35,7 +35,7 @@ from ralm.serve.index_holder import IndexHolder
 from ralm.serve.metrics import ServiceMetrics
 from ralm.serve.recluster import Reclusterer
 from ralm.serve.replication import Replication
-from ralm.serve.runtime import ServingModel
+from ralm.serve.runtime import ServingModel, item_age
 from ralm.serve.scoring import RecommendResult, ScoreRequest, score_batch
 from ralm.serve.seed_store import Click, SeedStore
 from ralm.serve.service_state import ServiceState, item_n_seeds, open_store
@@ -332,7 +332,8 @@ class RalmService(ServiceState):
         self.store.put_user_features(user_id, features)
 
     def item_info(self, item_id: str) -> dict[str, Any]:
-        """Seed count, cluster sizes, servability and last re-cluster time of an item."""
+        """Seed count, cluster sizes, servability, last re-cluster time of an item, its
+        first-click time and the young-item factor its seed count gets in the prior now."""
         st = self.store.item(item_id)
         snap = self.holder.current()
         r = snap.row_of.get(item_id)
@@ -349,6 +350,8 @@ class RalmService(ServiceState):
             "clustered_seeds": 0,
             "cluster_sizes": [],
             "last_recluster": None,
+            "first_seen": None,
+            "prior_boost": 1.0,
         }
         if r is not None:
             chunk, j = snap.row(r)
@@ -359,6 +362,13 @@ class RalmService(ServiceState):
                 cluster_sizes=[int(x) for x in sizes[sizes > 0]],
                 last_recluster=float(chunk.clustered_at[j]) or None,
             )
+            first = float(chunk.first_seen[j])
+            if first > 0:
+                info["first_seen"] = first
+                age = item_age(self.model.scorer, torch.tensor([first]), time.time())
+                factor = getattr(self.model.scorer, "young_factor", None)
+                boost = factor(age) if age is not None and factor is not None else None
+                info["prior_boost"] = float(boost[0]) if boost is not None else 1.0
         return info
 
     def health(self) -> dict[str, Any]:

@@ -9,12 +9,15 @@ their Lloyd iterations. Per Lloyd step and chunk:
 * assignment: ONE ``baddbmm`` gives ``|c|^2 - 2 x.c`` (``(Ib, S, h) x (Ib, h, k)``; the
   ``-2`` is the GEMM's alpha, ``|x|^2`` is constant per row and not needed for the argmin;
   slots beyond an item's own k get ``+inf``), then ``argmin`` over k;
-* update: the sums of the new means with ``index_add_`` over the unpadded seeds (no
-  one-hot, no second matmul) and the sizes with ``bincount``, into buffers allocated once
-  per chunk;
-* early stop: when no assignment of the chunk changed, the centroids are a fixed point
-  (the same labels give bitwise the same means), so stopping gives exactly the result of
-  running all iterations.
+* update: running cluster sums and sizes per chunk: the first step sums all seeds with
+  ``index_add_`` (no one-hot, no second matmul) and ``bincount``; every later step only
+  moves the seeds whose cluster changed (``index_add_`` of ``+x`` into the new and ``-x``
+  into the old cluster), so a step's update costs what changed, not the whole chunk;
+* early stop: an item none of whose assignments changed keeps bitwise the same sums, so
+  its centroids are a fixed point and stopping gives exactly the result of running all
+  iterations; the output centroids are the exact means of the final assignment (one
+  in-order ``index_add_`` over the item's seeds when it is written out), not the running
+  sums.
 
 **Determinism per item.** An item's random initial centroids are its seeds with the
 largest counter-based hash keys ``splitmix64(splitmix64(item_seed) + j * golden)`` (seed
@@ -183,9 +186,11 @@ def _lloyd_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Lloyd iterations of one chunk of items padded to length ``g``.
 
-    Items whose assignment did not change in a step are at a fixed point; they are taken
-    out of the iterations (written out as they are: running on would not change a bit)
-    once they make up a quarter of the active items, so the GEMMs shrink as items converge.
+    Items whose assignment did not change in a step are at a fixed point (their running
+    sums did not change); they are taken out of the iterations (written out with the exact
+    means of their assignment: running on would not change a bit) once they make up a
+    quarter of the active items, so the GEMMs shrink as items converge. The running sums
+    of the others are updated by the seeds that changed cluster only.
 
     Returns centroids (Ib, k, h), sizes (Ib, k), the cluster of every seed (V,), the seed
     rows (V,) and sum |x|^2 of the chunk's seeds.
@@ -195,10 +200,12 @@ def _lloyd_chunk(
     within = torch.arange(g)
     valid = within[None, :] < cnt[:, None]  # (Ib, g)
     vidx = valid.reshape(-1).nonzero().squeeze(1)  # (V,) flat padded position of seeds
-    src = torch.from_numpy(item_offsets[bucket])[:, None] + within[None, :]  # (Ib, g)
+    # seed rows, the padding pointing at the item's first seed (zeroed after ONE gather)
+    src = torch.from_numpy(item_offsets[bucket])[:, None] + torch.where(valid, within, 0)
     rows_v = src.reshape(-1).index_select(0, vidx)  # (V,) seed rows
-    x = x_all.new_zeros(n_b * g, h)
-    x.index_copy_(0, vidx, x_all.index_select(0, rows_v))
+    x = x_all.index_select(0, src.view(-1))
+    if vidx.numel() < n_b * g:
+        x.index_fill_(0, (~valid).view(-1).nonzero().squeeze(1), 0.0)
     x = x.view(n_b, g, h)  # (Ib, g, h) the chunk's seeds, zero-padded
     kb = torch.from_numpy(ks[bucket])  # (Ib,)
     slot_ok = torch.arange(k)[None, :] < kb[:, None]  # (Ib, k) slots the item uses
@@ -213,48 +220,82 @@ def _lloyd_chunk(
     out_n = torch.zeros(n_b, k, dtype=torch.long)
     out_lab = torch.zeros(n_b, g, dtype=torch.long)
     act = torch.arange(n_b)  # chunk positions of the items still iterating
-    xa, va, ba, prev = x, valid, bias, None
+    xa, va, ba = x, valid, bias
+    prev: torch.Tensor | None = None  # (Ia, g) slots of the last step (padding: dump row)
     d_buf = x.new_empty(n_b, g, k)  # reused every iteration (first Ia rows)
+    val_buf = x.new_empty(n_b, g)
     lab_buf = torch.empty(n_b, g, dtype=torch.long)
-    sums_buf = x.new_empty(n_b * k + 1, h)  # + one dump row for the padding
+    sums = x.new_zeros(n_b * k + 1, h)  # running sums of the clusters, + one dump row
+    n = torch.zeros(n_b * k + 1, dtype=torch.long)  # running sizes, + the dump row
     for it in range(niter + 1):
         n_a = act.numel()
-        d, lab = d_buf[:n_a], lab_buf[:n_a]
+        d, lab, val = d_buf[:n_a], lab_buf[:n_a], val_buf[:n_a]
         # |c|^2 - 2 x.c (+inf on unused slots): argmin over k = nearest centroid
         c2 = (c * c).sum(-1)[:, None, :]  # (Ia, 1, k)
         if ba is not None:
             c2 = c2 + ba
         torch.baddbmm(c2, xa, c.transpose(1, 2), alpha=-2.0, out=d)
-        torch.argmin(d, dim=-1, out=lab)
+        torch.min(d, dim=-1, out=(val, lab))  # first minimum, as argmin
         slot = (lab + (torch.arange(n_a) * k)[:, None]).masked_fill_(~va, n_a * k)  # (Ia, g)
-        sums = sums_buf[: n_a * k + 1].zero_().index_add_(0, slot.view(-1), xa.view(-1, h))
-        n = torch.bincount(slot.view(-1), minlength=n_a * k + 1)[:-1].view(n_a, k)
-        means = sums[:-1].view(n_a, k, h) / n.clamp(min=1)[..., None].to(sums.dtype)
-        nonempty = (n > 0)[..., None]
-        if it == niter:
-            done = torch.ones(n_a, dtype=torch.bool)
-        elif prev is None:
-            done = torch.zeros(n_a, dtype=torch.bool)
-        else:  # same labels as the last step: the means are a fixed point (bitwise)
-            done = ((lab == prev) | ~va).all(1)
+        if it == niter:  # the last step: only the sizes (the means are summed exactly below)
+            n = torch.bincount(slot.view(-1), minlength=n_a * k + 1)
+            moved = torch.ones(n_a, dtype=torch.bool)
+        elif prev is None:  # the sums and sizes of the whole assignment
+            sums.index_add_(0, slot.view(-1), xa.view(-1, h))
+            n += torch.bincount(slot.view(-1), minlength=n_a * k + 1)
+            moved = torch.ones(n_a, dtype=torch.bool)
+        else:  # only the seeds that changed cluster move their vectors between the sums
+            changed = slot != prev  # (Ia, g); padding never changes
+            ch = changed.view(-1).nonzero().squeeze(1)
+            rows = xa.view(-1, h).index_select(0, ch)
+            new_s, old_s = slot.view(-1).index_select(0, ch), prev.view(-1).index_select(0, ch)
+            sums.index_add_(0, new_s, rows).index_add_(0, old_s, rows, alpha=-1.0)
+            one = torch.ones_like(new_s)
+            n.index_add_(0, new_s, one).index_add_(0, old_s, one, alpha=-1)
+            moved = changed.any(1)
+        n_k = n[:-1].view(n_a, k)
+        nonempty = (n_k > 0)[..., None]
+        # an item whose assignment did not move is at a fixed point (the same sums, bitwise)
+        done = torch.ones(n_a, dtype=torch.bool) if it == niter else ~moved
         n_done = int(done.sum())
+        if n_done < n_a:
+            means = sums[:-1].view(n_a, k, h) / n_k.clamp(min=1)[..., None].to(sums.dtype)
         if n_done == n_a or 4 * n_done >= n_a:  # write out the finished items, drop them
             fin = act[done]
-            out_c[fin] = torch.where(nonempty[done], means[done], 0.0)
-            out_n[fin] = n[done]
+            # the exact means of the final assignment (not the running sums): one pass
+            n_f = n_k[done]
+            if n_done == n_a:  # all of them: no copies
+                ex = _exact_sums(xa, lab, va, k)
+            else:
+                ex = _exact_sums(xa[done], lab[done], va[done], k)
+            ex /= n_f.clamp(min=1)[..., None]
+            out_n[fin] = n_f
+            out_c[fin] = torch.where(nonempty[done], ex, 0.0)
             out_lab[fin] = lab[done]
             if n_done == n_a:
                 break
             keep = ~done
+            n_keep = n_a - n_done
             act, xa, va = act[keep], xa[keep], va[keep]
             ba = None if ba is None else ba[keep]
             c = torch.where(nonempty[keep], means[keep], c[keep])
-            prev = lab[keep].clone()
+            prev = (lab[keep] + (torch.arange(n_keep) * k)[:, None]).masked_fill_(~va, n_keep * k)
+            sums = torch.cat([sums[:-1].view(n_a, k, h)[keep].view(-1, h), sums[-1:].zero_()])
+            n = torch.cat([n[:-1].view(n_a, k)[keep].view(-1), n[-1:].zero_()])
         else:
             c = torch.where(nonempty, means, c)
-            prev = lab.clone()
-    x2 = float((x * x).sum(-1).double().sum())
+            prev = slot
+    x2 = float(torch.linalg.vector_norm(x, dim=-1).double().square().sum())  # no (Ib, g, h) temp
     return out_c, out_n, out_lab.view(-1).index_select(0, vidx), rows_v, x2
+
+
+def _exact_sums(x: torch.Tensor, lab: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    """Sums (If, k, h) of every cluster's seeds, in seed order: ``index_add_`` over the
+    labels (If, g) of the items' seeds (If, g, h) (the padding to one dump row)."""
+    n_f, h = x.shape[0], x.shape[2]
+    slot = (lab + (torch.arange(n_f) * k)[:, None]).masked_fill_(~valid, n_f * k)
+    sums = x.new_zeros(n_f * k + 1, h).index_add_(0, slot.view(-1), x.reshape(-1, h))
+    return sums[:-1].view(n_f, k, h)
 
 
 def _start(

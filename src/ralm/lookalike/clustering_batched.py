@@ -35,7 +35,9 @@ exactly like the slots of an item with fewer seeds than k.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -249,9 +251,10 @@ def _lloyd_chunk(
             ch = changed.view(-1).nonzero().squeeze(1)
             rows = xa.view(-1, h).index_select(0, ch)
             new_s, old_s = slot.view(-1).index_select(0, ch), prev.view(-1).index_select(0, ch)
-            sums.index_add_(0, new_s, rows).index_add_(0, old_s, rows, alpha=-1.0)
-            one = torch.ones_like(new_s)
-            n.index_add_(0, new_s, one).index_add_(0, old_s, one, alpha=-1)
+            with _one_thread():  # small index_add_: a fixed ~0.3 ms per call on 2 threads
+                sums.index_add_(0, new_s, rows).index_add_(0, old_s, rows, alpha=-1.0)
+                one = torch.ones_like(new_s)
+                n.index_add_(0, new_s, one).index_add_(0, old_s, one, alpha=-1)
             moved = changed.any(1)
         n_k = n[:-1].view(n_a, k)
         nonempty = (n_k > 0)[..., None]
@@ -287,6 +290,24 @@ def _lloyd_chunk(
             prev = slot
     x2 = float(torch.linalg.vector_norm(x, dim=-1).double().square().sum())  # no (Ib, g, h) temp
     return out_c, out_n, out_lab.view(-1).index_select(0, vidx), rows_v, x2
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch ops on one thread (this thread's setting; restored after).
+
+    ``index_add_`` of a few rows costs a fixed ~0.3 ms per call on two threads (measured,
+    torch 2.13 CPU) against ~0.01 ms on one; the sums are the same either way.
+    """
+    prev = torch.get_num_threads()
+    if prev == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def _exact_sums(x: torch.Tensor, lab: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:

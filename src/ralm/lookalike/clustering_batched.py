@@ -264,27 +264,37 @@ def _lloyd_chunk(
         if n_done < n_a:
             means = sums[:-1].view(n_a, k, h) / n_k.clamp(min=1)[..., None].to(sums.dtype)
         if n_done == n_a or 4 * n_done >= n_a:  # write out the finished items, drop them
-            fin = act[done]
+            # positions, not boolean masks: index_select copies ~3x faster than x[mask]
+            di = done.nonzero().squeeze(1)
+            fin = act.index_select(0, di)
             # the exact means of the final assignment (not the running sums): one pass
-            n_f = n_k[done]
+            n_f = n_k.index_select(0, di)
             if n_done == n_a:  # all of them: no copies
+                lab_f = lab
                 ex = _exact_sums(xa, lab, va, k)
             else:
-                ex = _exact_sums(xa[done], lab[done], va[done], k)
+                lab_f = lab.index_select(0, di)
+                ex = _exact_sums(xa.index_select(0, di), lab_f, va.index_select(0, di), k)
             ex /= n_f.clamp(min=1)[..., None]
-            out_n[fin] = n_f
-            out_c[fin] = torch.where(nonempty[done], ex, 0.0)
-            out_lab[fin] = lab[done]
+            out_n.index_copy_(0, fin, n_f)
+            out_c.index_copy_(0, fin, torch.where(nonempty.index_select(0, di), ex, 0.0))
+            out_lab.index_copy_(0, fin, lab_f)
             if n_done == n_a:
                 break
-            keep = ~done
+            ki = (~done).nonzero().squeeze(1)
             n_keep = n_a - n_done
-            act, xa, va = act[keep], xa[keep], va[keep]
-            ba = None if ba is None else ba[keep]
-            c = torch.where(nonempty[keep], means[keep], c[keep])
-            prev = (lab[keep] + (torch.arange(n_keep) * k)[:, None]).masked_fill_(~va, n_keep * k)
-            sums = torch.cat([sums[:-1].view(n_a, k, h)[keep].view(-1, h), sums[-1:].zero_()])
-            n = torch.cat([n[:-1].view(n_a, k)[keep].view(-1), n[-1:].zero_()])
+            act, xa, va = act.index_select(0, ki), xa.index_select(0, ki), va.index_select(0, ki)
+            ba = None if ba is None else ba.index_select(0, ki)
+            c = torch.where(
+                nonempty.index_select(0, ki), means.index_select(0, ki), c.index_select(0, ki)
+            )
+            prev = (lab.index_select(0, ki) + (torch.arange(n_keep) * k)[:, None]).masked_fill_(
+                ~va, n_keep * k
+            )
+            sums = torch.cat(
+                [sums[:-1].view(n_a, k, h).index_select(0, ki).view(-1, h), sums[-1:].zero_()]
+            )
+            n = torch.cat([n[:-1].view(n_a, k).index_select(0, ki).view(-1), n[-1:].zero_()])
         else:
             c = torch.where(nonempty, means, c)
             prev = slot

@@ -57,6 +57,24 @@ def item_seeds(item_ids: Sequence[str] | np.ndarray, seed: int) -> np.ndarray:
     )
 
 
+def _rows_by_id(
+    prev: SeedIndex | IndexUpdate, item_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(js, rows)`` int64: positions in ``item_ids`` of the items ``prev`` holds and their
+    rows there (matched by id), or None when it holds none of them."""
+    if prev.n_items == 0:
+        return None
+    if isinstance(prev, SeedIndex):
+        row_of = prev.row_of
+    else:
+        row_of = {str(i): r for r, i in enumerate(prev.item_ids.tolist())}
+    pos = [(j, row_of[i]) for j, i in enumerate(item_ids.tolist()) if i in row_of]
+    if not pos:
+        return None
+    js, rows = (np.asarray(a, dtype=np.int64) for a in zip(*pos, strict=True))
+    return js, rows
+
+
 def _warm_start(
     prev: Prev, item_ids: np.ndarray, k: int, h: int
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -67,14 +85,10 @@ def _warm_start(
     if isinstance(prev, SeedIndex | IndexUpdate):
         if prev.n_items == 0 or prev.centroids.shape[1:] != (k, h):
             return None, None
-        if isinstance(prev, SeedIndex):
-            row_of = prev.row_of
-        else:
-            row_of = {str(i): r for r, i in enumerate(prev.item_ids.tolist())}
-        pos = [(j, row_of[i]) for j, i in enumerate(item_ids.tolist()) if i in row_of]
-        if not pos:
+        found = _rows_by_id(prev, item_ids)
+        if found is None:
             return None, None
-        js, rows = (np.asarray(a, dtype=np.int64) for a in zip(*pos, strict=True))
+        js, rows = found
         init = np.zeros((item_ids.size, k, h), dtype=np.float32)
         init_m = np.zeros((item_ids.size, k), dtype=bool)
         if isinstance(prev, SeedIndex):
@@ -193,17 +207,12 @@ def _earliest_first_seen(prev: Prev, ids: np.ndarray, given: np.ndarray | None) 
     """Each item's earliest known first-click time: ``given`` (0 = not known) or the one
     its row of ``prev`` (an index or update, by id) recorded, whichever is earlier."""
     out = _first_seen_rows(given, ids.size).copy()
-    if not isinstance(prev, SeedIndex | IndexUpdate) or prev.n_items == 0:
+    if not isinstance(prev, SeedIndex | IndexUpdate):
         return out
-    row_of = (
-        prev.row_of
-        if isinstance(prev, SeedIndex)
-        else {str(i): r for r, i in enumerate(prev.item_ids.tolist())}
-    )
-    pos = [(j, row_of[i]) for j, i in enumerate(ids.tolist()) if i in row_of]
-    if not pos:
+    found = _rows_by_id(prev, ids)
+    if found is None:
         return out
-    js, rows = (np.asarray(a, dtype=np.int64) for a in zip(*pos, strict=True))
+    js, rows = found
     old = (
         prev.gather(rows, ("first_seen",))["first_seen"]
         if isinstance(prev, SeedIndex)

@@ -32,6 +32,9 @@ Run (about 2-3 minutes on 2 cores)::
 
     python benchmarks/bench_serve.py --threads 2
     python benchmarks/bench_serve.py --items 5000 --quick      # a smoke run
+
+The measurement helpers (floors, load report) are in ``serve_measure.py``, the HTTP load
+generator in ``serve_http_load.py`` (beside this file).
 """
 
 from __future__ import annotations
@@ -44,34 +47,14 @@ import resource
 import tempfile
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-TARGET_THROUGHPUT = 1.3  # issue 9: req/s within 1.3x of the floor of the same batches
-
-
-def _timeit(fn: Callable[[], object], repeat: int) -> list[float]:
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def _rss_mb() -> float:
-    """Current resident set size (MB), from /proc (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def _pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs) * 1000.0, q))  # ms
+from serve_http_load import _client_process
+from serve_measure import Floors, _pct, _rss_mb, _timeit, floors, load_report
 
 
 def build_service(args: argparse.Namespace, state: Path) -> Any:
@@ -111,124 +94,6 @@ def build_service(args: argparse.Namespace, state: Path) -> Any:
     return RalmService(model, cfg)
 
 
-def _in_worker(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a fresh thread (the service scores in its batcher thread)."""
-    box: dict[str, Any] = {}
-    th = threading.Thread(target=lambda: box.update(out=fn()))
-    th.start()
-    th.join()
-    return box["out"]
-
-
-def floors(svc: Any, batch: int, repeat: int) -> dict[str, float]:
-    """Memory pass and the scorer's own matmul shape, against the scorer itself.
-
-    Timed in a worker thread, as the service runs scoring. The scorer runs from terms
-    prepared once per chunk (``prepare_items``), as an index version keeps them; the floor
-    is ``(I*k, h) @ (h, 2B)`` (attention logits and dots need 2B columns).
-    """
-    snap = svc.holder.current()
-    model = svc.model.scorer
-    cen = torch.from_numpy(snap.centroids.copy())  # (I, k, h) one contiguous copy
-    flat = cen.reshape(-1, cen.shape[-1])  # (I*k, h)
-    nbytes = cen.numel() * cen.element_size()
-    out: dict[str, float] = {"table_mb": nbytes / 2**20}
-    t = _in_worker(lambda: min(_timeit(lambda: cen.sum(), repeat)))
-    out["memory_pass_ms"] = t * 1000
-    out["memory_pass_gb_s"] = nbytes / t / 1e9
-    with torch.no_grad():
-        terms = [
-            model.prepare_items(
-                t["centroids"], t["mask"], t["global_vec"], gram=t["gram"], sizes=t["sizes"]
-            )
-            for t in (c.scoring_tensors for c in snap.chunks)
-        ]
-    for b in (1, batch):
-        x = torch.randn(cen.shape[-1], 2 * b)  # (h, 2B)
-        out[f"matmul_b{b}_ms"] = (
-            _in_worker(lambda x=x: min(_timeit(lambda: flat @ x, repeat))) * 1000
-        )  # (I*k, 2B)
-        with torch.no_grad():  # a realistic E_u: transformed (post-ReLU) embeddings
-            e_u = model.transform(torch.randn(b, cen.shape[-1]))  # (B, h)
-
-        def score(e_u: torch.Tensor = e_u) -> None:
-            for t in terms:
-                model.score_prepared(e_u, t)
-
-        out[f"scorer_b{b}_ms"] = _in_worker(lambda s=score: min(_timeit(s, repeat))) * 1000
-
-    return out
-
-
-class Floors:
-    """The batched matmul floor ``(I*k, h) @ (h, 2B)`` per batch size, timed once each.
-
-    Timed in a worker thread (the batcher's way), float32, the faster of one whole-table
-    matmul and the same matmul in chunks of 1,024 items, best of ``repeat``.
-    """
-
-    def __init__(self, table: torch.Tensor, k: int, repeat: int = 3) -> None:
-        self.table, self.k, self.repeat = table, k, repeat
-        self.ms: dict[int, float] = {}
-
-    def __call__(self, b: int) -> float:
-        if b not in self.ms:
-            x = torch.randn(self.table.shape[1], 2 * b)  # (h, 2B)
-            step = 1024 * self.k
-
-            def chunked() -> None:
-                for lo in range(0, self.table.shape[0], step):
-                    torch.mm(self.table[lo : lo + step], x)
-
-            whole = _in_worker(lambda: min(_timeit(lambda: self.table @ x, self.repeat)))
-            part = _in_worker(lambda: min(_timeit(chunked, self.repeat)))
-            self.ms[b] = min(whole, part) * 1000
-        return self.ms[b]
-
-
-def load_report(
-    done: list[float],
-    wall: float,
-    batches: list[tuple[int, float]],
-    floor: Floors | None,
-    full: int | None = None,
-) -> dict[str, Any]:
-    """req/s, latency, the batch sizes formed and the floor of those same batches.
-
-    Where the wall time went: ``busy_s`` is the batcher's time inside its batch function
-    (scoring, top-n, result objects), ``busy_to_floor`` that time over the matmul floor of
-    the same batches (the scorer's own overhead), ``idle_share`` the share of the wall time
-    the batcher had no batch to run (waiting for requests: HTTP, parsing, clients, windows).
-    ``ratio_to_full_floor``: against the floor of full batches of ``full`` requests (the
-    concurrency, at most ``max_batch``), which also counts what fragmented batches cost.
-    """
-    sizes = [n for n, _ in batches]
-    busy = sum(s for _, s in batches)
-    out: dict[str, Any] = {
-        "requests": len(done),
-        "req_per_s": len(done) / wall,
-        "p50_ms": _pct(done, 50),
-        "p99_ms": _pct(done, 99),
-        "batches": len(sizes),
-        "mean_batch": float(np.mean(sizes)) if sizes else 0.0,
-        "batch_sizes": {str(b): n for b, n in sorted(Counter(sizes).items())},
-        "busy_s": round(busy, 3),
-        "idle_share": round(max(0.0, 1 - busy / wall), 3),
-    }
-    if floor is not None and sizes:
-        floor_s = sum(floor(b) for b in sizes) / 1000  # the same batches, matmul only
-        out["floor_req_per_s"] = sum(sizes) / floor_s
-        out["busy_to_floor"] = round(busy / floor_s, 2)
-        ratio = out["floor_req_per_s"] / out["req_per_s"]
-        out["ratio_to_floor"] = round(ratio, 2)
-        if full:
-            out["ratio_to_full_floor"] = round(full / floor(full) * 1000 / out["req_per_s"], 2)
-        out["target"] = (
-            f"<= {TARGET_THROUGHPUT}x: {'met' if ratio <= TARGET_THROUGHPUT else 'NOT met'}"
-        )
-    return out
-
-
 def inprocess(svc: Any, args: argparse.Namespace, floor: Floors | None) -> dict[str, Any]:
     """Sequential latency, and throughput of concurrent ``arecommend`` calls (asyncio, as
     the HTTP app calls it) through the micro-batcher, against the floor of its batches."""
@@ -261,93 +126,6 @@ def inprocess(svc: Any, args: argparse.Namespace, floor: Floors | None) -> dict[
         res[f"c{conc}"] = asyncio.run(level(conc))
         print(json.dumps({f"in_process_c{conc}": res[f"c{conc}"]}), flush=True)
     return res
-
-
-async def _raw_post(
-    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], head: bytes, body: bytes
-) -> bytes:
-    """One keep-alive HTTP/1.1 POST on ``conn``; the response body (non-200: an error)."""
-    reader, writer = conn
-    writer.write(head + b"%d\r\n\r\n" % len(body) + body)
-    status = await reader.readuntil(b"\r\n")
-    length = -1
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        if line == b"\r\n":
-            break
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    if length < 0:
-        raise RuntimeError("response without content-length")
-    data = await reader.readexactly(length)
-    if status.split(b" ", 2)[1] != b"200":
-        raise RuntimeError(f"{status.decode().strip()}: {data[:200]!r}")
-    return data
-
-
-def _client_process(url: str, users: int, max_conn: int, conn: Any, lib: str = "raw") -> None:
-    """The HTTP load generator, run in its own process (spawned), as real clients are
-    other machines: it does not share the server's GIL. ``lib`` "raw": keep-alive HTTP/1.1
-    over asyncio streams (a few tens of microseconds of client CPU per request, as a
-    wrk-like load generator), "httpx": async httpx (about 4.5 ms of client CPU per
-    request, which on a 2-core host is CPU the server does not get). Runs each
-    ``(concurrency, requests per client, max seconds, seed)`` it receives and sends back
-    ``(latencies, wall seconds, client CPU seconds)``; ``None`` ends it."""
-    import orjson
-
-    host, _, port = url.removeprefix("http://").partition(":")
-    head = (
-        f"POST /recommend HTTP/1.1\r\nhost: {host}:{port}\r\n"
-        "content-type: application/json\r\ncontent-length: "
-    ).encode()
-
-    async def main() -> None:
-        import httpx
-
-        limits = httpx.Limits(max_connections=max_conn)
-        pool: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
-            while True:
-                cmd = conn.recv()
-                if cmd is None:
-                    break
-                conc, per, max_s, seed = cmd
-                for _, w in pool:  # fresh connections per level (idle ones time out)
-                    w.close()
-                if lib == "raw":
-                    pool = [await asyncio.open_connection(host, int(port)) for _ in range(conc)]
-                stop = time.monotonic() + max_s
-                done: list[float] = []
-
-                async def client(
-                    i: int,
-                    per: int = per,
-                    stop: float = stop,
-                    done: list = done,
-                    seed: int = seed,
-                    pool: list = pool,
-                ) -> None:
-                    r = np.random.default_rng(seed + i)
-                    for _ in range(per):
-                        if time.monotonic() > stop:
-                            return
-                        t0 = time.perf_counter()
-                        body = {"user_id": f"u{r.integers(users)}", "n": 50}  # as in-process
-                        if lib == "raw":
-                            orjson.loads(await _raw_post(pool[i], head, orjson.dumps(body)))
-                        else:
-                            resp = await c.post("/recommend", json=body)
-                            resp.raise_for_status()
-                        done.append(time.perf_counter() - t0)
-
-                c0, t0 = time.process_time(), time.perf_counter()
-                await asyncio.gather(*(client(i) for i in range(conc)))
-                conn.send((done, time.perf_counter() - t0, time.process_time() - c0))
-        for _, w in pool:
-            w.close()
-
-    asyncio.run(main())
 
 
 def over_http(svc: Any, args: argparse.Namespace, floor: Floors | None) -> dict[str, Any]:

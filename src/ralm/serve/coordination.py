@@ -15,8 +15,11 @@
   it when the holder dies).
 
 The re-clustering leader's order of steps: write the version folder, ``publish(version,
-location, fence=lock)``, and only when that returned True ``store.mark_clustered(...)``:
-a deposed leader's publish is refused, so it must not mark items clean either.
+location, fence=lock, expect=v0)``, and only when that returned True
+``store.mark_clustered(...)``: a deposed leader's publish is refused, so it must not mark
+items clean either. ``expect`` is the version the pointer named when the cycle began: a
+cycle that ran while another leader published (the lock lost and taken back meanwhile) was
+built without that version's items, so its publish is refused too.
 
 Redis keys (``P`` the prefix): ``P index:current`` (JSON ``{"version", "location",
 "published_at"}``), channel ``P index:published`` (the same JSON), ``P leader`` (the
@@ -45,7 +48,9 @@ log = logging.getLogger(__name__)
 _PUBLISH = """
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return -1 end
 local cur = redis.call('GET', KEYS[1])
-if cur and tonumber(cjson.decode(cur)['version']) >= tonumber(ARGV[1]) then return 0 end
+local v = cur and tonumber(cjson.decode(cur)['version']) or 0
+if ARGV[5] ~= '' and v ~= tonumber(ARGV[5]) then return -2 end
+if cur and v >= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[4], ARGV[2])
 return 1
@@ -258,9 +263,16 @@ class VersionPointer(Protocol):
 
     def current(self) -> PublishedVersion | None: ...
 
-    def publish(self, version: int, location: str, fence: LeaderLock | None = None) -> bool:
+    def publish(
+        self,
+        version: int,
+        location: str,
+        fence: LeaderLock | None = None,
+        expect: int | None = None,
+    ) -> bool:
         """Point at ``version`` if it is newer than the current one (and, with ``fence``,
-        only while that lock is held); True when the pointer moved."""
+        only while that lock is held; with ``expect``, only while the pointer names that
+        version, 0 = none); True when the pointer moved."""
         ...
 
 
@@ -297,7 +309,13 @@ class RedisVersionPointer:
         raw = self.r.get(self.key)
         return None if raw is None else PublishedVersion.from_json(raw)
 
-    def publish(self, version: int, location: str, fence: LeaderLock | None = None) -> bool:
+    def publish(
+        self,
+        version: int,
+        location: str,
+        fence: LeaderLock | None = None,
+        expect: int | None = None,
+    ) -> bool:
         value = PublishedVersion(int(version), str(location), time.time()).to_json()
         if isinstance(fence, RedisLeaderLock):  # checked inside the same atomic script
             keys, token = [self.key, fence.key], fence.token
@@ -305,8 +323,9 @@ class RedisVersionPointer:
             if fence is not None and not fence.is_leader():
                 return False
             keys, token = [self.key, self.key], ""
-        res = int(self._publish(keys=keys, args=[int(version), value, token, self.channel]))
-        return res == 1
+        want = "" if expect is None else str(int(expect))  # compared inside the script too
+        args = [int(version), value, token, self.channel, want]
+        return int(self._publish(keys=keys, args=args)) == 1
 
 
 class FileVersionPointer:
@@ -329,7 +348,13 @@ class FileVersionPointer:
             return None
         return PublishedVersion.from_json(raw)
 
-    def publish(self, version: int, location: str, fence: LeaderLock | None = None) -> bool:
+    def publish(
+        self,
+        version: int,
+        location: str,
+        fence: LeaderLock | None = None,
+        expect: int | None = None,
+    ) -> bool:
         if fence is not None and not fence.is_leader():
             return False
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -337,6 +362,8 @@ class FileVersionPointer:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             cur = self.current()
+            if expect is not None and (cur.version if cur is not None else 0) != int(expect):
+                return False
             if cur is not None and cur.version >= int(version):
                 return False
             atomic_write_text(

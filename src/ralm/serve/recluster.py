@@ -17,6 +17,10 @@ The fast path (every few seconds) makes items that are not servable yet but have
 handful of seeds servable at once: their most recent seeds become the centroids (stage 2's
 clustering keeps <= k seeds as centroids without k-means); the next full cycle
 re-clusters them properly. One background thread runs both, so publications never race.
+With replicas only the leader runs them, and a cycle publishes only while the shared
+pointer still names the version it named when the cycle began (``published_version`` /
+``commit``): a cycle that ran while another leader published is refused and redone, so it
+never drops what that version added (issue 13).
 
 Servable rule: ``n >= min_seeds``, or ``fast_path and n >= fast_path_min_seeds``, with n
 the number of seeds the service could embed.
@@ -217,7 +221,8 @@ class CycleReport:
         seconds: wall time.
         version: index version published (None if nothing changed).
         skipped: why nothing was published although there may have been work: "follower"
-            (another replica re-clusters) or "refused" (the leader lost its lock).
+            (another replica re-clusters) or "refused" (the leader lost its lock, or
+            another leader published while the cycle ran).
     """
 
     kind: str
@@ -244,10 +249,13 @@ class Reclusterer:
         leads: replicas: whether this process may re-cluster now (the leader); None = always.
         before_cycle: replicas: called first in every cycle this process runs (the leader
             takes the newest published version, so it builds on what the others serve).
-        commit: replicas: ``(snapshot, kind, base version) -> published snapshot or None``;
-            persists and publishes the new version to the other replicas and serves it
-            (instead of publishing into the holder here); None means refused (leadership
-            lost): nothing is served and no item is marked clustered.
+        commit: replicas: ``(snapshot, kind, base version, expected published version)
+            -> published snapshot or None``; persists and publishes the new version to the
+            other replicas and serves it (instead of publishing into the holder here); None
+            means refused (leadership lost, or another leader published since the cycle
+            began): nothing is served and no item is marked clustered.
+        published_version: replicas: the version the shared pointer names now; read at the
+            start of every cycle (before ``before_cycle``) and handed to ``commit``.
     """
 
     def __init__(
@@ -261,7 +269,8 @@ class Reclusterer:
         backend: BuilderBackend | None = None,
         leads: Callable[[], bool] | None = None,
         before_cycle: Callable[[], None] | None = None,
-        commit: Callable[[SeedIndex, str, int], SeedIndex | None] | None = None,
+        commit: Callable[[SeedIndex, str, int, int | None], SeedIndex | None] | None = None,
+        published_version: Callable[[], int] | None = None,
     ) -> None:
         self.backend: BuilderBackend = backend or LocalBackend()
         self.store = store
@@ -273,6 +282,7 @@ class Reclusterer:
         self.leads = leads
         self.before_cycle = before_cycle
         self.commit = commit
+        self.published_version = published_version
         self._cycle_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -302,10 +312,12 @@ class Reclusterer:
             first_seen=[it.first_seen for it in items],
         )
 
-    def _publish(self, upd: IndexUpdate, kind: str, base: SeedIndex) -> SeedIndex | None:
+    def _publish(
+        self, upd: IndexUpdate, kind: str, base: SeedIndex, expect: int | None
+    ) -> SeedIndex | None:
         new = base.updated(upd)
         if self.commit is not None:
-            got = self.commit(new, kind, base.version)
+            got = self.commit(new, kind, base.version, expect)
             if got is None:
                 return None
             new = got
@@ -316,23 +328,29 @@ class Reclusterer:
         return new
 
     # ---- cycles --------------------------------------------------------------------------
-    def _skip(self, kind: str, t0: float) -> CycleReport | None:
-        """A report when this process must not re-cluster now (a follower), else None."""
+    def _begin(self, kind: str, t0: float) -> tuple[CycleReport | None, int | None]:
+        """A report when this process must not re-cluster now (a follower), else None;
+        and the published version the cycle starts from (replicas; read BEFORE the leader
+        takes the newest version, so a version published in between is never taken for
+        the one this cycle builds on)."""
         if self.leads is not None and not self.leads():
-            return CycleReport(kind, 0, 0, time.perf_counter() - t0, None, skipped="follower")
+            return CycleReport(kind, 0, 0, time.perf_counter() - t0, None, skipped="follower"), None
+        expect = self.published_version() if self.published_version is not None else None
         if self.before_cycle is not None:
             self.before_cycle()
-        return None
+        return None, expect
 
     def run_full(self) -> CycleReport:
         """Re-cluster every changed item (warm start) and publish one new version.
 
         A follower replica does nothing (the report says ``skipped="follower"``); a leader
-        whose publish is refused (it lost the lock) marks nothing (``skipped="refused"``).
+        whose publish is refused (it lost the lock, or another leader published since the
+        cycle began) marks nothing (``skipped="refused"``).
         """
         with self._cycle_lock:
             t0 = time.perf_counter()
-            if (skip := self._skip("full", t0)) is not None:
+            skip, expect = self._begin("full", t0)
+            if skip is not None:
                 return skip
             base = self.holder.current()
             changed = self.store.items(changed_only=True)
@@ -340,7 +358,7 @@ class Reclusterer:
                 return CycleReport("full", 0, 0, time.perf_counter() - t0, None)
             # the backend may raise: nothing is published and no item is marked clustered
             upd, n_seeds = self.backend.build(self._job(base, changed, None, True))
-            new = self._publish(upd, "full", base)
+            new = self._publish(upd, "full", base, expect)
             if new is None:
                 secs = time.perf_counter() - t0
                 return CycleReport("full", 0, n_seeds, secs, None, skipped="refused")
@@ -354,7 +372,8 @@ class Reclusterer:
         """Serve not-yet-servable items that reached ``fast_path_min_seeds`` seeds."""
         with self._cycle_lock:
             t0 = time.perf_counter()
-            if (skip := self._skip("fast", t0)) is not None:
+            skip, expect = self._begin("fast", t0)
+            if skip is not None:
                 return skip
             snap = self.holder.current()
             need = self.config.fast_path_min_seeds
@@ -368,7 +387,7 @@ class Reclusterer:
             if not todo:
                 return CycleReport("fast", 0, 0, time.perf_counter() - t0, None)
             upd, n = self._update(snap, todo, self.model.k, warm=False)
-            new = self._publish(upd, "fast", snap)
+            new = self._publish(upd, "fast", snap, expect)
             if new is None:
                 secs = time.perf_counter() - t0
                 return CycleReport("fast", 0, n, secs, None, skipped="refused")

@@ -7,8 +7,10 @@ path alike. The leader publishes a version in this order:
 
 1. write the version folder ``state/index/vNNNNNNNN`` (stage 2's verified format) to the
    state folder every replica shares (a shared file system);
-2. move the version pointer in Redis (``publish(version, "index/vNNNNNNNN", fence=lock)``:
-   atomic, never backwards, refused once the lock is lost);
+2. move the version pointer in Redis (``publish(version, "index/vNNNNNNNN", fence=lock,
+   expect=v0)``: atomic, never backwards, refused once the lock is lost, and refused when
+   the pointer no longer names ``v0``, the version it named when the cycle began: another
+   leader published meanwhile, so this cycle was built without that version's items);
 3. only when the pointer moved: serve it itself and mark the items clustered in the store.
 
 Followers run a :class:`~ralm.serve.coordination.VersionWatcher` (Redis pub/sub plus a
@@ -130,6 +132,12 @@ class Replication:
         """What the pointer names now."""
         return self.pointer.current()
 
+    def published_version(self) -> int:
+        """The version the pointer names now (0 = none): a leader's cycle reads it before
+        it takes the newest version, and its :meth:`commit` publishes only over it."""
+        pv = self.pointer.current()
+        return 0 if pv is None else pv.version
+
     def path_of(self, pv: PublishedVersion) -> Path:
         """The version folder a pointer names (relative to the shared state folder)."""
         p = Path(pv.location)
@@ -202,14 +210,20 @@ class Replication:
         return None, False
 
     # ---- the leader's publish ------------------------------------------------------------
-    def commit(self, snap: SeedIndex, kind: str, base: int) -> SeedIndex | None:
+    def commit(
+        self, snap: SeedIndex, kind: str, base: int, expect: int | None = None
+    ) -> SeedIndex | None:
         """Leader: write ``snap`` as a version folder, move the pointer (fenced), serve it.
 
         The version is raised past the pointer's and past every folder on disk (a deposed
         leader may have left an unpublished one). Returns the published index, or None
-        when this replica is not (or no longer) the leader, or when the served version
-        moved past ``base`` (the version ``snap`` was built on) meanwhile: then nothing
-        is published and the caller must not mark items clustered.
+        when this replica is not (or no longer) the leader, when the served version moved
+        past ``base`` (the version ``snap`` was built on) meanwhile, or when the pointer no
+        longer names ``expect`` (what it named when the cycle began; checked again inside
+        the publish script): another leader published while this cycle ran (this replica
+        lost the lock and took it back before its watcher took that version), and ``snap``
+        lacks what that version added. Then nothing is published and the caller must not
+        mark items clustered; the next cycle builds on the newer version.
         """
         assert self.holder is not None
         if not self.is_leader():
@@ -220,6 +234,11 @@ class Replication:
                             self.holder.version)  # fmt: skip
                 return None
             cur = self.pointer.current()
+            now = cur.version if cur is not None else 0
+            if expect is not None and now != expect:
+                log.warning("%s cycle began at published version %d, now %d: redone", kind,
+                            expect, now)  # fmt: skip
+                return None
             floor = max(cur.version if cur is not None else 0, _newest_on_disk(self.index_dir))
             if snap.version <= floor:
                 snap = snap.with_version(floor + 1)
@@ -227,9 +246,9 @@ class Replication:
                 snap = snap.with_version(snap.version + 1)
             path = save_snapshot(snap, self.index_dir, prev=self.saved_dir)
             location = path.relative_to(self.state_dir).as_posix()
-            if not self.pointer.publish(snap.version, location, fence=self.lock):
+            if not self.pointer.publish(snap.version, location, fence=self.lock, expect=expect):
                 log.warning(
-                    "%s publish of version %d refused (leadership lost or pointer newer)",
+                    "%s publish of version %d refused (leadership lost or pointer moved)",
                     kind,
                     snap.version,
                 )

@@ -138,6 +138,7 @@ class RalmService(ServiceState):
                 leads=rep.is_leader,
                 before_cycle=self._leader_sync,
                 commit=rep.commit,
+                published_version=rep.published_version,
                 backend=make_backend(config),
             )
         self.batcher: MicroBatcher[ScoreRequest, RecommendResult] = MicroBatcher(

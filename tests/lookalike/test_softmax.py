@@ -91,7 +91,10 @@ def test_softmax_training_learns_and_stays_calibrated(
     toy: EncodedDataset, universal, lookup
 ) -> None:
     cfg = LookalikeConfig(m=M, h=8, k=3)
-    tc = FAST.model_copy(update={"loss": "softmax", "neg_sampling": "log_uniform", "epochs": 3})
+    # the trained head fits the training click share (1 : neg_ratio); 4 = VALID's share
+    tc = FAST.model_copy(
+        update={"loss": "softmax", "neg_sampling": "log_uniform", "epochs": 3, "neg_ratio": 4}
+    )
     res = train_lookalike(toy, cfg, universal, lookup, train_cfg=tc)
     assert res.best_val_auc > 0.7  # planted groups separated
     last = res.history[-1]
@@ -168,7 +171,8 @@ def test_logq_switch_changes_only_the_correction(toy: EncodedDataset, universal,
     assert on is not None and off is not None and np.all(off == 0)
     counts = seed_sets(toy).counts.astype(float)
     pop, neg = counts / counts.sum(), negative_distribution(toy, seed_sets(toy), "log_uniform")
-    want = np.log(np.maximum(64 * (pop / 5 + 4 * neg / 5), 1e-30))
+    r = FAST.neg_ratio  # a click's item, or one of its r sampled negatives
+    want = np.log(np.maximum(64 * (pop / (1 + r) + r * neg / (1 + r)), 1e-30))
     np.testing.assert_allclose(on, want, rtol=1e-12)
     bce = LookalikeStage(toy, cfg, FAST.model_copy(update={"loss": "bce"}), task, opt,
                          universal, lookup, None)  # fmt: skip

@@ -192,7 +192,12 @@ class LookalikeTrainConfig(TrainLoopConfig):
     """
 
     epochs: int = Field(default=10, ge=1, description="Maximum epochs (re-cluster after each).")
-    neg_ratio: int = Field(default=4, ge=1, description="Sampled negatives per positive.")
+    neg_ratio: int = Field(
+        default=1,
+        ge=1,
+        description="Sampled negatives per positive (rows of an epoch: 1 + neg_ratio per "
+        "TRAIN click; with the softmax loss every row's item is also a column).",
+    )
     neg_sampling: Literal["uniform", "popularity", "log_uniform"] = Field(
         default="log_uniform",
         description="Negative item distribution over items with TRAIN seeds ('log_uniform' = "

@@ -9,6 +9,10 @@ waiting for the next poll, or a slow load). A's build then ends. A's version was
 the version before B's, so publishing it would drop B's item (``in_index: false``) or
 put back an older clustering of an item B re-clustered. The publish must be refused: the
 pointer no longer names the version A's cycle started from.
+
+The folder side of the same hand-over: a deposed leader still writing the version number
+its successor chose and published must not replace the successor's folder (every replica
+that loads the pointer's version later would get the deposed leader's older index).
 """
 
 from __future__ import annotations
@@ -211,7 +215,7 @@ def test_a_publish_over_a_version_published_while_the_folder_was_written_is_refu
 ) -> None:
     """The same race inside ``commit``: after its checks, while A writes the version
     folder, B publishes; the pointer script itself must refuse A's publish."""
-    import ralm.serve.replication as replication
+    from ralm.lookalike.seed_index import SeedIndex
 
     state = tmp_path / "shared"
     a, b = _replica(state, redis_url), _replica(state, redis_url)
@@ -221,20 +225,20 @@ def test_a_publish_over_a_version_published_while_the_folder_was_written_is_refu
         v1 = a.reclusterer.run_full().version
         assert v1 is not None and _rep(b).take()
         a.add_clicks([Click(u, "slow", time.time()) for u in group_users(1, 10)])
-        real_save = replication.save_snapshot
+        real_save = SeedIndex.save
         fast: list[CycleReport] = []
         calls: list[int] = []
 
-        def save_while_b_publishes(*args: object, **kw: object) -> Path:
+        def save_while_b_publishes(self: SeedIndex, *args: object, **kw: object) -> object:
             calls.append(1)
             if len(calls) == 1:  # A's save: B leads, publishes, hands the lock back
                 _handover(a, b)
                 b.add_clicks([Click(u, "quick", time.time()) for u in group_users(0, 3)])
                 fast.append(b.reclusterer.run_fast())
                 _give_back(a, b)
-            return real_save(*args, **kw)  # type: ignore[arg-type]
+            return real_save(self, *args, **kw)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(replication, "save_snapshot", save_while_b_publishes)
+        monkeypatch.setattr(SeedIndex, "save", save_while_b_publishes)
         full = a.reclusterer.run_full()
         assert fast and fast[0].version is not None and fast[0].version > v1
         assert full.skipped == "refused" and full.version is None
@@ -245,5 +249,64 @@ def test_a_publish_over_a_version_published_while_the_folder_was_written_is_refu
             assert svc.holder.version == pv.version and svc.item_info("quick")["servable"]
         assert "slow" in [it.item_id for it in a.store.items(changed_only=True)]
     finally:
+        b.close()
+        a.close()
+
+
+def test_a_deposed_leader_still_writing_its_folder_never_replaces_a_published_one(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B's commit chose version n and is slow writing its folder (a pause, a slow shared
+    file system); meanwhile it loses the lock, A leads, chooses n as well (B's folder is
+    still a temporary) and publishes it. B's folder, renamed into place afterwards, must
+    not replace A's: the pointer names A's, and every replica that loads it (a follower
+    waking late, a restart) must get what A serves, not B's version without A's items."""
+    from ralm.lookalike.seed_index import SeedIndex
+
+    state = tmp_path / "shared"
+    a, b = _replica(state, redis_url), _replica(state, redis_url)
+    c: RalmService | None = None
+    try:
+        assert _rep(b).lock.try_acquire()
+        b.add_clicks(background_clicks(items_per_group=1, clickers=10))
+        v1 = b.reclusterer.run_full().version
+        assert v1 is not None and _rep(a).take()
+        real_save = SeedIndex.save
+        in_b, release = threading.Event(), threading.Event()
+        b_thread: list[threading.Thread] = []
+
+        def save(self: SeedIndex, *args: object, **kw: object) -> object:
+            if threading.current_thread() in b_thread:  # B's write: held until A published
+                in_b.set()
+                assert release.wait(60)
+            return real_save(self, *args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(SeedIndex, "save", save)
+        b.add_clicks([Click(u, "early", time.time()) for u in group_users(1, 3)])
+        out: list[CycleReport] = []
+        t = threading.Thread(target=lambda: out.append(b.reclusterer.run_fast()), daemon=True)
+        b_thread.append(t)
+        t.start()
+        assert in_b.wait(60), "B's fast cycle never reached its folder write"
+        _handover(b, a)  # B, paused in its write, loses the lock; A leads
+        a.add_clicks([Click(u, "quick", time.time()) for u in group_users(0, 3)])
+        fast = a.reclusterer.run_fast()  # "early" and "quick"
+        assert fast.n_items == 2 and fast.version is not None and fast.version > v1
+        release.set()
+        t.join(60)
+        assert not t.is_alive() and out[0].skipped == "refused"  # fenced: B lost the lock
+        pv = _rep(a).published()
+        assert pv is not None and pv.version == fast.version == a.holder.version
+        # what the pointer names on disk is what A serves
+        c = _replica(state, redis_url)  # a replica (re)started now restores the pointer's
+        assert c.holder.version == fast.version
+        _rep(b).take()
+        for name, svc in (("a", a), ("b", b), ("c", c)):
+            info = svc.item_info("quick")
+            assert info["in_index"] and info["servable"], (name, svc.holder.version, info)
+            assert svc.item_info("early")["servable"]
+    finally:
+        if c is not None:
+            c.close()
         b.close()
         a.close()

@@ -6,7 +6,8 @@ Every replica serves; exactly one (the holder of the Redis leader lock,
 path alike. The leader publishes a version in this order:
 
 1. write the version folder ``state/index/vNNNNNNNN`` (stage 2's verified format) to the
-   state folder every replica shares (a shared file system);
+   state folder every replica shares (a shared file system), under a name of its own
+   first, then renamed into place without ever replacing an existing folder;
 2. move the version pointer in Redis (``publish(version, "index/vNNNNNNNN", fence=lock,
    expect=v0)``: atomic, never backwards, refused once the lock is lost, and refused when
    the pointer no longer names ``v0``, the version it named when the cycle began: another
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ralm.common.atomic import fsync_dir
 from ralm.errors import CheckpointError, RalmError
 from ralm.lookalike.seed_index import SeedIndex
 from ralm.serve.coordination import (
@@ -42,7 +46,7 @@ from ralm.serve.coordination import (
     VersionWatcher,
 )
 from ralm.serve.index_holder import IndexHolder
-from ralm.serve.snapshot_io import list_versions, load_snapshot, save_snapshot, version_dir
+from ralm.serve.snapshot_io import list_versions, load_snapshot, version_dir
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +246,7 @@ class Replication:
             floor = max(cur.version if cur is not None else 0, _newest_on_disk(self.index_dir))
             if snap.version <= floor:
                 snap = snap.with_version(floor + 1)
-            while version_dir(self.index_dir, snap.version).exists():
-                snap = snap.with_version(snap.version + 1)
-            path = save_snapshot(snap, self.index_dir, prev=self.saved_dir)
+            snap, path = self._write_new(snap, kind)
             location = path.relative_to(self.state_dir).as_posix()
             if not self.pointer.publish(snap.version, location, fence=self.lock, expect=expect):
                 log.warning(
@@ -261,6 +263,36 @@ class Replication:
         if self.on_taken is not None:
             self.on_taken(snap)
         return snap
+
+    def _write_new(self, snap: SeedIndex, kind: str) -> tuple[SeedIndex, Path]:
+        """Write ``snap`` as a NEW version folder (its version raised past any folder on
+        disk); returns it with its folder.
+
+        The folder is written under a name of this replica's own, then renamed to
+        ``vNNNNNNNN`` with ``rename(2)``, which refuses a non-empty target. So a folder is
+        never replaced: a deposed leader still writing the version number its successor
+        chose and published (it was a temporary when the successor looked) must not put
+        its older index under the name the pointer gives every replica. On a clash the
+        version is raised and written again (the chunks are hard-linked).
+        """
+        prev = self.saved_dir if self.saved_dir is not None and self.saved_dir.is_dir() else None
+        while True:
+            while version_dir(self.index_dir, snap.version).exists():
+                snap = snap.with_version(snap.version + 1)
+            final = version_dir(self.index_dir, snap.version)
+            stage = final.with_name(f".{final.name}.tmp-{self.lock.token}")
+            snap.save(stage, prev=prev)
+            try:
+                os.rename(stage, final)
+            except OSError:
+                shutil.rmtree(stage, ignore_errors=True)
+                if not final.exists():
+                    raise
+                log.warning("%s version %d: another replica wrote that folder; raised",
+                            kind, snap.version)  # fmt: skip
+                continue
+            fsync_dir(self.index_dir)
+            return snap, final
 
 
 def _newest_on_disk(root: Path) -> int:

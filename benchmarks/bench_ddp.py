@@ -1,16 +1,22 @@
-"""Stage-1 training throughput under ``torchrun``: 1 process vs N processes (DDP, gloo).
+"""Training throughput under ``torchrun``: 1 process vs N processes (DDP, gloo).
 
 Runs the real command, ``python -m torch.distributed.run --standalone --nproc_per_node P
--m ralm train user ...``, once per process count on the same encoded dataset and the same
-global batch, and prints the samples/s of the training epoch (from the run's
-``config.json`` history: global examples / seconds of rank 0's epoch) and the wall time of
-the whole command (start-up, validation and checkpoints included), with the ratio to the
-one-process run. Every process trains with one intra-op thread, so P processes use P cores.
+-m ralm train user ...`` (``--stage user``) or ``... -m ralm train lookalike ...``
+(``--stage lookalike``, after one short stage-1 run that every process count shares),
+once per process count on the same encoded dataset and the same global batch, and prints
+the samples/s of the training epoch (from the run's ``config.json`` history: global
+examples / seconds of rank 0's epoch) and the wall time of the whole command (start-up,
+validation and checkpoints included), with the ratio to the one-process run. Every
+process trains with one intra-op thread, so P processes use P cores. For stage 2 it also
+prints the clicks (positives) per second and the minutes one epoch over the paper's 7.01M
+TRAIN clicks would take at that rate (an epoch holds ``1 + neg_ratio`` rows per click).
 
 Without ``--data`` a synthetic dataset is written first (``ralm data synth --preset``)::
 
     python benchmarks/bench_ddp.py --preset tiny --procs 1 2 --steps 200
     python benchmarks/bench_ddp.py --data /tmp/ml100k --procs 1 2 --steps 200
+    python benchmarks/bench_ddp.py --stage lookalike --data /tmp/ws --procs 1 2 \
+        --steps 200 --batch-size 128 --neg-ratio 1
 """
 
 from __future__ import annotations
@@ -24,20 +30,33 @@ import tempfile
 import time
 from pathlib import Path
 
+PAPER_TRAIN_CLICKS = 7_014_038  # TRAIN clicks of the paper-scale wechat preset
 
-def run(data: Path, out: Path, procs: int, steps: int, batch: int, dim: int) -> dict:
-    """One ``ralm train user`` epoch of ``steps`` global steps on ``procs`` processes."""
+
+def run(
+    data: Path, out: Path, procs: int, steps: int, batch: int, dim: int,
+    user_model: Path | None = None, neg_ratio: int = 4,
+) -> dict:  # fmt: skip
+    """One ``ralm train user`` epoch (or ``train lookalike`` with ``user_model``) of
+    ``steps`` global steps on ``procs`` processes."""
+    stage = ["user", "--dim", str(dim)]
+    if user_model is not None:
+        stage = ["lookalike", "--user-model", str(user_model), "--neg-ratio", str(neg_ratio)]
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={procs}", "-m", "ralm", "train", "user", "--data", str(data),
+        f"--nproc_per_node={procs}", "-m", "ralm", "train", *stage, "--data", str(data),
         "--out", str(out), "--epochs", "1", "--steps-per-epoch", str(steps),
-        "--batch-size", str(batch), "--dim", str(dim),
+        "--batch-size", str(batch),
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", RALM_NO_PROGRESS="1")
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     wall = time.perf_counter() - t0
-    rec = json.loads((out / "config.json").read_text())["history"][-1]
+    if user_model is None:
+        rec = json.loads((out / "config.json").read_text())["history"][-1]
+    else:  # stage 2 keeps its epochs in history.json
+        rec = json.loads((out / "history.json").read_text())[-1]
+        rec["seconds"] = rec.get("seconds", rec.get("epoch_s", float("nan")))
     return {
         "procs": procs,
         "samples_per_s": round(float(rec["samples_per_s"]), 1),
@@ -54,6 +73,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200, help="Global steps of the timed epoch.")
     p.add_argument("--batch-size", type=int, default=256, help="Global batch (paper: 256).")
     p.add_argument("--dim", type=int, default=128, help="Embedding dimension (paper: 128).")
+    p.add_argument("--stage", choices=["user", "lookalike"], default="user")
+    p.add_argument("--neg-ratio", type=int, default=4, help="Stage 2: negatives per click.")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = a.data
@@ -64,17 +85,36 @@ def main() -> None:
                  "--format", "encoded", "--out", str(data)],
                 check=True, capture_output=True,
             )  # fmt: skip
-        rows = [run(data, Path(tmp) / f"run{n}", n, a.steps, a.batch_size, a.dim) for n in a.procs]
+        user_model = None
+        if a.stage == "lookalike":  # one short stage-1 model shared by every process count
+            user_model = Path(tmp) / "user"
+            subprocess.run(
+                [sys.executable, "-m", "ralm", "train", "user", "--data", str(data),
+                 "--out", str(user_model), "--epochs", "1", "--steps-per-epoch", "50",
+                 "--threads", "1"],
+                check=True, capture_output=True, env=dict(os.environ, RALM_NO_PROGRESS="1"),
+            )  # fmt: skip
+        rows = [
+            run(data, Path(tmp) / f"run{n}", n, a.steps, a.batch_size, a.dim, user_model,
+                a.neg_ratio)
+            for n in a.procs
+        ]  # fmt: skip
     base = rows[0]
     cores = os.cpu_count()
-    print(f"stage 1, {a.steps} steps of global batch {a.batch_size}, dim {a.dim}, {cores} cores")
-    print(f"{'procs':>5} {'samples/s':>10} {'x':>6} {'epoch s':>8} {'wall s':>7}")
+    what = "stage 1" if a.stage == "user" else f"stage 2 (neg_ratio {a.neg_ratio})"
+    print(f"{what}, {a.steps} steps of global batch {a.batch_size}, {cores} cores")
+    extra = f" {'clicks/s':>9} {'paper epoch min':>15}" if a.stage == "lookalike" else ""
+    print(f"{'procs':>5} {'samples/s':>10} {'x':>6} {'epoch s':>8} {'wall s':>7}{extra}")
     for r in rows:
         ratio = r["samples_per_s"] / base["samples_per_s"]
-        print(
+        line = (
             f"{r['procs']:>5} {r['samples_per_s']:>10,.0f} {ratio:>6.2f} {r['epoch_s']:>8.2f} "
             f"{r['wall_s']:>7.1f}"
         )
+        if a.stage == "lookalike":
+            clicks = r["samples_per_s"] / (1 + a.neg_ratio)
+            line += f" {clicks:>9,.0f} {PAPER_TRAIN_CLICKS / clicks / 60:>15.1f}"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,9 @@ def timing_clusters(seeds, k: int, h: int, rng: np.random.Generator):  # type: i
     return SeedClusters(cent, sizes > 0, sizes.astype(np.int64), assign)
 
 
-def run_scale(scale: float, steps: int, repeat: int, k: int, h: int) -> dict[str, float]:
+def run_scale(
+    scale: float, steps: int, repeat: int, k: int, h: int, neg_ratio: int = 4, b: int = 256
+) -> dict[str, float]:
     from ralm.lookalike.config import LookalikeConfig
     from ralm.lookalike.model import LookalikeModel
     from ralm.lookalike.task import LookalikeEpochData, LookalikeTrainTask
@@ -74,11 +76,11 @@ def run_scale(scale: float, steps: int, repeat: int, k: int, h: int) -> dict[str
     clusters = timing_clusters(seeds, k, h, rng)
     seed_emb = np.maximum(rng.normal(size=(seeds.users.size, h)).astype(np.float32), 0.0)
     universal = rng.normal(size=(seeds.n_users, h)).astype(np.float32)  # (U, m = h)
-    b = 256
     n = b * (steps + 5)
-    # one positive in five (neg_ratio 4): a seed row's (user, item), else a random pair
+    # one positive in 1 + neg_ratio: a seed row's (user, item), else a random pair
+    f_pos = 1.0 / (1 + neg_ratio)
     rows = rng.integers(0, seeds.users.size, n)
-    pos = rng.random(n) < 0.2
+    pos = rng.random(n) < f_pos
     users = np.where(pos, seeds.users[rows], rng.integers(0, seeds.n_users, n))
     item_of_row = np.searchsorted(seeds.offsets, rows, side="right") - 1
     items = np.where(pos, item_of_row, rng.integers(0, seeds.n_items, n))
@@ -134,7 +136,7 @@ def run_scale(scale: float, steps: int, repeat: int, k: int, h: int) -> dict[str
             "seen_pairwise_ms": 1e3 * t_old / steps,
         }
         best = {key: min(v, best.get(key, v)) for key, v in got.items()}
-    p = round(0.2 * b)
+    p = round(f_pos * b)
     x, y = torch.randn(b * k, h), torch.randn(h, 2 * p)
     t_mm = float("inf")
     for _ in range(20):
@@ -143,6 +145,7 @@ def run_scale(scale: float, steps: int, repeat: int, k: int, h: int) -> dict[str
         t_mm = min(t_mm, time.perf_counter() - t0)
     out = {
         "scale": scale,
+        "batch": b,
         "threads": torch.get_num_threads(),
         "users": seeds.n_users,
         "items": seeds.n_items,
@@ -150,6 +153,12 @@ def run_scale(scale: float, steps: int, repeat: int, k: int, h: int) -> dict[str
         **{key: round(v, 3) for key, v in best.items()},
         "samples_per_s": round(b / ((best["batch_ms"] + best["step_ms"]) / 1e3)),
         "floor_samples_per_s": round(b / (best["step_ms"] / 1e3)),
+        "neg_ratio": neg_ratio,
+        # an epoch is one pass over the TRAIN clicks: (1 + neg_ratio) rows per click
+        "positives_per_s": round(f_pos * b / ((best["batch_ms"] + best["step_ms"]) / 1e3)),
+        "paper_epoch_min": round(
+            SEED_ROWS / (f_pos * b / ((best["batch_ms"] + best["step_ms"]) / 1e3)) / 60, 1
+        ),
         "matmul_ms": round(1e3 * t_mm, 3),
     }
     return out
@@ -163,10 +172,16 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--h", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=256, help="Rows per step.")
+    ap.add_argument(
+        "--neg-ratios", default="4", help="Comma list of sampled negatives per positive."
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for scale in (float(s) for s in args.scales.split(",")):
-        print(json.dumps(run_scale(scale, args.steps, args.repeat, args.k, args.h)), flush=True)
+        for r in (int(x) for x in args.neg_ratios.split(",")):
+            got = run_scale(scale, args.steps, args.repeat, args.k, args.h, r, args.batch)
+            print(json.dumps(got), flush=True)
 
 
 if __name__ == "__main__":

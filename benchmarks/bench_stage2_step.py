@@ -5,15 +5,18 @@ Not a test. Builds wechat-shaped seed sets (``--scales`` of the preset's 2,984,7
 (random slots, random centroids: the step's work does not depend on their values) and runs
 the real stage-2 step, the default softmax loss: ``LookalikeEpochData.batch`` (targets,
 leave-self-out, the softmax's (B, B) ``seen`` grid, logQ) then ``LookalikeTrainTask``,
-backward and Adam, one thread (``--threads``), batch 256. Printed per scale, each figure
-the best of ``--repeat`` runs interleaved:
+backward and Adam, one thread (``--threads``), batch 256 (``--batch``), one sampled
+negative per click (``--neg-ratios``, the default ``neg_ratio``; a comma list compares
+several). Printed per scale and ratio, each figure the best of ``--repeat`` runs:
 
 * ``batch_ms``: building one batch from the epoch's examples;
 * ``step_ms``: forward + backward + Adam on the built batch (no data-size term: the floor
   of a step that only does the loss's work); ``step_cpu_ms`` the same step's CPU time
   (``time.process_time``, all threads: on a shared host it leaves out the time the
   process waited for a core, so it compares code versions better than the wall time);
-* ``samples_per_s``: both together, and ``floor_samples_per_s`` = 256 / ``step_ms``;
+* ``samples_per_s``: both together, and ``floor_samples_per_s`` = batch / ``step_ms``;
+* ``positives_per_s``: clicks per second (an epoch is one pass over the TRAIN clicks, with
+  ``1 + neg_ratio`` rows each) and ``paper_epoch_min``: 7,014,038 clicks at that rate;
 * ``seen_ms`` / ``seen_pairwise_ms``: the ``seen`` grid now (``SeedSets.seen``, the rows'
   own seed lists against the sorted columns) and as it was built before (``SeedSets.find``
   over all B x B pairs, binary searches into every seed row), on the same batches;
@@ -174,7 +177,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=256, help="Rows per step.")
     ap.add_argument(
-        "--neg-ratios", default="4", help="Comma list of sampled negatives per positive."
+        "--neg-ratios", default="1", help="Comma list of sampled negatives per positive."
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

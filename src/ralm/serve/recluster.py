@@ -20,7 +20,10 @@ re-clusters them properly. One background thread runs both, so publications neve
 With replicas only the leader runs them, and a cycle publishes only while the shared
 pointer still names the version it named when the cycle began (``published_version`` /
 ``commit``): a cycle that ran while another leader published is refused and redone, so it
-never drops what that version added (issue 13).
+never drops what that version added (issue 13). A full cycle refused that way is retried
+soon, on the newest version (at once, then after a doubling back-off; at most
+``FULL_RETRIES`` times in a row, then the regular period): its items would otherwise wait
+a whole period more.
 
 Servable rule: ``n >= min_seeds``, or ``fast_path and n >= fast_path_min_seeds``, with n
 the number of seeds the service could embed.
@@ -29,6 +32,7 @@ the number of seeds the service could embed.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +55,8 @@ log = logging.getLogger(__name__)
 
 MAX_SEEDS_PER_GROUP = 1_000_000  # seeds embedded at once (bounds memory of a cycle)
 FAST_PATH_MAX_ITEMS = 2_000  # items handled by one fast-path tick
+FULL_RETRIES = 3  # full cycles refused in a row (the pointer moved) retried before the period
+FULL_RETRY_DELAY_S = 1.0  # back-off before the 2nd retry (doubled after; the 1st is at once)
 
 
 def min_servable_seeds(config: ServeConfig) -> int:
@@ -223,6 +229,9 @@ class CycleReport:
         skipped: why nothing was published although there may have been work: "follower"
             (another replica re-clusters) or "refused" (the leader lost its lock, or
             another leader published while the cycle ran).
+        moved_to: refused: the version the shared pointer named after the refusal when it
+            moved since the cycle began (another leader published; a full cycle is then
+            retried soon on that version), else None.
     """
 
     kind: str
@@ -231,6 +240,7 @@ class CycleReport:
     seconds: float
     version: int | None
     skipped: str | None = None
+    moved_to: int | None = None
 
 
 class Reclusterer:
@@ -256,6 +266,13 @@ class Reclusterer:
             began): nothing is served and no item is marked clustered.
         published_version: replicas: the version the shared pointer names now; read at the
             start of every cycle (before ``before_cycle``) and handed to ``commit``.
+
+    A full cycle refused because the pointer moved (``CycleReport.moved_to``) is retried by
+    the background thread soon instead of a period later: at once, then after
+    ``full_retry_delay_s``, doubled each time (jittered, at most the period), at most
+    ``full_retries`` times in a row; then the regular period resumes (the items stay
+    pending). The bound keeps two replicas that keep taking the lock from each other from
+    re-clustering back to back forever.
     """
 
     def __init__(
@@ -288,6 +305,10 @@ class Reclusterer:
         self._thread: threading.Thread | None = None
         self.last_full: CycleReport | None = None
         self.last_error: str | None = None
+        self.full_retries = FULL_RETRIES
+        self.full_retry_delay_s = FULL_RETRY_DELAY_S
+        self._refused_in_a_row = 0  # full cycles refused in a row because the pointer moved
+        self.retry_full_at: float | None = None  # time.monotonic() of a scheduled retry
 
     # ---- building (the backend runs the unit of work) -----------------------------------
     def _update(
@@ -349,24 +370,74 @@ class Reclusterer:
         """
         with self._cycle_lock:
             t0 = time.perf_counter()
+            self.retry_full_at = None  # this cycle is the retry (or makes it moot)
             skip, expect = self._begin("full", t0)
             if skip is not None:
+                self._no_retry()
                 return skip
             base = self.holder.current()
             changed = self.store.items(changed_only=True)
             if not changed:
+                self._no_retry()
                 return CycleReport("full", 0, 0, time.perf_counter() - t0, None)
             # the backend may raise: nothing is published and no item is marked clustered
             upd, n_seeds = self.backend.build(self._job(base, changed, None, True))
             new = self._publish(upd, "full", base, expect)
             if new is None:
                 secs = time.perf_counter() - t0
-                return CycleReport("full", 0, n_seeds, secs, None, skipped="refused")
+                now = self.published_version() if self.published_version is not None else None
+                moved = now if expect is not None and now is not None and now != expect else None
+                rep = CycleReport("full", 0, n_seeds, secs, None, "refused", moved)
+                self._schedule_retry(rep, expect, len(changed))
+                return rep
             self.store.mark_clustered({it.item_id: it.changed_seq for it in changed})
             rep = CycleReport("full", len(changed), n_seeds, time.perf_counter() - t0, new.version)
+            if self._refused_in_a_row:
+                log.info("full cycle published version %d after %d refused attempt(s)",
+                         new.version, self._refused_in_a_row)  # fmt: skip
+            self._no_retry()
             self._record(rep)
             self.last_full = rep
             return rep
+
+    def _schedule_retry(self, rep: CycleReport, began_at: int | None, n_items: int) -> None:
+        """After a refused full cycle: schedule a retry soon when the pointer moved (at
+        once, then a doubling jittered back-off), at most ``full_retries`` in a row."""
+        if rep.moved_to is None:  # the lock was lost: the new leader re-clusters the items
+            self._no_retry()
+            return
+        self._refused_in_a_row += 1
+        n, period = self._refused_in_a_row, self.config.recluster_every_s
+        if n > self.full_retries:
+            log.warning(
+                "full cycle refused %d times in a row: another leader published while each "
+                "ran (now version %d); its %d item(s) stay pending until the next full cycle "
+                "in %.0fs",
+                n,
+                rep.moved_to,
+                n_items,
+                period,
+            )
+            self._no_retry()
+            return
+        delay = 0.0 if n == 1 else self.full_retry_delay_s * 2 ** (n - 2)
+        delay = min(period, delay * random.uniform(0.5, 1.0))
+        self.retry_full_at = time.monotonic() + delay
+        log.warning(
+            "full cycle refused: another leader published while it ran (it began at version "
+            "%s, the pointer names %d); its %d item(s) stay pending; retry %d of %d on the "
+            "newest version in %.1fs",
+            began_at,
+            rep.moved_to,
+            n_items,
+            n,
+            self.full_retries,
+            delay,
+        )
+
+    def _no_retry(self) -> None:
+        self._refused_in_a_row = 0
+        self.retry_full_at = None
 
     def run_fast(self) -> CycleReport:
         """Serve not-yet-servable items that reached ``fast_path_min_seeds`` seeds."""
@@ -424,17 +495,22 @@ class Reclusterer:
             self._thread = None
         self.backend.close()
 
+    def _full_due(self, next_full: float) -> float:
+        """When the next full cycle runs: the period's time, or a sooner retry."""
+        retry = self.retry_full_at
+        return next_full if retry is None else min(next_full, retry)
+
     def _loop(self) -> None:
         cfg = self.config
         next_full = time.monotonic() + cfg.recluster_every_s
         while True:
-            wait = next_full - time.monotonic()
+            wait = self._full_due(next_full) - time.monotonic()
             if cfg.fast_path:
                 wait = min(wait, cfg.fast_path_every_s)
             if self._stop.wait(max(0.0, wait)):
                 return
             try:
-                if time.monotonic() >= next_full:
+                if time.monotonic() >= self._full_due(next_full):
                     self.run_full()
                     next_full = time.monotonic() + cfg.recluster_every_s
                 elif cfg.fast_path:

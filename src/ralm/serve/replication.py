@@ -19,7 +19,9 @@ poll) and load each newer version from the folder the pointer names, verified (s
 shapes, finite floats) before it replaces the served one; a version that fails to load is
 logged, reported by ``/healthz`` and retried at the next wake-up, while the last good one
 keeps serving. A follower that becomes leader first takes the pointer's version, so its
-first cycle builds on what the others serve.
+first cycle builds on what the others serve (the service skips a version the store records
+as built by other model weights). A full cycle refused because the pointer moved is
+retried soon, a bounded number of times (:class:`ralm.serve.recluster.Reclusterer`).
 """
 
 from __future__ import annotations

@@ -114,6 +114,7 @@ class RalmService(ServiceState):
         self.candidates = CandidateRetriever.from_config(config) if config.candidates else None
         self._set_index_gauges(self.holder.current())
         self._seen = seen
+        self._foreign_version = 0  # the last published version refused as other weights'
         rep = self.replication
         if rep is None:
             self.reclusterer = Reclusterer(
@@ -136,7 +137,7 @@ class RalmService(ServiceState):
                 self.metrics,
                 on_publish=self._on_publish,
                 leads=rep.is_leader,
-                before_cycle=self._leader_sync,
+                before_cycle=self._leader_take,
                 commit=rep.commit,
                 published_version=rep.published_version,
                 backend=make_backend(config),
@@ -144,6 +145,41 @@ class RalmService(ServiceState):
         self.batcher: MicroBatcher[ScoreRequest, RecommendResult] = MicroBatcher(
             self._score_batch, config.max_batch, config.batch_window_ms, on_batch=self._on_batch
         )
+
+    def _leader_take(self) -> None:
+        """Before a leader's cycle: take the newest published version (``_leader_sync``),
+        unless the store records that very version as published by other model weights.
+
+        Start-up ignores such a version (``_restore_replicated``); without this check the
+        replica would load it anyway at its first cycle as leader and build on centroids
+        of other weights. Refused, the leader builds on what it serves, marks every item
+        for re-clustering (once per refused version: a leader of the other weights may
+        have marked them clustered) and its next publish supersedes that version. Only
+        a record of exactly the pointer's version counts: the publisher records it just
+        after it moves the pointer, so a record of an older version says nothing.
+        """
+        rep = self.replication
+        assert rep is not None
+        pv = rep.published()
+        if pv is not None and pv.version > self.holder.version:
+            meta = self.store.get_meta("index")
+            if (
+                isinstance(meta, dict)
+                and meta.get("version") == pv.version
+                and meta.get("fingerprint") != self.model.fingerprint
+            ):
+                if self._foreign_version != pv.version:
+                    self._foreign_version = pv.version
+                    log.warning(
+                        "leader: published version %d was built by other model weights: not "
+                        "building on it (serving version %d) and re-clustering every item; "
+                        "the next publish supersedes it",
+                        pv.version,
+                        self.holder.version,
+                    )
+                    self.store.mark_all_changed()
+                return
+        self._leader_sync()
 
     def _on_publish(self, snap: SeedIndex, kind: str) -> None:
         if self.candidates is not None:  # retrieval index: changed items only

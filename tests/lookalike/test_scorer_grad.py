@@ -1,10 +1,13 @@
 """The training-path formulas against their previous forms: same values and gradients.
 
-``score_matrix_train`` computes ``w^T G w`` as one bmm per item, ``score_pairs`` the
-norm of E_local itself, the attention's tanh is ``2 sigmoid(2x) - 1``, the masked softmax
-one autograd function and the global pooling a bmm: the same math as the forms below
-(the code before), which round differently. Values and gradients must agree to float
-tolerance, in float64 and float32, and the new forms pass ``torch.autograd.gradcheck``.
+``score_matrix_train``'s local cosine is one autograd function (``local_cos``: the
+softmax shifted per item and unnormalised, ``G w`` one bmm per item, a hand-written
+backward), ``score_pairs`` the norm of E_local itself, the attention's tanh is
+``2 sigmoid(2x) - 1``, the masked softmax one autograd function, the global attention's
+logits ``sigmoid(2 x W_g^T) . 2v`` (its tanh logits shifted by a constant) and the global
+pooling a bmm: the same math as the forms below (the code before), which round
+differently. Values and gradients must agree to float tolerance, in float64 and float32,
+and the new forms pass ``torch.autograd.gradcheck``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ralm.lookalike.attention import GlobalAttention, masked_softmax, tanh
 from ralm.lookalike.scorer_math import (
     combine,
     gram_matrix,
+    local_cos,
     safe_cos,
     score_matrix_train,
     score_pairs,
@@ -211,4 +215,61 @@ def test_new_forms_pass_gradcheck() -> None:
     assert torch.autograd.gradcheck(
         lambda *a: score_pairs(*a[:2], a[2], mask[:n], a[3], log_prior=a[4]),
         (e_u, w_l, cent[:n], gv[:n], lp[:n]),
+    )
+
+
+def _local_inputs(dtype: torch.dtype, n_b: int = 5, n_i: int = 6, k: int = 4, seed: int = 3):  # type: ignore[no-untyped-def]
+    """Random (att, dots) with per-item Gram matrices: a full item, one without seeds, one
+    whose only valid centroid is 0 (``w^T G w = 0``: the clamp), the rest partial."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(n_i, k, generator=g) < 0.6
+    mask[0], mask[1], mask[2] = True, False, False
+    mask[2, 0] = True
+    cent = torch.randn(n_i, k, 3, generator=g, dtype=torch.float64) * mask[..., None]
+    cent[2] = 0.0
+    leaves = {
+        "att": torch.randn(n_b, n_i, k, generator=g, dtype=torch.float64) * 2,
+        "dots": torch.randn(n_b, n_i, k, generator=g, dtype=torch.float64) * (cent != 0).any(-1),
+        "gram": gram_matrix(cent),
+        "u2": torch.rand(n_b, 1, generator=g, dtype=torch.float64) + 0.1,
+        "lp": torch.log1p(torch.rand(n_i, k, generator=g, dtype=torch.float64) * 9) * mask,
+    }
+    return {n: t.to(dtype).requires_grad_() for n, t in leaves.items()}, mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_local_cos_matches_previous_formula(dtype: torch.dtype, with_prior: bool) -> None:
+    leaves, mask = _local_inputs(dtype)
+    att, dots, gram, u2 = (leaves[n] for n in ("att", "dots", "gram", "u2"))
+    lp = leaves["lp"] if with_prior else None
+    if not with_prior:
+        del leaves["lp"]
+    new = local_cos(torch.stack([2.0 * att, dots]), mask, gram, u2, lp)
+    old = old_local_cos(att, dots, mask[None], gram, u2, None if lp is None else lp[None])
+    assert torch.all(new[:, 1] == 0) and torch.all(new[:, 2] == 0)  # no seeds / zero norm
+    _compare(new, old, leaves, TOL[dtype])
+    # a second backward through the same graph (retain_graph) gives the same gradients
+    (a,) = torch.autograd.grad(new.sum(), [att], retain_graph=True)
+    (b,) = torch.autograd.grad(new.sum(), [att])
+    assert torch.equal(a, b)
+
+
+def test_local_cos_passes_gradcheck() -> None:
+    leaves, mask = _local_inputs(torch.float64)
+    mask[2] = False  # gradcheck's steps would cross the clamp at w^T G w = 0
+    att, dots, gram, u2, lp = (leaves[n] for n in ("att", "dots", "gram", "u2", "lp"))
+    fn = lambda a, d, g, u, p: local_cos(torch.stack([2.0 * a, d]), mask, g, u, p)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (att, dots, gram, u2, lp))
+    assert torch.autograd.gradcheck(lambda a, d: fn(a, d, gram, u2, None), (att, dots))
+
+
+def test_global_attention_passes_gradcheck() -> None:
+    torch.manual_seed(0)
+    att = GlobalAttention(4).to(torch.float64)
+    leaves, mask = _inputs(torch.float64, n_i=4, k=3, h=4)
+    cent, lp = leaves["cent"], leaves["lp"]
+    assert torch.autograd.gradcheck(
+        lambda c, p, w, v: torch.func.functional_call(att, {"w_g.weight": w, "v": v}, (c, mask, p)),
+        (cent, lp, att.w_g.weight, att.v),
     )

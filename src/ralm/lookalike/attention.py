@@ -38,12 +38,12 @@ class _Tanh(torch.autograd.Function):
         return torch.ops.aten.tanh_backward(grad, y)  # grad * (1 - y^2), one pass
 
 
-class _TanhInplace(torch.autograd.Function):
-    """:class:`_Tanh` written over its input (a temporary nothing else saved)."""
+class _SigmoidInplace(torch.autograd.Function):
+    """``sigmoid`` written over its input (a temporary nothing else saved)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+        x.sigmoid_()
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         return x
@@ -51,7 +51,7 @@ class _TanhInplace(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (y,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, y)
+        return torch.ops.aten.sigmoid_backward(grad, y)  # grad * y (1 - y), one pass
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
@@ -157,9 +157,15 @@ class GlobalAttention(nn.Module):
     def weights(
         self, centroids: torch.Tensor, mask: torch.Tensor, log_prior: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Attention weight of every centroid, (..., k); 0 on masked slots."""
-        z = self.w_g(centroids)  # (..., k, h), a fresh temporary: tanh over it in place
-        logits = _TanhInplace.apply(z) @ self.v  # (..., k, h) -> (..., k)
+        """Attention weight of every centroid, (..., k); 0 on masked slots.
+
+        ``tanh(x W_g^T) . v = 2 sigmoid(2 x W_g^T) . v - sum(v)`` (see :func:`tanh`): the
+        softmax drops the constant, the 2s go to the (h, h) and (h,) weights, so the
+        (..., k, h) product takes one in-place sigmoid pass (tanh: four). The same weights,
+        rounded differently (tests/lookalike/test_scorer_grad.py).
+        """
+        z = nn.functional.linear(centroids, 2.0 * self.w_g.weight)  # (..., k, h), fresh
+        logits = _SigmoidInplace.apply(z) @ (2.0 * self.v)  # (..., k, h) -> (..., k)
         return masked_softmax(logits, mask, log_prior)
 
     def forward(

@@ -206,3 +206,35 @@ def test_merge_ablation_rows_use_the_tower_they_name(tmp_path):
         assert rows[f"{other}: RALM"]["auc"] == pytest.approx(other_main["auc"])
     a, c = (res[m]["protocols"]["warm"]["runs"]["RALM"][0] for m in ("attention", "concat"))
     assert (a["auc"], a["prec@5"]) != (c["auc"], c["prec@5"])  # the two towers differ
+
+
+def test_attention_ablation_keeps_the_look_alike_weight(tmp_path):
+    """Switched at evaluation time, a single attention term takes both weights: the "local"
+    row equals the alpha/beta row (0, alpha + beta) and "global" the row (alpha + beta, 0),
+    so the ablation compares terms, not a re-weighted audience prior (it used to keep
+    beta = 0.7 for "local" and alpha = 0.3 for "global")."""
+    cfg = ExperimentConfig.model_validate(
+        {
+            **TINY,
+            "seeds": [0],
+            "protocols": ["warm"],
+            "models": ["ralm"],
+            "ablations": {
+                "seeds": [0],
+                "k": [4],
+                "merge": False,
+                "attention": ["both", "local", "global"],
+                "alpha_beta": [[0.3, 0.7], [0.0, 1.0], [1.0, 0.0]],
+                "retrain": False,
+            },
+        }
+    )
+    res = json.loads((run_experiment(cfg, out_dir=tmp_path / "r") / "results.json").read_text())
+    att = {e["label"]: e["runs"][0] for e in res["ablations"]["attention"]}
+    ab = {e["label"]: e["runs"][0] for e in res["ablations"]["alpha_beta"]}
+    for term, label in (("local", "alpha=0.0, beta=1.0"), ("global", "alpha=1.0, beta=0.0")):
+        for metric in ("prec@5", "auc", "ndcg@5"):
+            assert att[term][metric] == pytest.approx(ab[label][metric], abs=1e-12), (term, metric)
+    assert (att["local"]["auc"], att["local"]["prec@5"]) != (
+        att["global"]["auc"], att["global"]["prec@5"]
+    )  # fmt: skip

@@ -4,7 +4,9 @@ Each ablation row is evaluated with the same protocol task and the same metrics 
 main table. Stage-1 towers are shared with the main run (see :class:`RunContext`). With
 ``k_retrain = false`` the k-ablation re-clusters the trained model's seeds with each k at
 evaluation time (cheap); with ``retrain = false`` attention / alpha-beta variants switch the
-score terms of the trained model instead of retraining stage 2. The report says which.
+score terms of the trained model instead of retraining stage 2 (a term switched off gives
+its weight to the other, so the look-alike term keeps its scale against the audience
+prior: "local" = ``(alpha + beta) cos_local``). The report says which.
 """
 
 from __future__ import annotations
@@ -90,8 +92,13 @@ def run_ablations(ctx: RunContext, fitted: dict[tuple[str, int], Any]) -> dict[s
                 m = base
             elif ab.retrain:
                 m = _ralm(ctx, seed, f"RALM {which}", use_local=local, use_global=glob)
-            else:
-                m = base.variant(f"RALM {which}", use_local=local, use_global=glob)
+            else:  # the kept term takes both weights: the look-alike term keeps its
+                # trained scale against the audience prior (alpha + beta)
+                w = ctx.cfg.lookalike.alpha + ctx.cfg.lookalike.beta
+                m = base.variant(
+                    f"RALM {which}", use_local=local, use_global=glob,
+                    **({"beta": w} if local else {"alpha": w}),
+                )  # fmt: skip
             record("attention", which, m, seed, use_local=local, use_global=glob)
         a0, b0 = ctx.cfg.lookalike.alpha, ctx.cfg.lookalike.beta
         for alpha, beta in ab.alpha_beta:

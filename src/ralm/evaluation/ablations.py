@@ -97,7 +97,7 @@ def run_ablations(ctx: RunContext, fitted: dict[tuple[str, int], Any]) -> dict[s
                 w = ctx.cfg.lookalike.alpha + ctx.cfg.lookalike.beta
                 m = base.variant(
                     f"RALM {which}", use_local=local, use_global=glob,
-                    **({"beta": w} if local else {"alpha": w}),
+                    alpha=w if glob else 0.0, beta=w if local else 0.0,
                 )  # fmt: skip
             record("attention", which, m, seed, use_local=local, use_global=glob)
         a0, b0 = ctx.cfg.lookalike.alpha, ctx.cfg.lookalike.beta

@@ -178,6 +178,8 @@ class LookalikeTrainConfig(TrainLoopConfig):
             :class:`ralm.lookalike.task.LookalikeTrainTask`).
         logq: logQ correction of the softmax logits (False = in-batch popularity kept).
         calibrate: "valid" refits scale/bias on VALID after training (post hoc), "none" not.
+        fit_prior: after training, multiply the audience prior's learned weight by the
+            factor (0.5-3) with the best VALID recall@``eval_k`` (full-catalogue ranking).
         calib_weight: weight of the calibration BCE term of the softmax loss.
         monitor: validation metric for early stopping and the best checkpoint: "auc"
             (VALID clicks vs sampled negatives) or "recall" (recall@``eval_k`` of VALID
@@ -221,6 +223,12 @@ class LookalikeTrainConfig(TrainLoopConfig):
         description="'valid' = after training, refit the pCTR scale/bias by BCE on the VALID "
         "examples (Platt scaling, post hoc; the ranking is unchanged); 'none' = keep the "
         "trained ones.",
+    )
+    fit_prior: bool = Field(
+        default=True,
+        description="After training, rescale the audience prior's learned weight gamma by the "
+        "factor (0.5, 0.7, 1, 1.4, 2, 3) with the best VALID recall@eval_k over every item "
+        "(model selection on the reported ranking; 1 unless another wins by 1%).",
     )
     calib_weight: float = Field(
         default=1.0,

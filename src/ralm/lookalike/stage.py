@@ -26,6 +26,7 @@ from ralm.lookalike.config import LookalikeConfig, LookalikeTrainConfig
 from ralm.lookalike.finetune import TowerEncoder
 from ralm.lookalike.item_age import first_click_times
 from ralm.lookalike.model import LookalikeModel
+from ralm.lookalike.prior_fit import fit_prior_weight
 from ralm.lookalike.samples import (
     SeedSets,
     click_keys,
@@ -270,6 +271,22 @@ class LookalikeStage:
                 self.model, index, self.seed_universal, self.ranking, self.tc.eval_k
             )
         return rec
+
+    def fit_prior(self, index: SeedIndex) -> dict[str, Any]:
+        """Rescale the audience prior's weight on VALID's ranking (see
+        :func:`ralm.lookalike.prior_fit.fit_prior_weight`) and re-save the model file when
+        it changed; empty when VALID has no ranking set."""
+        if self.ranking is None:
+            self.ranking = build_ranking_set(
+                self.ds, self.seeds, self.tc.val_max_users, self.tc.seed
+            )
+        if self.ranking is None:
+            return {}
+        got = fit_prior_weight(self.model, index, self.seed_universal, self.ranking, self.tc.eval_k)
+        if got.get("prior_factor", 1.0) != 1.0 and self.out is not None:
+            self.files[ckpt.MODEL_FILE] = ckpt.save_model(self.out, self.model)
+            self._write_config()
+        return got
 
     def calibrate(self) -> dict[str, float]:
         """Post-hoc Platt scaling of the (best) model's pCTR on the VALID examples.

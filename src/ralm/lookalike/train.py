@@ -71,6 +71,9 @@ class LookalikeTrainResult:
             sample after the refit, ``calib_scale``, ``calib_bias``); empty when skipped.
         universal: with ``finetune_user``, float32 (n_users, m) universal embeddings of the
             tuned tower (best epoch) the seed index was built from; None otherwise.
+        prior_fit: the audience-prior weight chosen on VALID's ranking
+            (``prior_factor``, ``gamma_trained``, ``gamma``, ``recall_by_factor``); empty
+            when skipped (``fit_prior`` off, no additive prior, no ranking set).
     """
 
     model: LookalikeModel
@@ -81,6 +84,7 @@ class LookalikeTrainResult:
     best_val_auc: float = float("nan")
     recluster_calls: int = 0
     calibration: dict[str, float] = field(default_factory=dict)
+    prior_fit: dict[str, Any] = field(default_factory=dict)
     universal: np.ndarray | None = None
 
 
@@ -164,6 +168,7 @@ def train_lookalike(
             stage.recluster(None, 0)
         stage.refresh_universal()  # the best epoch's tower (the best clusters' embeddings)
         index = stage.best_seed_index()
+        prior_fit = stage.fit_prior(index) if tc.fit_prior else {}
         calib = stage.calibrate() if tc.calibrate == "valid" else {}
     return LookalikeTrainResult(
         model=model,
@@ -174,5 +179,6 @@ def train_lookalike(
         best_val_auc=float(state.best_record.get("val_auc", float("nan"))),
         recluster_calls=stage.recluster_calls,
         calibration=calib,
+        prior_fit=prior_fit,
         universal=stage.seed_universal if encoder is not None else None,
     )

@@ -26,8 +26,8 @@ def trained(toy: EncodedDataset, universal: np.ndarray):  # type: ignore[no-unty
     def lookup(users: np.ndarray, exclude: np.ndarray) -> np.ndarray:
         return universal[users]
 
-    tc = FAST.model_copy(update={"fit_prior": False})
-    res = train_lookalike(toy, LookalikeConfig(m=M, h=8, k=3), universal, lookup, train_cfg=tc)
+    res = train_lookalike(toy, LookalikeConfig(m=M, h=8, k=3), universal, lookup, train_cfg=FAST)
+    assert res.prior_fit == {}  # off by default
     rs = build_ranking_set(toy, seed_sets(toy), 5000, 0)
     assert rs is not None
     return res, rs
@@ -93,12 +93,14 @@ def test_no_additive_prior_no_fit(trained, universal: np.ndarray) -> None:  # ty
 
 
 def test_train_lookalike_fits_and_saves_the_weight(toy, universal, lookup, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Training with ``fit_prior`` (the default) reports the fit and the saved model file
-    carries the chosen weight."""
+    """Training with ``fit_prior`` reports the fit and the saved model file carries the
+    chosen weight; without it (the default) nothing is fitted."""
     from ralm.lookalike.checkpoint import load_lookalike_model
 
+    assert not FAST.fit_prior
+    tc = FAST.model_copy(update={"fit_prior": True})
     res = train_lookalike(
-        toy, LookalikeConfig(m=M, h=8, k=3), universal, lookup, tmp_path / "lk", train_cfg=FAST
+        toy, LookalikeConfig(m=M, h=8, k=3), universal, lookup, tmp_path / "lk", train_cfg=tc
     )
     fit = res.prior_fit
     assert set(fit) == {"prior_factor", "gamma_trained", "gamma", "recall_by_factor"}

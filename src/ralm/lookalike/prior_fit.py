@@ -3,12 +3,13 @@
 Stage 2 learns ``gamma`` (the weight of ``gamma log(1 + n_seeds)``) through its training
 loss, a sampled softmax with a logQ correction; what is reported is a ranking of the whole
 catalogue, and how much of it should come from audience size differs between data sets
-(measured in docs/LOOKALIKE.md, "Audience-prior weight fitted on VALID"). After training,
+(measured in docs/LOOKALIKE.md, "Audience-prior weight fitted on VALID"; off by default,
+`fit_prior`). After training,
 :func:`fit_prior_weight` scores VALID's ranking set (recall@K of VALID clicks among every
 item with seeds, :func:`ralm.lookalike.validation.ranking_recall`, the metric of the
 model selection) with ``gamma`` multiplied by each factor of a small grid, and keeps the
 best factor, folded into the learned weight (``softplus(prior_weight) = factor *
-gamma``): the checkpoint carries it and every scorer uses it, with no new config field.
+gamma``): the checkpoint carries it and every scorer uses it (no model-config field).
 A factor other than 1 must beat factor 1 by ``min_gain`` (relative), so VALID noise does
 not move a well-trained weight.
 """

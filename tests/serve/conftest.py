@@ -13,6 +13,7 @@ from ralm.serve.service import RalmService
 from ralm.serve.store import Click
 
 from .planted import N_GROUPS, group_users, planted_model
+from .redis_fixture import RedisServer, running_redis
 
 
 def background_clicks(items_per_group: int = 5, clickers: int = 30) -> list[Click]:
@@ -81,3 +82,18 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, l
         torch.set_num_threads(threads)
     groups = [int(g) for g in np.asarray(ds.extra["toy"]["group"])]
     return root / "run", root / "data", groups
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port for the module, stopped by its PID."""
+    yield from running_redis(tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The module's server, emptied for this test."""
+    c = redis_server.client()
+    c.flushdb()
+    c.close()
+    yield redis_server.url

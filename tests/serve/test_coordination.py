@@ -28,12 +28,7 @@ from ralm.serve.coordination import (
     wait_newer,
 )
 
-from .redis_fixture import RedisServer, running_redis
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    yield from running_redis(tmp_path_factory.mktemp("redis"))
+from .redis_fixture import RedisServer
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,20 +32,7 @@ from ralm.serve.store import Click
 
 from .conftest import background_clicks, make_service
 from .planted import group_users
-from .redis_fixture import RedisServer, running_redis
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    yield from running_redis(tmp_path_factory.mktemp("redis"))
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    c = redis_server.client()
-    c.flushdb()
-    c.close()
-    yield redis_server.url
+from .redis_fixture import RedisServer
 
 
 def _replica(state: Path, url: str) -> RalmService:

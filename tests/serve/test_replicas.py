@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +26,8 @@ from ralm.serve.store import Click
 
 from .conftest import background_clicks, make_service
 from .planted import group_users
-from .redis_fixture import RedisServer, running_redis
+from .redis_fixture import RedisServer
 from .server_proc import AUTH, ServerProcess
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    yield from running_redis(tmp_path_factory.mktemp("redis"))
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    c = redis_server.client()
-    c.flushdb()
-    c.close()
-    yield redis_server.url
 
 
 def _until(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:

@@ -20,15 +20,10 @@ from ralm.serve.redis_store import RedisSeedStore
 from ralm.serve.seed_store import Click, SeedStore
 from ralm.serve.store import SQLiteSeedStore
 
-from .redis_fixture import RedisServer, running_redis
+from .redis_fixture import RedisServer
 from .store_contract_ref import Maker, RefStore, check_against
 
 STORES = ["sqlite", "redis"]
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    yield from running_redis(tmp_path_factory.mktemp("redis"))
 
 
 @pytest.fixture(params=STORES)

@@ -20,7 +20,9 @@ several). Printed per scale and ratio, each figure the best of ``--repeat`` runs
 * ``seen_ms`` / ``seen_pairwise_ms``: the ``seen`` grid now (``SeedSets.seen``, the rows'
   own seed lists against the sorted columns) and as it was built before (``SeedSets.find``
   over all B x B pairs, binary searches into every seed row), on the same batches;
-* ``matmul_ms``: the step's largest GEMM alone, ``(B*k, h) @ (h, 2P)`` (P positives).
+* ``matmul_ms``: the step's largest GEMM alone, ``(B*k, h) @ (h, 2P)`` (P positives);
+  ``matmul_bf16_ms`` the same in bfloat16 (``--matmul-dtypes float32,bfloat16`` compares
+  the step in float32 and in mixed precision, ``[lookalike_train] matmul_dtype``).
 
 Run::
 
@@ -68,7 +70,14 @@ def timing_clusters(seeds, k: int, h: int, rng: np.random.Generator):  # type: i
 
 
 def run_scale(
-    scale: float, steps: int, repeat: int, k: int, h: int, neg_ratio: int = 4, b: int = 256
+    scale: float,
+    steps: int,
+    repeat: int,
+    k: int,
+    h: int,
+    neg_ratio: int = 4,
+    b: int = 256,
+    matmul_dtype: str = "float32",
 ) -> dict[str, float]:
     from ralm.lookalike.config import LookalikeConfig
     from ralm.lookalike.model import LookalikeModel
@@ -105,7 +114,7 @@ def run_scale(
     )
     torch.manual_seed(0)
     model = LookalikeModel(LookalikeConfig(m=h, h=h, k=k))
-    task = LookalikeTrainTask(model, loss="softmax")
+    task = LookalikeTrainTask(model, loss="softmax", matmul_dtype=getattr(torch, matmul_dtype))
     opt = torch.optim.Adam(model.param_groups(1e-3), lr=1e-3)
     seeds.seen(users[:b], items[:b])  # the transposed index, built once per run
     seeds.find(users[:1], items[:1])  # the sorted keys, built once per run
@@ -141,11 +150,14 @@ def run_scale(
         best = {key: min(v, best.get(key, v)) for key, v in got.items()}
     p = round(f_pos * b)
     x, y = torch.randn(b * k, h), torch.randn(h, 2 * p)
-    t_mm = float("inf")
+    t_mm = t_mm16 = float("inf")
+    x16, y16 = x.bfloat16(), y.bfloat16()
     for _ in range(20):
         t0 = time.perf_counter()
         torch.mm(x, y)
-        t_mm = min(t_mm, time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        torch.mm(x16, y16)
+        t_mm, t_mm16 = min(t_mm, t1 - t0), min(t_mm16, time.perf_counter() - t1)
     out = {
         "scale": scale,
         "batch": b,
@@ -157,12 +169,14 @@ def run_scale(
         "samples_per_s": round(b / ((best["batch_ms"] + best["step_ms"]) / 1e3)),
         "floor_samples_per_s": round(b / (best["step_ms"] / 1e3)),
         "neg_ratio": neg_ratio,
+        "matmul_dtype": matmul_dtype,
         # an epoch is one pass over the TRAIN clicks: (1 + neg_ratio) rows per click
         "positives_per_s": round(f_pos * b / ((best["batch_ms"] + best["step_ms"]) / 1e3)),
         "paper_epoch_min": round(
             SEED_ROWS / (f_pos * b / ((best["batch_ms"] + best["step_ms"]) / 1e3)) / 60, 1
         ),
         "matmul_ms": round(1e3 * t_mm, 3),
+        "matmul_bf16_ms": round(1e3 * t_mm16, 3),
     }
     return out
 
@@ -179,12 +193,18 @@ def main() -> None:
     ap.add_argument(
         "--neg-ratios", default="1", help="Comma list of sampled negatives per positive."
     )
+    ap.add_argument(
+        "--matmul-dtypes",
+        default="float32",
+        help="Comma list of [lookalike_train] matmul_dtype (float32, bfloat16) to compare.",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for scale in (float(s) for s in args.scales.split(",")):
         for r in (int(x) for x in args.neg_ratios.split(",")):
-            got = run_scale(scale, args.steps, args.repeat, args.k, args.h, r, args.batch)
-            print(json.dumps(got), flush=True)
+            for dt in args.matmul_dtypes.split(","):
+                got = run_scale(scale, args.steps, args.repeat, args.k, args.h, r, args.batch, dt)
+                print(json.dumps(got), flush=True)
 
 
 if __name__ == "__main__":

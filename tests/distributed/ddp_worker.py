@@ -82,11 +82,16 @@ def run_lookalike(
     return res.model, hist
 
 
-def run_trainer(out: Path, epochs: int, resume: bool) -> tuple[nn.Module, list[dict[str, Any]]]:
+def run_trainer(
+    out: Path, epochs: int, resume: bool, nan_at: int = 0
+) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Stage 1's task under the shared Trainer with negatives fixed per example row (no
-    per-rank draws), so 1 and 2 processes must follow the same curve up to rounding."""
+    per-rank draws), so 1 and 2 processes must follow the same curve up to rounding.
+
+    ``nan_at`` > 0: the last rank's loss becomes NaN at its ``nan_at``-th step; the run
+    records the error each rank raised (``error``) instead of a history."""
     from ralm.training import Monitor, Trainer
-    from ralm.training.trainer import LoopState
+    from ralm.training.trainer import LoopState, NonFiniteLossError
     from ralm.user.config import UserModelConfig, UserTrainConfig
     from ralm.user.optim import StageOneOptimizer
     from ralm.user.sampler import LogUniformSampler
@@ -141,10 +146,27 @@ def run_trainer(out: Path, epochs: int, resume: bool) -> tuple[nn.Module, list[d
 
     from ralm.training.distributed import distributed_run
 
+    class NanOnLastRank(nn.Module):
+        def __init__(self, inner: nn.Module, last: bool) -> None:
+            super().__init__()
+            self.inner, self.last, self.calls = inner, last, 0
+
+        def forward(self, batch: Any) -> Any:
+            self.calls += 1
+            loss = self.inner(batch)
+            return loss * float("nan") if self.last and self.calls == nan_at else loss
+
     with distributed_run() as ctx:
         assert ctx.world_size == int(os.environ.get("WORLD_SIZE", "1"))
-        state = Trainer(task, opt, Stage(), tc, Monitor("val"), name="t", dist=ctx).fit()
-    return net, state.history
+        run: nn.Module = NanOnLastRank(task, rank == ctx.world_size - 1) if nan_at else task
+        trainer = Trainer(run, opt, Stage(), tc, Monitor("val"), name="t", dist=ctx)
+        if not nan_at:
+            return net, trainer.fit().history
+        try:
+            trainer.fit()
+        except NonFiniteLossError as e:
+            return net, [{"error": str(e)}]
+    return net, [{"error": None}]
 
 
 def run_softmax_step(
@@ -155,8 +177,8 @@ def run_softmax_step(
     parameter after the backward pass (DDP-averaged), with no optimiser step.
 
     Batch ``odd`` has 45 rows (23 + 22 on 2 ranks); batch ``no_clicks`` puts clicks on
-    even rows only, so rank 1 has none (it still scores, and gets gradients through, the
-    gathered items of rank 0's clicks).
+    even rows only, so rank 1 has none (its items are still columns of rank 0's clicks,
+    and every rank computes every column itself).
     """
     from ralm.lookalike.clustering import cluster_seeds
     from ralm.lookalike.config import LookalikeConfig
@@ -164,7 +186,8 @@ def run_softmax_step(
     from ralm.lookalike.samples import seed_sets, training_examples
     from ralm.lookalike.seed_index import transform_seeds
     from ralm.lookalike.task import LookalikeEpochData, LookalikeTrainTask
-    from ralm.training.distributed import distributed_run, shard_bounds, shard_rows
+    from ralm.training.distributed import distributed_run, shard_rows
+    from ralm.training.trainer import rank_batch
 
     ds, universal = _stage2_data()
     torch.manual_seed(0)
@@ -198,13 +221,12 @@ def run_softmax_step(
                 clusters, emb, seeds, targets, users[rows], items[rows], labels[rows], log_q
             )
             part = data.shard(shard_rows(n, ctx.rank, ctx.world_size), ctx.rank, ctx.world_size)
-            lo, hi = shard_bounds(0, n, ctx.rank, ctx.world_size)
-            batch = part.batch(lo, hi) if ctx.enabled else data.batch(0, n)
+            batch, n_r = rank_batch(part, 0, n, ctx) if ctx.enabled else (data.batch(0, n), n)
             task.zero_grad(set_to_none=True)
             loss = net(batch)
-            (loss * ((hi - lo) * ctx.world_size / n)).backward()  # the Trainer's weighting
-            record[f"loss_{name}"] = ctx.all_sum([float(loss.detach()) * (hi - lo)])[0] / n
-            record[f"clicks_{name}"] = int(batch.labels.sum())
+            (loss * (n_r * ctx.world_size / n)).backward()  # the Trainer's weighting
+            record[f"loss_{name}"] = ctx.all_sum([float(loss.detach()) * n_r])[0] / n
+            record[f"clicks_{name}"] = int(batch.own(batch.labels).sum())
             for k, p in task.named_parameters():
                 assert p.grad is not None, k
                 grads[f"{name}__{k.replace('.', '__')}"] = p.grad.detach().clone()
@@ -219,6 +241,7 @@ RUNS = {
     "lookalike": run_lookalike,
     "lookalike_softmax": functools.partial(run_lookalike, loss="softmax"),
     "trainer": run_trainer,
+    "trainer_nan": functools.partial(run_trainer, nan_at=20),
     "softmax_step": run_softmax_step,
 }
 

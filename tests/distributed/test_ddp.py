@@ -120,6 +120,19 @@ def test_trainer_two_ranks_follow_the_one_process_run(tmp_path: Path) -> None:
     assert one["history"][0]["train_loss"] > one["history"][-1]["train_loss"]
 
 
+def test_a_nan_loss_on_one_rank_stops_every_rank_before_the_update(tmp_path: Path) -> None:
+    """Rank 1's loss turns NaN at its 20th step (epoch 2, step 4 of 16): the loss sum of
+    that step (taken during the backward pass) is NaN on both ranks, both raise the same
+    error and neither applies the step, so the weights stay finite and equal."""
+    two = launch("trainer_nan", tmp_path / "o2", tmp_path / "r2", 3)
+    errors = [r["history"][0]["error"] for r in two]
+    assert errors[0] == errors[1] and errors[0] is not None, errors
+    assert "some rank" in errors[0] and "epoch 2/3, step 4/16" in errors[0], errors[0]
+    assert two[0]["hash"] == two[1]["hash"]
+    for w in two[0]["weights"].values():
+        assert np.isfinite(w).all()
+
+
 def test_user_ddp_same_weights_rank0_checkpoint_curve_and_resume(tmp_path: Path) -> None:
     from ralm.user.checkpoint import load_user_model
 

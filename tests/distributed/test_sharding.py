@@ -79,27 +79,18 @@ def test_user_shards_draw_distinct_deterministic_negatives() -> None:
     assert not np.array_equal(n0, n1)  # ranks draw from distinct streams
 
 
-def test_gather_without_a_process_group_returns_the_rows_unchanged() -> None:
-    import torch
-
-    from ralm.training.distributed import all_gather_array, all_gather_rows
-
-    x = torch.randn(5, 3, requires_grad=True)
-    mask = torch.tensor([True, False, True, True, False])
-    (gx, gm), first = all_gather_rows(x, mask)
-    assert first == 0 and gx is x and gm is mask  # one process: no copy, autograd intact
-    a = np.arange(4)
-    assert np.array_equal(all_gather_array(a), a)
-
-
-def test_softmax_batch_columns_span_the_given_items() -> None:
-    """``make_batch(col_items=...)`` (a DDP rank's batch): ``seen`` is (B, N) over the
-    global batch's items, checked against a naive loop over (user, item) pairs."""
+def test_softmax_shard_builds_the_global_batch_and_marks_its_rows() -> None:
+    """A DDP rank's softmax batch (``shard`` then the Trainer's ``rank_batch``): the global
+    batch's N items are the columns, the rank's rows (``g % world == rank``) are marked,
+    ``seen`` is (B_r, N) against a naive loop over (user, item) pairs, and the two ranks'
+    rows together are the one-process batch."""
     import torch
 
     from ralm.lookalike.clustering import cluster_seeds
     from ralm.lookalike.samples import seed_sets, training_examples
-    from ralm.lookalike.task import make_batch
+    from ralm.lookalike.task import LookalikeEpochData
+    from ralm.training.distributed import DistContext, shard_rows
+    from ralm.training.trainer import rank_batch
 
     ds = make_toy_dataset(n_users=200, n_items=30, clicks_per_user=10, seed=3)
     seeds = seed_sets(ds)
@@ -107,18 +98,35 @@ def test_softmax_batch_columns_span_the_given_items() -> None:
     emb = rng.normal(size=(seeds.users.size, 4)).astype(np.float32)
     cl = cluster_seeds(emb, seeds.offsets, k=2, seed=0)
     users, items, labels = training_examples(ds, seeds, 2, "uniform", rng)
-    rows, cols = np.arange(0, 40, 2), items[np.r_[np.arange(0, 40, 2), np.arange(1, 40, 2)]]
-    target = rng.normal(size=(rows.size, 6)).astype(np.float32)
+    universal = rng.normal(size=(ds.n_users, 6)).astype(np.float32)
     log_q = np.zeros(ds.n_items)
-    b = make_batch(cl, emb, seeds, target, users[rows], items[rows], labels[rows], log_q, cols)
-    assert b.across_ranks and b.seen is not None and tuple(b.seen.shape) == (20, 40)
+    data = LookalikeEpochData(
+        cl, emb, seeds, lambda u, i, y: universal[u], users[:45], items[:45], labels[:45], log_q
+    )
+    one = data.batch(5, 45)  # one process: every row its own
+    assert one.rows is None and len(one) == 40 and one.seen is not None
     it = ds.interactions
     train = (it.split == 0) & (it.label > 0)
     pairs = set(zip(it.user[train].tolist(), it.item[train].tolist(), strict=True))
-    naive = [
-        [(int(users[r]), int(c)) in pairs or int(c) == int(items[r]) for c in cols] for r in rows
-    ]
-    assert torch.equal(b.seen, torch.tensor(naive))
-    local = make_batch(cl, emb, seeds, target, users[rows], items[rows], labels[rows], log_q)
-    assert not local.across_ranks and local.seen is not None
-    assert torch.equal(local.seen, b.seen[:, :20])  # the rank's own columns come first here
+    seen = []
+    for rank in range(2):
+        ctx = DistContext(rank=rank, world_size=2, local_rank=rank)
+        part = data.shard(shard_rows(45, rank, 2), rank, 2)
+        b, n_r = rank_batch(part, 5, 45, ctx)
+        want = np.flatnonzero(np.arange(5, 45) % 2 == rank)
+        assert b.rows is not None and np.array_equal(b.rows.numpy(), want)
+        assert n_r == len(b) == want.size == 20
+        assert torch.equal(b.centroids, one.centroids) and torch.equal(b.labels, one.labels)
+        assert torch.equal(b.target, torch.from_numpy(universal[users[5:45][want]]))
+        assert b.seen is not None and tuple(b.seen.shape) == (20, 40)
+        cols = items[5:45]
+        naive = [
+            [(int(users[5 + r]), int(c)) in pairs or int(c) == int(items[5 + r]) for c in cols]
+            for r in want
+        ]
+        assert torch.equal(b.seen, torch.tensor(naive))
+        seen.append((want, b.seen))
+    rebuilt = torch.zeros_like(one.seen)
+    for want, s in seen:
+        rebuilt[torch.from_numpy(want)] = s
+    assert torch.equal(rebuilt, one.seen)

@@ -155,21 +155,35 @@ class GlobalAttention(nn.Module):
         nn.init.normal_(self.v, std=1.0 / math.sqrt(h))
 
     def weights(
-        self, centroids: torch.Tensor, mask: torch.Tensor, log_prior: torch.Tensor | None = None
+        self,
+        centroids: torch.Tensor,
+        mask: torch.Tensor,
+        log_prior: torch.Tensor | None = None,
+        matmul_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """Attention weight of every centroid, (..., k); 0 on masked slots.
 
         ``tanh(x W_g^T) . v = 2 sigmoid(2 x W_g^T) . v - sum(v)`` (see :func:`tanh`): the
         softmax drops the constant, the 2s go to the (h, h) and (h,) weights, so the
         (..., k, h) product takes one in-place sigmoid pass (tanh: four). The same weights,
-        rounded differently (tests/lookalike/test_scorer_grad.py).
+        rounded differently (tests/lookalike/test_scorer_grad.py). ``matmul_dtype``
+        bfloat16 rounds the product's inputs (mixed-precision training, see
+        :func:`ralm.lookalike.scorer_math.matmul`).
         """
-        z = nn.functional.linear(centroids, 2.0 * self.w_g.weight)  # (..., k, h), fresh
+        w = 2.0 * self.w_g.weight
+        if matmul_dtype == torch.float32 or centroids.dtype != torch.float32:
+            z = nn.functional.linear(centroids, w)  # (..., k, h), fresh
+        else:
+            z = nn.functional.linear(centroids.to(matmul_dtype), w.to(matmul_dtype)).float()
         logits = _SigmoidInplace.apply(z) @ (2.0 * self.v)  # (..., k, h) -> (..., k)
         return masked_softmax(logits, mask, log_prior)
 
     def forward(
-        self, centroids: torch.Tensor, mask: torch.Tensor, log_prior: torch.Tensor | None = None
+        self,
+        centroids: torch.Tensor,
+        mask: torch.Tensor,
+        log_prior: torch.Tensor | None = None,
+        matmul_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
-        g = self.weights(centroids, mask, log_prior)  # (..., k)
+        g = self.weights(centroids, mask, log_prior, matmul_dtype)  # (..., k)
         return (g.unsqueeze(-2) @ centroids).squeeze(-2)  # (..., 1, k) @ (..., k, h) -> (..., h)

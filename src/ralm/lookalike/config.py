@@ -191,6 +191,8 @@ class LookalikeTrainConfig(TrainLoopConfig):
         finetune_user: train the stage-1 user tower through the stage-2 loss (end to end).
         finetune_lr_mult: learning rate of the tower under ``finetune_user``, as a multiple
             of ``lr``.
+        matmul_dtype: input precision of the softmax loss's large products (float32,
+            bfloat16 = mixed precision, auto = bfloat16 where the CPU has it natively).
     """
 
     epochs: int = Field(default=10, ge=1, description="Maximum epochs (re-cluster after each).")
@@ -250,6 +252,14 @@ class LookalikeTrainConfig(TrainLoopConfig):
         default=2.0,
         ge=0.0,
         description="Embed every TRAIN positive once (target excluded) if it fits in this.",
+    )
+    matmul_dtype: Literal["float32", "bfloat16", "auto"] = Field(
+        default="float32",
+        description="Input precision of the softmax loss's two large products (all-pairs "
+        "scores, global attention): 'bfloat16' = mixed-precision training, 2-3x faster "
+        "products on a CPU with native bf16 (AVX512-BF16 / AMX; emulated and slow "
+        "elsewhere, with a warning); 'auto' = bfloat16 where native, else float32. "
+        "Validation, the index and serving stay float32.",
     )
     finetune_user: bool = Field(
         default=False,

@@ -183,10 +183,15 @@ class LookalikeModel(nn.Module):
         return nn.functional.softplus(self.prior_weight)
 
     def item_global(
-        self, centroids: torch.Tensor, mask: torch.Tensor, sizes: torch.Tensor | None = None
+        self,
+        centroids: torch.Tensor,
+        mask: torch.Tensor,
+        sizes: torch.Tensor | None = None,
+        matmul_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
-        """Global-attention vector of every item: (I, k, h), (I, k), (I, k) -> (I, h)."""
-        return self.global_attention(centroids, mask, self.log_prior(sizes))
+        """Global-attention vector of every item: (I, k, h), (I, k), (I, k) -> (I, h).
+        ``matmul_dtype`` bfloat16: mixed-precision training (the index is built in float32)."""
+        return self.global_attention(centroids, mask, self.log_prior(sizes), matmul_dtype)
 
     def prepare_items(
         self,
@@ -278,9 +283,11 @@ class LookalikeModel(nn.Module):
         gram: torch.Tensor | None = None,
         sizes: torch.Tensor | None = None,
         chunk_items: int = 4096,
+        matmul_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """Differentiable scores (B, I): the same terms as :meth:`score` (tested equal),
-        through autograd, for listwise training losses. Serving uses :meth:`score`."""
+        through autograd, for listwise training losses. Serving uses :meth:`score`.
+        ``matmul_dtype`` bfloat16: the all-pairs product in mixed precision (training)."""
         cfg, log_prior = self.config, self.log_prior(sizes)
 
         def term(local: bool | None) -> torch.Tensor:
@@ -291,6 +298,7 @@ class LookalikeModel(nn.Module):
                 use_local=cfg.use_local if both else bool(local),
                 use_global=cfg.use_global if both else not local,
                 gram=gram, log_prior=log_prior, chunk_items=chunk_items,
+                matmul_dtype=matmul_dtype,
             )  # fmt: skip
 
         return self.with_prior(self._combine(term), sizes)  # (B, I)

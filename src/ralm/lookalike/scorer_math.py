@@ -30,6 +30,19 @@ def gram_matrix(centroids: torch.Tensor) -> torch.Tensor:
     return centroids @ centroids.transpose(-1, -2)
 
 
+def matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``a @ b`` with its inputs rounded to ``dtype`` (float32 result, float32 accumulation).
+
+    ``dtype`` bfloat16 is stage 2's mixed-precision training (``[lookalike_train]
+    matmul_dtype``): on a CPU with native bf16 dot products (AVX512-BF16, AMX) oneDNN runs
+    the product 2-3x faster, and through autograd the backward's two products take bf16
+    inputs too; everything around the product stays float32.
+    """
+    if dtype == torch.float32 or a.dtype != torch.float32:
+        return a @ b
+    return (a.to(dtype) @ b.to(dtype)).float()
+
+
 def safe_cos(dot: torch.Tensor, norm2_a: torch.Tensor, norm2_b: torch.Tensor) -> torch.Tensor:
     """Cosine from a dot product and squared norms; 0 when either vector is 0."""
     return dot / torch.sqrt(torch.clamp(norm2_a * norm2_b, min=EPS))
@@ -161,6 +174,7 @@ def score_matrix_train(
     gram: torch.Tensor | None = None,
     log_prior: torch.Tensor | None = None,
     chunk_items: int = 4096,
+    matmul_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Raw scores of every user against every item, (B, I) in [-1, 1], through autograd.
 
@@ -180,6 +194,8 @@ def score_matrix_train(
         gram: optional (I, k, k) precomputed ``C C^T`` (e.g. from a SeedIndex).
         log_prior: optional (I, k) log cluster sizes added to the local-attention logits.
         chunk_items: items scored per chunk (bounds the (B, chunk, k) intermediates).
+        matmul_dtype: input precision of the all-pairs product (:func:`matmul`; bfloat16 =
+            mixed-precision training).
     """
     n_b, h = e_u.shape
     n_i, k, _ = centroids.shape
@@ -197,7 +213,8 @@ def score_matrix_train(
         cl = None
         if q is not None:
             both = torch.cat([2.0 * q, e_u], dim=0)  # (2B, h); 2 q: see local_cos
-            r = (both @ c.reshape(-1, h).T).view(2, n_b, hi - lo, k)  # attention logits, dots
+            r = matmul(both, c.reshape(-1, h).T, matmul_dtype)  # attention logits, dots
+            r = r.view(2, n_b, hi - lo, k)
             gm = gram_matrix(c) if gram is None else gram[lo:hi]  # (Ic, k, k)
             lp = None if log_prior is None else log_prior[lo:hi]  # (Ic, k)
             cl = local_cos(r, mask[lo:hi], gm, u_norm2[:, None], lp)

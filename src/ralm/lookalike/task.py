@@ -31,7 +31,6 @@ from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.samples import SeedSets
 from ralm.lookalike.seed_rows import SeedEmb
 from ralm.lookalike.targets import TargetEmbeddings
-from ralm.training.distributed import all_gather_array, all_gather_rows
 
 
 def leave_self_out(
@@ -78,10 +77,12 @@ class LookalikeBatch:
             softmax loss's logQ correction); None for the BCE loss.
         seen: bool (B, N) ``seen[r, c]``: row r's user is a seed of column c's item, or
             the row and the column hold the same item (masked off-diagonal in the softmax);
-            None for BCE. The columns are the batch's rows (N = B), or, with
-            ``across_ranks``, every rank's rows of the global batch in rank order.
-        across_ranks: the softmax's columns are the items of every rank's rows (DDP): the
-            loss all-gathers them (``ralm.training.distributed.all_gather_rows``).
+            None for BCE. The columns are the batch's rows (N = B).
+        rows: int64 (B_r,) under data-parallel training (DDP, the softmax loss): the
+            batch holds the whole global batch (``centroids``, ``mask``, ``sizes``,
+            ``labels``, ``log_q`` have N rows, the softmax's columns) and this rank's rows
+            are these positions in it (``target`` and ``seen`` hold only them: (B_r, m),
+            (B_r, N)); None = every row is this process's.
         users: int64 (B,) the examples' users, and ``exclude`` int64 (B,) the item removed
             from each one's history (-1 = none): set when the user tower is fine-tuned
             (the task then embeds the targets itself, ``target`` is not used).
@@ -94,12 +95,17 @@ class LookalikeBatch:
     labels: torch.Tensor
     log_q: torch.Tensor | None = None
     seen: torch.Tensor | None = None
-    across_ranks: bool = False
+    rows: torch.Tensor | None = None
     users: np.ndarray | None = None
     exclude: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        """This process's rows (the rank's share of a global batch under DDP)."""
+        return int(self.labels.shape[0] if self.rows is None else self.rows.shape[0])
+
+    def own(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``'s rows of this process: ``x[rows]``, or ``x`` itself outside DDP."""
+        return x if self.rows is None else x[self.rows]
 
 
 class LookalikeTrainTask(nn.Module):
@@ -112,6 +118,9 @@ class LookalikeTrainTask(nn.Module):
         user_encoder: the fine-tuned user tower (``finetune_user``,
             :class:`ralm.lookalike.finetune.TowerEncoder`) embedding each batch's targets
             in the graph; None = the batch's fixed ``target`` embeddings.
+        matmul_dtype: input precision of the softmax loss's two large products (the
+            all-pairs scores and the global attention); bfloat16 = mixed precision
+            (``[lookalike_train] matmul_dtype``, :func:`ralm.lookalike.scorer_math.matmul`).
     """
 
     def __init__(
@@ -120,6 +129,7 @@ class LookalikeTrainTask(nn.Module):
         loss: str = "bce",
         calib_weight: float = 1.0,
         user_encoder: nn.Module | None = None,
+        matmul_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         if loss not in ("bce", "softmax"):
@@ -128,6 +138,7 @@ class LookalikeTrainTask(nn.Module):
         self.user_encoder = user_encoder
         self.loss = loss
         self.calib_weight = calib_weight
+        self.matmul_dtype = matmul_dtype
         # an ablated attention term leaves its parameters out of the graph: DDP must look
         # for unused parameters then (read by ralm.training.Trainer)
         cfg = model.config
@@ -157,30 +168,45 @@ class LookalikeTrainTask(nn.Module):
         return self.softmax_loss(batch)
 
     def softmax_loss(self, batch: LookalikeBatch) -> torch.Tensor:
-        """Sampled softmax of every click over the batch's items + calibration BCE."""
+        """Sampled softmax of every click over the batch's items + calibration BCE.
+
+        Under DDP the batch is the whole global batch (its items are the columns) and this
+        rank scores its own clicks (``batch.rows``) against all of them: every rank
+        computes the columns' global vectors itself (no all-gather, no gradient sent between
+        ranks), and DDP's average of the ranks' gradients is the one-process gradient.
+        """
         if batch.log_q is None or batch.seen is None:
             raise ValueError("the softmax loss needs batches with log_q and seen")
         m = self.model
-        e_u = m.transform(self.target(batch))  # (B, h)
-        gv = m.item_global(batch.centroids, batch.mask, batch.sizes)  # (B, h)
-        cols = [gv, batch.centroids, batch.mask, batch.sizes, batch.log_q, batch.labels]
-        first = 0  # under DDP: every rank's items, this rank's rows from column `first`
-        if batch.across_ranks:
-            cols, first = all_gather_rows(*cols)  # (N, ...), gradient back to each rank
-        gv_c, cent_c, mask_c, sizes_c, log_q_c, labels_c = cols
-        pos = torch.nonzero(batch.labels > 0).squeeze(1)  # (P,)
-        s = m.score_train(e_u[pos], cent_c, mask_c, gv_c, sizes=sizes_c)  # (P, N)
-        logits = m.inv_temperature * s - log_q_c[None, :]  # (P, N)
-        off = batch.seen[pos].clone()  # (P, N)
-        off[torch.arange(pos.numel()), first + pos] = False  # the clicked column itself stays
+        e_u = m.transform(self.target(batch))  # (B_r, h)
+        gv = m.item_global(batch.centroids, batch.mask, batch.sizes, self.matmul_dtype)  # (N, h)
+        labels = batch.labels  # (N,)
+        mine = torch.arange(labels.numel()) if batch.rows is None else batch.rows  # (B_r,)
+        click = labels[mine] > 0  # (B_r,)
+        pos = mine[click]  # (P_r,) columns of this process's clicks
+        s = m.score_train(
+            e_u[click],
+            batch.centroids,
+            batch.mask,
+            gv,
+            sizes=batch.sizes,
+            matmul_dtype=self.matmul_dtype,
+        )  # (P_r, N)  fmt: skip
+        logits = m.inv_temperature * s - batch.log_q[None, :]  # (P_r, N)
+        off = batch.seen[click].clone()  # (P_r, N)
+        off[torch.arange(pos.numel()), pos] = False  # the clicked column itself stays
         logits = logits.masked_fill(off, float("-inf"))
-        sm = F.cross_entropy(logits, first + pos) if pos.numel() else logits.sum() * 0.0
-        if batch.across_ranks:  # the Trainer weighs a rank by its rows: mean over all clicks
-            n_pos = max(int((labels_c > 0).sum()), 1)
-            sm = sm * (pos.numel() / n_pos) * (labels_c.numel() / len(batch))
+        sm = F.cross_entropy(logits, pos) if pos.numel() else logits.sum() * 0.0
+        if batch.rows is not None:  # the Trainer weighs a rank by its rows: mean over all clicks
+            n_pos = max(int((labels > 0).sum()), 1)
+            sm = sm * (pos.numel() / n_pos) * (labels.numel() / mine.numel())
         # calibration: pCTR = sigmoid(scale s + bias) by BCE on the detached pair scores
-        diag = m.score_pairs(e_u, batch.centroids, batch.mask, gv, sizes=batch.sizes)  # (B,)
-        calib = F.binary_cross_entropy_with_logits(m.logit(diag.detach()), batch.labels)
+        with torch.no_grad():  # (B_r,)
+            diag = m.score_pairs(
+                e_u, batch.own(batch.centroids), batch.own(batch.mask), batch.own(gv),
+                sizes=batch.own(batch.sizes),
+            )  # fmt: skip
+        calib = F.binary_cross_entropy_with_logits(m.logit(diag), labels[mine])
         return sm + self.calib_weight * calib
 
 
@@ -193,23 +219,25 @@ def make_batch(
     items: np.ndarray,
     labels: np.ndarray,
     item_log_q: np.ndarray | None = None,
-    col_items: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
     with_users: bool = False,
 ) -> LookalikeBatch:
     """A :class:`LookalikeBatch` from examples and their target embeddings (B, m).
 
     ``item_log_q`` (n_items,) (log expected copies of each item per batch) makes a batch
-    for the softmax loss (``log_q`` and ``seen`` filled). ``col_items`` (N,): the items of
-    every rank's rows of the global batch in rank order (DDP; ``across_ranks`` set).
-    ``with_users`` fills ``users`` and ``exclude`` (positives exclude their item) for a
-    fine-tuned user tower.
+    for the softmax loss (``log_q`` and ``seen`` filled). ``rows`` (B_r,): this rank's
+    positions among the examples, which are the whole global batch (DDP, softmax loss):
+    ``target`` then holds only those rows, and ``seen`` is (B_r, N). ``with_users`` fills
+    ``users`` and ``exclude`` (positives exclude their item) for a fine-tuned user tower.
     """
+    if with_users and rows is not None:
+        raise ValueError("a fine-tuned user tower is not trained data-parallel (rows given)")
     cent, mask, sizes = leave_self_out(clusters, seed_emb, seeds, users, items)
     log_q = seen = None
     if item_log_q is not None:
-        cols = items if col_items is None else col_items
-        same = items[:, None] == cols[None, :]  # (B, N)
-        seen = torch.from_numpy(seeds.seen(users, cols) | same)  # (B, N)
+        ru, ri = (users, items) if rows is None else (users[rows], items[rows])
+        same = ri[:, None] == items[None, :]  # (B_r, N)
+        seen = torch.from_numpy(seeds.seen(ru, items) | same)  # (B_r, N)
         log_q = torch.from_numpy(np.asarray(item_log_q[items], dtype=np.float32))
     return LookalikeBatch(
         target=torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)),
@@ -219,7 +247,7 @@ def make_batch(
         labels=torch.from_numpy(np.asarray(labels, dtype=np.float32)),
         log_q=log_q,
         seen=seen,
-        across_ranks=col_items is not None,
+        rows=None if rows is None else torch.from_numpy(np.asarray(rows, np.int64)),
         users=np.asarray(users, np.int64) if with_users else None,
         exclude=np.where(np.asarray(labels) > 0, items, -1).astype(np.int64)
         if with_users
@@ -257,28 +285,48 @@ class LookalikeEpochData:
         self.clusters, self.seed_emb, self.seeds, self.targets = clusters, seed_emb, seeds, targets
         self.users, self.items, self.labels = users, items, labels
         self.item_log_q = item_log_q
-        self.sharded = False  # a rank's rows (shard): the softmax spans every rank's items
         self.with_users = with_users
+        # data-parallel softmax (shard()): batch() takes the global bounds and builds the
+        # whole global batch (the softmax's columns), this rank's rows marked in it
+        self.global_batches = False
+        self.rank, self.world = 0, 1
 
     def __len__(self) -> int:
         return int(self.users.size)
 
     def batch(self, lo: int, hi: int) -> LookalikeBatch:
+        """Examples ``lo:hi``; with ``global_batches`` the global batch ``lo:hi`` of the
+        epoch, this rank's rows (global row ``g`` is rank ``g % world``'s) marked in it."""
         u, i, y = self.users[lo:hi], self.items[lo:hi], self.labels[lo:hi]
+        mine = None
+        if self.global_batches:
+            mine = np.flatnonzero(np.arange(lo, hi) % self.world == self.rank)
+        ru, ri, ry = (u, i, y) if mine is None else (u[mine], i[mine], y[mine])
         # with a fine-tuned tower the task embeds the targets itself: (B, 0) placeholder
-        tu = np.zeros((u.size, 0), np.float32) if self.with_users else self.targets(u, i, y)
-        cols = all_gather_array(i) if self.sharded and self.item_log_q is not None else None
+        tu = np.zeros((ru.size, 0), np.float32) if self.with_users else self.targets(ru, ri, ry)
         return make_batch(
             self.clusters, self.seed_emb, self.seeds, tu, u, i, y,
-            item_log_q=self.item_log_q, col_items=cols, with_users=self.with_users,
+            item_log_q=self.item_log_q, rows=mine, with_users=self.with_users,
         )  # fmt: skip
 
     def shard(self, rows: np.ndarray, rank: int, world: int) -> LookalikeEpochData:
-        """Rank ``rank``'s rows of the epoch (data-parallel training; no random draws)."""
-        part = LookalikeEpochData(
+        """Rank ``rank``'s share of the epoch (data-parallel training; no random draws).
+
+        The pointwise (BCE) loss needs only the rank's rows ``rows`` (``rank::world``).
+        The softmax loss scores each click against every item of the global batch: the
+        shard keeps the whole epoch and sets ``global_batches``, so the Trainer passes the
+        global bounds and every rank builds the global batch's columns itself.
+        """
+        if self.item_log_q is not None and world > 1:
+            part = LookalikeEpochData(
+                self.clusters, self.seed_emb, self.seeds, self.targets,
+                self.users, self.items, self.labels,
+                item_log_q=self.item_log_q, with_users=self.with_users,
+            )  # fmt: skip
+            part.global_batches, part.rank, part.world = True, rank, world
+            return part
+        return LookalikeEpochData(
             self.clusters, self.seed_emb, self.seeds, self.targets,
             self.users[rows], self.items[rows], self.labels[rows],
             item_log_q=self.item_log_q, with_users=self.with_users,
         )  # fmt: skip
-        part.sharded = world > 1
-        return part

@@ -139,7 +139,11 @@ def train_lookalike(
         if encoder is not None and dist.enabled:
             raise ConfigError("finetune_user is not supported under torchrun (one process)")
         task = LookalikeTrainTask(
-            model, loss=tc.loss, calib_weight=tc.calib_weight, user_encoder=encoder
+            model,
+            loss=tc.loss,
+            calib_weight=tc.calib_weight,
+            user_encoder=encoder,
+            matmul_dtype=resolve_matmul_dtype(tc.matmul_dtype),
         )
         groups = model.param_groups(tc.lr)
         if encoder is not None:
@@ -182,3 +186,30 @@ def train_lookalike(
         prior_fit=prior_fit,
         universal=stage.seed_universal if encoder is not None else None,
     )
+
+
+def native_bf16() -> bool:
+    """Whether this CPU runs bfloat16 products natively (oneDNN: AVX512-BF16 or AMX)."""
+    try:
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):  # a torch build without the probe
+        return False
+
+
+def resolve_matmul_dtype(name: str) -> torch.dtype:
+    """``[lookalike_train] matmul_dtype`` as a torch dtype: "auto" is bfloat16 where the CPU
+    has it natively, else float32; "bfloat16" without native support warns (it runs, through
+    an emulation slower than float32)."""
+    if name == "float32":
+        return torch.float32
+    native = native_bf16()
+    if name == "auto":
+        return torch.bfloat16 if native else torch.float32
+    if not native:
+        log.warning(
+            "matmul_dtype bfloat16: this CPU has no native bf16 dot products (AVX512-BF16 / "
+            "AMX); the products are emulated and slower than float32"
+        )
+    return torch.bfloat16

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -85,6 +85,20 @@ class DistContext:
         t = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return [float(v) for v in t.tolist()]
+
+    def all_sum_async(self, values: list[float]) -> Callable[[], list[float]]:
+        """Start :meth:`all_sum` without waiting: returns the function that waits and gives
+        the sums, so the collective runs while this rank computes (the backward pass)."""
+        if not self.enabled:
+            return lambda: list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        work = dist.all_reduce(t, op=dist.ReduceOp.SUM, async_op=True)
+
+        def wait() -> list[float]:
+            work.wait()
+            return [float(v) for v in t.tolist()]
+
+        return wait
 
 
 SINGLE = DistContext()
@@ -196,68 +210,3 @@ def shard_bounds(lo: int, hi: int, rank: int, world: int) -> tuple[int, int]:
         return max(0, -(-(x - rank) // world))
 
     return count(lo), count(hi)
-
-
-class _GatherRows(torch.autograd.Function):
-    """All-gather of equal-size (padded) row blocks whose backward sends every rank the sum
-    over the ranks of the gradients of its own rows (``all_reduce``: gloo and NCCL alike)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, width: int) -> torch.Tensor:
-        world, rank = dist.get_world_size(), dist.get_rank()
-        pad = x.new_zeros((width, *x.shape[1:]))  # (width, ...)
-        pad[: x.shape[0]] = x
-        parts = [torch.empty_like(pad) for _ in range(world)]
-        dist.all_gather(parts, pad)
-        ctx.rank, ctx.rows = rank, int(x.shape[0])
-        return torch.stack(parts)  # (world, width, ...)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        total = grad.contiguous().clone()  # (world, width, ...)
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)  # d(sum of every rank's loss) / d rows
-        return total[ctx.rank, : ctx.rows], None
-
-
-def all_gather_rows(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], int]:
-    """Every rank's rows of each tensor, concatenated in rank order, with gradient.
-
-    The tensors of one call share their first dimension (this rank's ``n_r`` rows; ranks
-    may hold different counts). The result of each is ``(N, ...)``, ``N = sum n_r``: rank
-    0's rows, then rank 1's, ... A tensor that requires grad keeps it: the gradient of every
-    rank's loss with respect to this rank's rows flows back to them (summed over the ranks),
-    so a loss that scores this rank's rows against all the gathered rows (the listwise
-    stage-2 softmax under DDP) gets the gradient of the one-process loss. Every rank must
-    call it with the same number of tensors of the same dtypes, and run the backward pass.
-    Without a process group (one process) the tensors are returned unchanged.
-
-    Args:
-        tensors: (n_r, ...) tensors of this rank (float ones may require grad).
-
-    Returns:
-        ``(gathered, first)``: the ``(N, ...)`` tensors and the row of this rank's first row
-        in them.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(tensors), 0
-    rank = dist.get_rank()
-    n = torch.tensor([tensors[0].shape[0]], dtype=torch.int64, device=tensors[0].device)
-    counts = [torch.empty_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, n)
-    sizes = [int(c) for c in counts]
-    width = max(sizes)
-    out = []
-    for t in tensors:
-        if t.shape[0] != sizes[rank]:
-            raise ValueError(f"all_gather_rows: {t.shape[0]} rows, expected {sizes[rank]}")
-        wire = t.to(torch.uint8) if t.dtype == torch.bool else t  # gloo has no bool
-        blocks = _GatherRows.apply(wire, width)  # (world, width, ...)
-        rows = torch.cat([blocks[q, :s] for q, s in enumerate(sizes)])  # (N, ...)
-        out.append(rows.to(torch.bool) if t.dtype == torch.bool else rows)
-    return out, sum(sizes[:rank])
-
-
-def all_gather_array(a: np.ndarray) -> np.ndarray:
-    """Every rank's rows of a numpy array in rank order (:func:`all_gather_rows`, no grad)."""
-    (rows,), _ = all_gather_rows(torch.from_numpy(np.ascontiguousarray(a)))
-    return rows.numpy()

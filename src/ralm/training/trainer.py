@@ -87,7 +87,9 @@ class ShardableEpochData(EpochData, Protocol):
         """The examples ``rows`` (int64, increasing) of this epoch, for rank ``rank``.
 
         Random draws made while batching (stage 1's negatives) must come from a stream of
-        the rank's own (distinct per rank, deterministic per seed and epoch).
+        the rank's own (distinct per rank, deterministic per seed and epoch). A shard
+        whose ``global_batches`` attribute is True is batched with the global bounds
+        instead and marks the rank's rows itself (:func:`rank_batch`).
         """
         ...
 
@@ -207,6 +209,19 @@ def train_step(task: nn.Module, optimizer: Optimizer, batch: Any) -> float:
     loss.backward()
     optimizer.step()
     return value
+
+
+def rank_batch(data: EpochData, lo: int, hi: int, ctx: DistContext) -> tuple[Any, int]:
+    """This rank's batch of global rows ``[lo, hi)`` and its number of rows (``rank::world``).
+
+    A shard batches its local slice (:func:`shard_bounds`), or, when it sets
+    ``global_batches`` (a listwise loss whose columns are the whole global batch, stage 2's
+    softmax), the global bounds: it then builds the global batch and marks its own rows.
+    """
+    llo, lhi = shard_bounds(lo, hi, ctx.rank, ctx.world_size)
+    if getattr(data, "global_batches", False):
+        return data.batch(lo, hi), lhi - llo
+    return data.batch(llo, lhi), lhi - llo
 
 
 def snapshot(module: nn.Module) -> State:
@@ -347,21 +362,21 @@ class Trainer:
         Distributed, each rank computes the mean loss of its ``n_r >= 1`` rows, scaled by
         ``n_r * world / (hi - lo)`` (1 except in an uneven last batch): DDP averages the
         gradients over the ranks, so the update is exactly that of the global batch's mean
-        loss. The losses are summed over the
-        ranks before the backward pass, so a NaN on any rank stops every rank.
+        loss. The losses are summed over the ranks during the backward pass and checked
+        before the optimiser step, so a NaN on any rank stops every rank.
         """
         ctx = self.dist
         if not ctx.enabled:
             return train_step(self.model, self.optimizer, data.batch(lo, hi)), hi - lo
-        llo, lhi = shard_bounds(lo, hi, ctx.rank, ctx.world_size)
-        n_local = lhi - llo
-        loss = self.model(data.batch(llo, lhi))
-        value = float(loss.detach())
-        total = ctx.all_sum([value * n_local])[0]
-        if not math.isfinite(total):
-            raise NonFiniteLossError(f"the training loss became {total / (hi - lo)} (some rank)")
+        batch, n_local = rank_batch(data, lo, hi, ctx)
+        loss = self.model(batch)
+        # the global loss is summed while this rank runs its backward pass (no extra wait)
+        pending = ctx.all_sum_async([float(loss.detach()) * n_local])
         self.optimizer.zero_grad(set_to_none=True)
         (loss * (n_local * ctx.world_size / (hi - lo))).backward()
+        total = pending()[0]
+        if not math.isfinite(total):  # every rank sees the same sum: all stop, none steps
+            raise NonFiniteLossError(f"the training loss became {total / (hi - lo)} (some rank)")
         self.optimizer.step()
         return total / (hi - lo), hi - lo
 

@@ -72,7 +72,7 @@ def run_lookalike(
 
     cfg = LookalikeConfig(m=12, h=8, k=3)
     # pointwise BCE: every example's loss depends on its own row only; the listwise
-    # softmax scores each click against the items of every rank's rows (all-gathered):
+    # softmax scores each click against the items of every rank's rows (global batch):
     # either way the 2-process run must equal the 1-process one
     tc = LookalikeTrainConfig(
         epochs=epochs, batch_size=64, seed=0, patience=0, loss=loss, neg_sampling="uniform"

@@ -9,7 +9,7 @@ Measured tolerances (toy data, 3 epochs, global batch 64):
   within 4e-8 relative of one process (checked at rtol 1e-5), weights within 1e-6;
 * stage 2 end to end: per-epoch loss equal to 7 digits, validation AUC equal (checked at
   rtol 1e-4 / atol 1e-4), with the pointwise BCE loss and with the listwise softmax loss
-  (its columns all-gathered over the ranks);
+  (every rank builds the global batch's columns);
 * one listwise stage-2 step: loss and DDP-averaged gradients of the 2 ranks equal to the
   one-process loss and gradients of the full batch (checked at rtol 1e-5);
 * stage 1 end to end: each rank draws its own eq. 3 negatives, so the curve is a different
@@ -177,8 +177,8 @@ def test_lookalike_ddp_matches_one_process_and_resumes(tmp_path: Path) -> None:
 
 
 def test_softmax_step_spans_every_rank_loss_and_gradients(tmp_path: Path) -> None:
-    """One listwise step: each rank scores its clicks against every rank's items
-    (all-gathered with gradient), so loss and gradients are the one-process ones."""
+    """One listwise step: each rank scores its clicks against every item of the global
+    batch (built on every rank), so loss and gradients are the one-process ones."""
     two = launch("softmax_step", tmp_path / "o2", tmp_path / "r2", 1)
     one = single("softmax_step", tmp_path / "o1", tmp_path / "r1", 1)
     assert one["world"] == 1 and [r["world"] for r in two] == [2, 2]

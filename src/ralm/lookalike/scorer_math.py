@@ -31,7 +31,8 @@ def gram_matrix(centroids: torch.Tensor) -> torch.Tensor:
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``a @ b`` with its inputs rounded to ``dtype`` (float32 result, float32 accumulation).
+    """``a @ b`` with its inputs rounded to ``dtype`` (accumulated in float32, the result
+    rounded to ``dtype`` once and returned as float32).
 
     ``dtype`` bfloat16 is stage 2's mixed-precision training (``[lookalike_train]
     matmul_dtype``): on a CPU with native bf16 dot products (AVX512-BF16, AMX) oneDNN runs

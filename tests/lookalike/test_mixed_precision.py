@@ -2,9 +2,10 @@
 
 bfloat16 rounds the inputs of the two large products of the softmax loss (the all-pairs
 scores and the global attention) to 8 significant bits, accumulates in float32, rounds the
-result to bfloat16 once and keeps everything else in float32. Checked against the float32 forms: the values move by about
-bfloat16's rounding (not more, not zero), the gradients point the same way, and training
-with it learns the planted groups as float32 training does.
+result to bfloat16 once and keeps everything else in float32. Checked against the float32
+forms: the values move by about bfloat16's rounding (not more, not zero), the gradients
+point the same way, and training with it learns the planted groups as float32 training
+does.
 """
 
 from __future__ import annotations

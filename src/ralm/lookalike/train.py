@@ -205,11 +205,14 @@ def resolve_matmul_dtype(name: str) -> torch.dtype:
     if name == "float32":
         return torch.float32
     native = native_bf16()
-    if name == "auto":
-        return torch.bfloat16 if native else torch.float32
+    if name == "auto" and not native:
+        log.info("stage 2: float32 products (matmul_dtype auto: no native bf16 on this CPU)")
+        return torch.float32
     if not native:
         log.warning(
             "matmul_dtype bfloat16: this CPU has no native bf16 dot products (AVX512-BF16 / "
             "AMX); the products are emulated and slower than float32"
         )
+    else:
+        log.info("stage 2: bfloat16 inputs to the two large products (matmul_dtype %s)", name)
     return torch.bfloat16

@@ -35,13 +35,16 @@ PAPER_TRAIN_CLICKS = 7_014_038  # TRAIN clicks of the paper-scale wechat preset
 
 def run(
     data: Path, out: Path, procs: int, steps: int, batch: int, dim: int,
-    user_model: Path | None = None, neg_ratio: int = 4,
+    user_model: Path | None = None, neg_ratio: int = 4, matmul_dtype: str = "float32",
 ) -> dict:  # fmt: skip
     """One ``ralm train user`` epoch (or ``train lookalike`` with ``user_model``) of
     ``steps`` global steps on ``procs`` processes."""
     stage = ["user", "--dim", str(dim)]
     if user_model is not None:
-        stage = ["lookalike", "--user-model", str(user_model), "--neg-ratio", str(neg_ratio)]
+        stage = [
+            "lookalike", "--user-model", str(user_model), "--neg-ratio", str(neg_ratio),
+            "--matmul-dtype", matmul_dtype,
+        ]  # fmt: skip
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={procs}", "-m", "ralm", "train", *stage, "--data", str(data),
@@ -75,6 +78,12 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=128, help="Embedding dimension (paper: 128).")
     p.add_argument("--stage", choices=["user", "lookalike"], default="user")
     p.add_argument("--neg-ratio", type=int, default=4, help="Stage 2: negatives per click.")
+    p.add_argument(
+        "--matmul-dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "auto"],
+        help="Stage 2: [lookalike_train] matmul_dtype (bfloat16 = mixed-precision products).",
+    )
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = a.data
@@ -96,12 +105,16 @@ def main() -> None:
             )  # fmt: skip
         rows = [
             run(data, Path(tmp) / f"run{n}", n, a.steps, a.batch_size, a.dim, user_model,
-                a.neg_ratio)
+                a.neg_ratio, a.matmul_dtype)
             for n in a.procs
         ]  # fmt: skip
     base = rows[0]
     cores = os.cpu_count()
-    what = "stage 1" if a.stage == "user" else f"stage 2 (neg_ratio {a.neg_ratio})"
+    what = (
+        "stage 1"
+        if a.stage == "user"
+        else f"stage 2 (neg_ratio {a.neg_ratio}, matmul_dtype {a.matmul_dtype})"
+    )
     print(f"{what}, {a.steps} steps of global batch {a.batch_size}, {cores} cores")
     extra = f" {'clicks/s':>9} {'paper epoch min':>15}" if a.stage == "lookalike" else ""
     print(f"{'procs':>5} {'samples/s':>10} {'x':>6} {'epoch s':>8} {'wall s':>7}{extra}")

@@ -191,7 +191,7 @@ class LookalikeTrainTask(nn.Module):
             gv,
             sizes=batch.sizes,
             matmul_dtype=self.matmul_dtype,
-        )  # (P_r, N)  fmt: skip
+        )  # (P_r, N)
         logits = m.inv_temperature * s - batch.log_q[None, :]  # (P_r, N)
         off = batch.seen[click].clone()  # (P_r, N)
         off[torch.arange(pos.numel()), pos] = False  # the clicked column itself stays

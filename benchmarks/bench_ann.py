@@ -8,7 +8,7 @@ clipped to [10, 3M]) and split over the centroids; users mix two tastes plus noi
 Uniform noise would have no neighbourhoods for any ANN to find; this has the kind real
 embeddings have.
 
-Printed, timed the way the service scores (a worker thread, ``OMP_WAIT_POLICY=PASSIVE``,
+Printed, timed the way the service scores (a worker thread, the CLI's OpenMP wait policy,
 ``--threads`` torch and faiss threads), medians of interleaved runs:
 
 * floor: the scorer's own matmul ``(I*k, h) @ (h, 2B)`` over the whole table in its
@@ -42,13 +42,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spin-waiting
+from ralm.common.threads import apply_wait_policy
 
-import faiss
-import numpy as np
-import torch
+apply_wait_policy()  # before torch loads: the service's OpenMP wait policy
 
-from bench_scorer import in_worker  # the service-like worker-thread timing, written once
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+# the service-like worker-thread timing, written once
+from bench_scorer import in_worker  # noqa: E402
 
 TARGET_RECALL, TARGET_SPEEDUP = 0.95, 10.0  # issue 9, item 3
 
@@ -218,7 +221,7 @@ def main() -> None:
         "dtype": args.dtype,
         "gamma": args.gamma,
         "threads": args.threads,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_wait_policy": {v: os.environ.get(v) for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
         "table_gib": n * k * h * parts[0].table.element_size() / 2**30,
         "generate_s": round(time.perf_counter() - t0, 1),
     }

@@ -219,7 +219,6 @@ def main() -> None:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.setdefault("RALM_NO_PROGRESS", "1")
     runner = Runner(out, args.step_timeout, args.min_available_gib, env)
     if args.reuse:

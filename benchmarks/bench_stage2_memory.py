@@ -114,7 +114,6 @@ def main() -> None:
     ]  # fmt: skip
     env = dict(os.environ, RALM_NO_PROGRESS="1")
     env.setdefault("OMP_NUM_THREADS", str(args.threads))
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     print("$", " ".join(argv), flush=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)

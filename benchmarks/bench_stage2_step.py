@@ -82,6 +82,7 @@ def run_scale(
     from ralm.lookalike.config import LookalikeConfig
     from ralm.lookalike.model import LookalikeModel
     from ralm.lookalike.task import LookalikeEpochData, LookalikeTrainTask
+    from ralm.training.optim import dense_adam
 
     rng = np.random.default_rng(0)
     seeds = seed_sets(scale, rng)
@@ -115,7 +116,7 @@ def run_scale(
     torch.manual_seed(0)
     model = LookalikeModel(LookalikeConfig(m=h, h=h, k=k))
     task = LookalikeTrainTask(model, loss="softmax", matmul_dtype=getattr(torch, matmul_dtype))
-    opt = torch.optim.Adam(model.param_groups(1e-3), lr=1e-3)
+    opt = dense_adam(model.param_groups(1e-3), lr=1e-3)  # as `ralm train lookalike`
     seeds.seen(users[:b], items[:b])  # the transposed index, built once per run
     seeds.find(users[:1], items[:1])  # the sorted keys, built once per run
     best: dict[str, float] = {}

@@ -1,4 +1,4 @@
-"""The one thread policy: passive OpenMP waiting before torch loads, one default count."""
+"""The one thread policy: bounded OpenMP spin-waiting before torch loads, one default count."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ralm.common.threads import default_threads
+from ralm.common.threads import SPIN_COUNT, default_threads
 from ralm.errors import ConfigError
 
 
@@ -23,10 +23,14 @@ def test_default_threads_env_and_cap(monkeypatch: pytest.MonkeyPatch) -> None:
             default_threads()
 
 
-def test_cli_sets_passive_wait_policy_before_torch_and_the_thread_default() -> None:
-    """``python -m ralm`` in a clean environment: the policy is in place when torch loads."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "RALM_THREADS")}
-    env["RALM_THREADS"] = "1"
+_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "RALM_THREADS")
+
+
+def _policy_in_child(extra: dict[str, str]) -> list[str]:
+    """``python -m ralm --help`` in a clean environment plus ``extra``; then torch loads
+    and the child prints the wait-policy variables and the thread count it ended with."""
+    env = {k: v for k, v in os.environ.items() if k not in _POLICY_VARS}
+    env.update({"RALM_THREADS": "1", **extra})
     code = (
         "import sys, runpy\n"
         "sys.argv = ['ralm', '--help']\n"
@@ -35,9 +39,20 @@ def test_cli_sets_passive_wait_policy_before_torch_and_the_thread_default() -> N
         "except SystemExit:\n"
         "    pass\n"
         "import os, torch\n"
-        "print(os.environ['OMP_WAIT_POLICY'], torch.get_num_threads())\n"
+        "print(*(os.environ.get(v, '-') for v in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT',"
+        " 'KMP_BLOCKTIME')), torch.get_num_threads())\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip().splitlines()[-1] == "PASSIVE 1"
+    return out.stdout.strip().splitlines()[-1].split()
+
+
+def test_cli_sets_bounded_spin_before_torch_and_the_thread_default() -> None:
+    """The policy is in place when torch loads: a bounded spin, one thread."""
+    assert _policy_in_child({}) == ["-", str(SPIN_COUNT), "0", "1"]
+
+
+def test_a_wait_policy_the_caller_set_is_kept() -> None:
+    assert _policy_in_child({"OMP_WAIT_POLICY": "PASSIVE"}) == ["PASSIVE", "-", "-", "1"]
+    assert _policy_in_child({"GOMP_SPINCOUNT": "50"}) == ["-", "50", "-", "1"]

@@ -43,7 +43,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 def main() -> None:
     """Console entry point: user errors are printed without a traceback (exit code 2).
 
-    Applies the one thread policy first (:mod:`ralm.common.threads`): no OpenMP
+    Applies the one thread policy first (:mod:`ralm.common.threads`): bounded OpenMP
     spin-waiting, and one torch thread (``RALM_THREADS``) unless a
     command's ``--threads`` says otherwise.
     """

@@ -2,11 +2,22 @@
 
 Two settings, both measured on a shared 2-core host (docs/SERVING.md, "Threads"):
 
-* ``OMP_WAIT_POLICY=PASSIVE`` unless the caller set it: torch's OpenMP workers otherwise
-  spin-wait between parallel regions, and on a host whose cores are shared that turned a
-  0.25 s scoring pass into 4.1 s and a 4 us sqrt into 13.5 ms. OpenMP reads it once, when
-  the runtime loads (``import torch``), so :func:`apply_wait_policy` must run before that:
-  the CLI entry points call it first.
+* bounded spin-waiting, unless the caller set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``:
+  ``GOMP_SPINCOUNT=2000`` (:data:`SPIN_COUNT`). Between parallel regions torch's OpenMP
+  workers (libgomp, the runtime of torch's Linux wheels) spin for that many pause
+  iterations (a short spin), then sleep. Both extremes were measured worse:
+
+  - the runtime's default (300,000 iterations, milliseconds) on a host whose cores are
+    shared turned a 0.25 s scoring pass into 4.1 s, a 4 us sqrt into 13.5 ms and a
+    stage-2 step at two threads from 41 ms into 510 ms;
+  - ``OMP_WAIT_POLICY=PASSIVE`` (sleep at once) pays a futex wake-up per parallel region:
+    a stage-2 step at two threads on an idle host took 23-28 ms against 16-20 ms with the
+    bounded spin (docs/LOOKALIKE.md, "Threads and spin-waiting").
+
+  ``KMP_BLOCKTIME=0`` (sleep at once, unmeasured) is set too for the LLVM / Intel OpenMP
+  runtimes, which do not read ``GOMP_SPINCOUNT``. OpenMP reads these once, when the runtime loads
+  (``import torch``), so :func:`apply_wait_policy` must run before that: the CLI entry
+  points call it first.
 * one default intra-op thread count for every command, :func:`default_threads`:
   ``RALM_THREADS`` when set, else ``DEFAULT_MAX_THREADS`` (1). A command's
   ``--threads`` flag overrides it.
@@ -28,11 +39,19 @@ from ralm.errors import ConfigError
 # scorer (matmul floor 132 ms vs 476 ms) and stage-1 training; RALM_THREADS=2 on an idle one
 DEFAULT_MAX_THREADS = 1
 ENV_THREADS = "RALM_THREADS"
+# libgomp spin iterations before an idle OpenMP worker sleeps (see the module docstring)
+SPIN_COUNT = 2000
 
 
 def apply_wait_policy() -> None:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` (no spin-waiting) unless already set; before torch."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Bounded spin-waiting (``GOMP_SPINCOUNT``), unless the caller chose a wait policy.
+
+    Call before torch loads. A caller's ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` wins.
+    """
+    if any(os.environ.get(v) for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+        return
+    os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    os.environ.setdefault("KMP_BLOCKTIME", "0")
 
 
 def default_threads() -> int:

@@ -32,6 +32,7 @@ from ralm.errors import CheckpointError
 from ralm.lookalike.clustering import SeedClusters
 from ralm.lookalike.config import LookalikeConfig
 from ralm.lookalike.model import LookalikeModel
+from ralm.training.optim import load_keeping_kernel
 from ralm.training.weights import load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def load_train_state(
             _, idx, name = key.split(".", 2)
             opt_state.setdefault(int(idx), {})[name] = val
     try:
-        optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        load_keeping_kernel(optimizer, {"state": opt_state, "param_groups": meta["param_groups"]})
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{state_dir}: optimizer state does not match: {e}") from e
     try:

@@ -39,6 +39,7 @@ from ralm.lookalike.task import (
     leave_self_out,
 )
 from ralm.training.distributed import distributed_run
+from ralm.training.optim import dense_adam
 from ralm.training.threads import torch_threads
 from ralm.training.trainer import Monitor, Trainer
 
@@ -148,7 +149,7 @@ def train_lookalike(
         groups = model.param_groups(tc.lr)
         if encoder is not None:
             groups.append({"params": list(encoder.parameters()), "lr": tc.lr * tc.finetune_lr_mult})
-        opt = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+        opt = dense_adam(groups, lr=tc.lr, weight_decay=tc.weight_decay)
         stage = LookalikeStage(
             ds, cfg, tc, task, opt, seed_universal, target_universal, out, dist, encoder=encoder
         )

@@ -12,9 +12,8 @@ Speed (issue 9, profiled on ML-100K and the wechat preset, one thread):
   43,500 x 128 table per step, the largest cost of a wechat step. :class:`LazyAdam` does
   the same arithmetic on the touched rows only (``index_select`` / ``index_add_``), so its
   cost follows the rows used, not the table size; bit-identical to ``SparseAdam`` (tested).
-- dense Adam runs ``fused=True`` where torch supports it (one kernel for all parameters
-  instead of ~12 ops per parameter: 6x less CPU time on the ML-100K parameter set; the
-  update equals the for-loop one up to float rounding, ~5e-7).
+- dense Adam runs ``fused=True`` where torch supports it
+  (:func:`ralm.training.optim.dense_adam`, shared with stage 2).
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ralm.training.optim import dense_adam, load_keeping_kernel
 from ralm.user.config import UserTrainConfig
 
 
@@ -87,14 +87,6 @@ class LazyAdam(torch.optim.SparseAdam):
         return loss
 
 
-def _dense_adam(params: list[nn.Parameter], cfg: UserTrainConfig) -> torch.optim.Adam:
-    """Adam over ``params``, fused (one kernel) when torch supports it for them."""
-    try:
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    except (RuntimeError, ValueError):  # a device / dtype without the fused kernel
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
 class StageOneOptimizer:
     """One or two Adam optimisers behind a single step/zero_grad/state_dict interface.
 
@@ -112,7 +104,9 @@ class StageOneOptimizer:
         ]
         ids = {id(p) for p in sparse}
         dense = [p for p in net.parameters() if id(p) not in ids]
-        self.optimizers: list[torch.optim.Optimizer] = [_dense_adam(dense, cfg)]
+        self.optimizers: list[torch.optim.Optimizer] = [
+            dense_adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        ]
         if sparse:
             self.optimizers.append(LazyAdam(sparse, lr=cfg.lr))
 
@@ -137,7 +131,4 @@ class StageOneOptimizer:
         if not isinstance(states, list) or len(states) != len(self.optimizers):
             raise ValueError("optimizer layout differs (was sparse_grad changed?)")
         for opt, st in zip(self.optimizers, states, strict=True):
-            kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
-            opt.load_state_dict(st)
-            for g, kern in zip(opt.param_groups, kernels, strict=True):
-                g.update(kern)
+            load_keeping_kernel(opt, st)

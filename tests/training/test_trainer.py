@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from ralm.errors import RalmError
+from ralm.training import trainer as trainer_module
 from ralm.training.config import TrainLoopConfig
 from ralm.training.threads import torch_threads
 from ralm.training.trainer import LoopState, Monitor, NonFiniteLossError, State, Trainer
@@ -170,3 +174,71 @@ def test_torch_threads_restores_the_setting() -> None:
     assert torch.get_num_threads() == old
     with torch_threads(0):
         assert torch.get_num_threads() == old
+
+
+class RandomData(Data):
+    """Batches that draw from one random stream (like stage 1's negatives), recording the
+    thread that built each one; ``fail_at`` raises while building that batch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, fail_at: int = -1) -> None:
+        super().__init__(x, y)
+        self.rng = np.random.default_rng(0)
+        self.threads: list[str] = []
+        self.fail_at = fail_at
+
+    def batch(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self.calls) == self.fail_at:
+            raise ValueError(f"bad row in batch {self.fail_at}")
+        x, y = super().batch(lo, hi)
+        self.threads.append(threading.current_thread().name)
+        noise = torch.from_numpy(self.rng.normal(size=hi - lo).astype(np.float32))
+        return x, y + 0.1 * noise
+
+
+class RandomStage(Stage):
+    def __init__(self, task: Task, fail_at: int = -1) -> None:
+        super().__init__(task, [0.0, 0.0])
+        self.fail_at = fail_at
+
+    def epoch_data(self, epoch: int) -> Data:
+        base = super().epoch_data(epoch)
+        self.data[-1] = RandomData(base.x, base.y, self.fail_at)
+        return self.data[-1]
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_prefetching_builds_the_same_batches_in_order(ahead: bool, monkeypatch) -> None:
+    """With a spare core the next batch is built in a worker thread: same batches, same
+    draws from the epoch's random stream, same weights as building them in the loop."""
+    runs = {}
+    for flag in (not ahead, ahead):
+        monkeypatch.setattr(trainer_module, "spare_core", lambda flag=flag: flag)
+        torch.manual_seed(0)
+        stage = RandomStage(Task())
+        _fit(stage, Config(epochs=2, patience=0, batch_size=16))
+        runs[flag] = stage
+        built_by = {t.startswith("ralm-batch") for d in stage.data for t in d.threads}
+        assert built_by == {flag}
+        assert stage.data[0].calls == [(lo, min(lo + 16, 100)) for lo in range(0, 100, 16)]
+    for k, v in runs[True].task.state_dict().items():
+        torch.testing.assert_close(v, runs[False].task.state_dict()[k], rtol=0, atol=0)
+
+
+def test_an_error_building_a_prefetched_batch_reaches_the_caller(monkeypatch) -> None:
+    monkeypatch.setattr(trainer_module, "spare_core", lambda: True)
+    stage = RandomStage(Task(), fail_at=3)
+    with pytest.raises(ValueError, match="bad row in batch 3"):
+        _fit(stage, Config(epochs=2, patience=0, batch_size=16))
+    assert stage.saved == []
+
+
+def test_spare_core_counts_threads_and_local_processes(monkeypatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    with torch_threads(1):
+        assert trainer_module.spare_core()
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes on this node
+        assert not trainer_module.spare_core()
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    with torch_threads(2):
+        assert not trainer_module.spare_core()

@@ -47,18 +47,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from ralm.common.threads import apply_wait_policy
 
-from ralm.distributed.ray_index import RayBackend
-from ralm.lookalike.config import LookalikeConfig
-from ralm.lookalike.model import LookalikeModel
-from ralm.lookalike.seed_index import SeedIndex
-from ralm.serve.config import ServeConfig
-from ralm.serve.index_holder import IndexHolder
-from ralm.serve.recluster import BuilderBackend, LocalBackend, Reclusterer
-from ralm.serve.runtime import ServingModel, TableEmbedder
-from ralm.serve.store import SQLiteSeedStore
+apply_wait_policy()  # before torch loads: the service's OpenMP wait policy
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ralm.distributed.ray_index import RayBackend  # noqa: E402
+from ralm.lookalike.config import LookalikeConfig  # noqa: E402
+from ralm.lookalike.model import LookalikeModel  # noqa: E402
+from ralm.lookalike.seed_index import SeedIndex  # noqa: E402
+from ralm.serve.config import ServeConfig  # noqa: E402
+from ralm.serve.index_holder import IndexHolder  # noqa: E402
+from ralm.serve.recluster import BuilderBackend, LocalBackend, Reclusterer  # noqa: E402
+from ralm.serve.runtime import ServingModel, TableEmbedder  # noqa: E402
+from ralm.serve.store import SQLiteSeedStore  # noqa: E402
 
 log = logging.getLogger("bench_recluster")
 

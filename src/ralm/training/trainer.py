@@ -9,7 +9,8 @@ it is. Per epoch the :class:`Trainer`:
    to ``max_train_examples`` / ``steps_per_epoch * batch_size``;
 2. runs the steps with a progress bar from the first step (``ralm.common.progress``; when
    bars are off, a log line every ``log_every_s`` seconds), stopping with
-   :class:`NonFiniteLossError` on a NaN/inf loss;
+   :class:`NonFiniteLossError` on a NaN/inf loss; with a core to spare
+   (:func:`spare_core`) the next batch is built in a worker thread during each step;
 3. calls :meth:`TrainingStage.end_epoch` (stage 2 re-clusters there) for the validation
    record, picks the best epoch on the monitored metric, and checks that every parameter
    is finite;

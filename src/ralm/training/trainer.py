@@ -10,7 +10,8 @@ it is. Per epoch the :class:`Trainer`:
 2. runs the steps with a progress bar from the first step (``ralm.common.progress``; when
    bars are off, a log line every ``log_every_s`` seconds), stopping with
    :class:`NonFiniteLossError` on a NaN/inf loss; with a core to spare
-   (:func:`spare_core`) the next batch is built in a worker thread during each step;
+   (:func:`ralm.training.threads.spare_core`) the next batch is built in a worker thread
+   during each step;
 3. calls :meth:`TrainingStage.end_epoch` (stage 2 re-clusters there) for the validation
    record, picks the best epoch on the monitored metric, and checks that every parameter
    is finite;
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,6 +55,7 @@ from ralm.training.distributed import (
     shard_bounds,
     shard_rows,
 )
+from ralm.training.threads import spare_core
 
 log = logging.getLogger(__name__)
 
@@ -225,20 +226,6 @@ def rank_batch(data: EpochData, lo: int, hi: int, ctx: DistContext) -> tuple[Any
     if getattr(data, "global_batches", False):
         return data.batch(lo, hi), lhi - llo
     return data.batch(llo, lhi), lhi - llo
-
-
-def spare_core() -> bool:
-    """True when this host has a core beyond the training's intra-op threads (times the
-    processes of this node under ``torchrun``): the Trainer then builds the next batch in
-    a worker thread during each step. Measured (docs/LOOKALIKE.md, "Threads, spin-waiting,
-    fused Adam, batch prefetch"): +9-24 % stage-2 samples/s with one thread on 2 cores,
-    -7 % with two (the builder then takes a core from the step)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return cores > torch.get_num_threads() * max(1, procs)
 
 
 def snapshot(module: nn.Module) -> State:

@@ -11,7 +11,9 @@ floor and the scorer interleaved so that both see the same load. Printed, per ba
   memory pass over the table for reference;
 * the scorer over the whole index from prepared terms (``LookalikeModel.score_prepared``),
   float32 and the bfloat16 table, with the ratio to the float32 floor (the floor is the
-  faster of one whole-table matmul and the same matmul in the scorer's chunks);
+  faster of one whole-table matmul and the same matmul in the scorer's chunks); where the
+  scorer uses the compiled chain (``ralm.lookalike.scorer_kernel``; ``chain`` says whether
+  it built), also float32 with the torch chain after the matmul instead;
 * ``prepare_items`` (once per index version) and ``LookalikeModel.score`` (prepares on
   every call, as an uncached caller would).
 
@@ -61,6 +63,19 @@ def in_worker(fn: Callable[[], Any]) -> Any:
     if "err" in box:
         raise box["err"]
     return box["out"]
+
+
+def torch_chain(fn: Callable[[], object]) -> object:
+    """Run ``fn`` with the scorer's torch chain (``RALM_SCORER_KERNEL=off``)."""
+    old = os.environ.get("RALM_SCORER_KERNEL")
+    os.environ["RALM_SCORER_KERNEL"] = "off"
+    try:
+        return fn()
+    finally:
+        if old is None:
+            del os.environ["RALM_SCORER_KERNEL"]
+        else:
+            os.environ["RALM_SCORER_KERNEL"] = old
 
 
 def best_of(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, dict[str, float]]:
@@ -175,9 +190,12 @@ def main() -> None:
     p.add_argument("--accuracy-users", type=int, default=256)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    from ralm.lookalike import scorer_kernel
     from ralm.lookalike.config import LookalikeConfig
     from ralm.lookalike.model import LookalikeModel
-    from ralm.lookalike.scorer import tile_items
+    from ralm.lookalike.scorer import KERNEL_TILE_ELEMENTS, tile_items, use_kernel
+
+    kernel = scorer_kernel.load()
 
     dtypes = args.dtypes.split(",")
     n, k, h = args.items, args.k, args.h
@@ -191,6 +209,8 @@ def main() -> None:
         "threads": args.threads,
         "omp_wait_policy": {v: os.environ.get(v) for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
         "table_mib": idx["centroids"].numel() * 4 / 2**20,
+        # the chain after the matmul from KERNEL_FROM users on: compiled kernel or torch
+        "chain": f"kernel, {kernel.lanes} lanes" if kernel else "torch",
     }
     t0 = time.perf_counter()
     terms = {
@@ -210,9 +230,15 @@ def main() -> None:
             for lo in range(0, table.shape[0], step):
                 torch.mm(table[lo : lo + step], r)
 
-        tile = tile_items(b, k, args.chunk) * k
+        kern = use_kernel(b)
+        if kern is not None:  # the kernel's tiles and its B padded to whole vectors
+            n_p = -(-b // kern.lanes_for(b)) * kern.lanes_for(b)
+            tile = tile_items(n_p, k, args.chunk, KERNEL_TILE_ELEMENTS) * k
+            rhs_own = torch.randn(h, 2 * n_p)
+        else:
+            tile, rhs_own = tile_items(b, k, args.chunk) * k, rhs2
 
-        def own_mm(r: torch.Tensor = rhs2, tile: int = tile) -> None:
+        def own_mm(r: torch.Tensor = rhs_own, tile: int = tile) -> None:
             for lo in range(0, table.shape[0], tile):  # the scorer's matmul, in its tiles
                 torch.mm(table[lo : lo + tile], r)
 
@@ -226,6 +252,11 @@ def main() -> None:
         for dt in dtypes:
             fns[f"scorer_{dt}"] = lambda e=e_u, t=terms[dt]: model.score_prepared(
                 e, t, chunk_items=args.chunk
+            )
+        if "float32" in terms and use_kernel(b) is not None:
+            # the same scorer with the torch chain after the matmul (the kernel's baseline)
+            fns["scorer_float32_torch_chain"] = lambda e=e_u, t=terms["float32"]: torch_chain(
+                lambda: model.score_prepared(e, t, chunk_items=args.chunk)
             )
         fns["score_unprepared_fp32"] = lambda e=e_u: model.score(
             e, idx["centroids"], idx["mask"], glob, sizes=idx["sizes"], chunk_items=args.chunk
@@ -248,6 +279,8 @@ def main() -> None:
                 t["scorer_float32"] / t["mm_2B_fp32_scorer_tiles"], 2
             )
             r["ratio_unprepared_fp32"] = round(t["score_unprepared_fp32"] / floor, 2)
+            if "scorer_float32_torch_chain" in t:
+                r["ratio_float32_torch_chain"] = round(t["scorer_float32_torch_chain"] / floor, 2)
             row[clock] = r
         report[f"batch_{b}"] = row
         print(json.dumps({f"batch_{b}": row}), flush=True)

@@ -167,3 +167,13 @@ def test_wheel_ships_configs_and_installed_copy_finds_them(tmp_path: Path) -> No
     # the console script of the wheel
     script = installed(str(site / "bin" / "ralm"), "experiment", "--help")
     assert script.returncode == 0 and "shipped" in script.stdout, script.stderr
+    # the scorer kernel's C source ships, and the installed copy builds it
+    for name in ("chain.c", "chain_body.h"):
+        assert f"ralm/lookalike/kernels/{name}" in names
+    env["RALM_KERNEL_DIR"] = str(tmp_path / "kernels")
+    env["RALM_SCORER_KERNEL"] = "on"
+    out = installed(
+        "-c", "from ralm.lookalike import scorer_kernel; print(scorer_kernel.load().path)"
+    )
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).is_relative_to(tmp_path / "kernels")

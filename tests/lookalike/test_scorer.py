@@ -179,8 +179,12 @@ def test_seed_prior_ranks_larger_audience_first_for_equal_similarity() -> None:
         model.score(e_u, cent2, mask2, model.item_global(cent2, mask2, sizes))
 
 
+@pytest.mark.parametrize("chain", ["off", "on"])  # the torch chain, the compiled one
 @pytest.mark.parametrize("switches", [dict(), dict(size_prior=False, seed_prior=False)])
-def test_prepared_terms_match_naive_loop_and_are_reusable(switches: dict) -> None:
+def test_prepared_terms_match_naive_loop_and_are_reusable(
+    switches: dict, chain: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RALM_SCORER_KERNEL", chain)
     torch.manual_seed(5)
     model = LookalikeModel(LookalikeConfig(m=8, h=8, k=6, **switches))
     with torch.no_grad():
@@ -228,10 +232,15 @@ def test_bfloat16_table_stays_close_to_float32() -> None:
         model.prepare_items(cent, mask, glob, sizes=sizes, dtype="float16")
 
 
+@pytest.mark.parametrize("chain", ["off", "on"])
 @pytest.mark.parametrize("n_b", [1, 3, 16, 23, 24, 33])
-def test_prepared_layouts_match_naive_loop(n_b: int) -> None:
-    """Both layouts (rows of users for 2 <= B < 24, rows of slots else) and both forms of
-    the Gram term (u^T G below 16 users, G u from 16 on) against the naive loop."""
+def test_prepared_layouts_match_naive_loop(
+    n_b: int, chain: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The torch chain's two layouts (rows of users for 2 <= B < 24, rows of slots else)
+    and both forms of its Gram term (u^T G below 16 users, G u from 16 on), and the
+    compiled chain, against the naive loop."""
+    monkeypatch.setenv("RALM_SCORER_KERNEL", chain)
     torch.manual_seed(7)
     model = LookalikeModel(LookalikeConfig(m=8, h=8, k=6))
     with torch.no_grad():

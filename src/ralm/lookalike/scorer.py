@@ -32,7 +32,9 @@ formulas: :func:`gram_matrix`, :func:`safe_cos`, :func:`local_cos`, :func:`combi
 the differentiable :func:`score_matrix_train`, :func:`score_pairs`),
 :mod:`ralm.lookalike.scorer_terms` (:class:`ItemTerms`, :func:`prepare_items`) and
 :mod:`ralm.lookalike.scorer_chain` (:func:`score_prepared`, its tiles and per-thread
-buffers); :func:`score_matrix` is here.
+buffers; the chain after its matmul runs as the compiled loop of
+:mod:`ralm.lookalike.scorer_kernel` where it builds, see :func:`use_kernel`);
+:func:`score_matrix` is here.
 """
 
 from __future__ import annotations
@@ -42,12 +44,16 @@ import torch
 from ralm.lookalike.scorer_chain import (
     BY_USERS_BELOW,
     BY_USERS_FROM,
+    KERNEL_BY_USERS_BELOW,
+    KERNEL_FROM,
+    KERNEL_TILE_ELEMENTS,
     LOG2E,
     ROW_FORM_BELOW,
     TILE_ELEMENTS,
     TINY,
     score_prepared,
     tile_items,
+    use_kernel,
 )
 from ralm.lookalike.scorer_math import (
     EPS,
@@ -64,6 +70,9 @@ __all__ = [
     "BY_USERS_BELOW",
     "BY_USERS_FROM",
     "EPS",
+    "KERNEL_BY_USERS_BELOW",
+    "KERNEL_FROM",
+    "KERNEL_TILE_ELEMENTS",
     "LOG2E",
     "ROW_FORM_BELOW",
     "TABLE_DTYPES",
@@ -81,6 +90,7 @@ __all__ = [
     "score_prepared",
     "tile_items",
     "unit_rows",
+    "use_kernel",
 ]
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from ralm.lookalike import scorer_kernel
 from ralm.lookalike.scorer_terms import ItemTerms, unit_rows
 
 # the chain's buffers per thread, reused across requests (no allocation, no page faults
@@ -27,6 +29,17 @@ ROW_FORM_BELOW = 16  # B below which u^T G is faster than G u (MKL's batched gem
 # B in [BY_USERS_FROM, BY_USERS_BELOW): the chain runs on rows of users (_local_by_users),
 # else on rows of slots (_local_by_slots): measured the faster layout for each B
 BY_USERS_FROM, BY_USERS_BELOW = 2, 24
+# the compiled chain (ralm.lookalike.scorer_kernel) runs the local term for every B except,
+# at one intra-op thread, B in [KERNEL_FROM, KERNEL_BY_USERS_BELOW) = 2-4 users, where the
+# torch chain on rows of users was measured faster (90 vs 116 ms at B = 2, paper shape);
+# B = 1 is padded to 8 zero users, whose matmul is faster than the 2-column one
+KERNEL_FROM, KERNEL_BY_USERS_BELOW = 2, 5
+# (tile rows x padded B) floats per kernel tile: larger than the torch chain's, since the
+# kernel reads each row once; at two threads 160K -> 512K elements gave 149 -> 133 ms (B = 32)
+KERNEL_TILE_ELEMENTS = 512 * 1024
+KERNEL_PART_ITEMS = 32  # fewest items per thread when a tile's chain is split over threads
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
 def _buffer(name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
@@ -40,15 +53,25 @@ def _buffer(name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
     return buf[:numel]
 
 
-def tile_items(n_b: int, k: int, chunk_items: int = 1024) -> int:
+def tile_items(n_b: int, k: int, chunk_items: int = 1024, elements: int | None = None) -> int:
     """Items per tile of :func:`score_prepared`: its (tile*k, B) buffers stay in L2.
 
     Args:
         n_b: users in the batch.
         k: centroid slots per item.
         chunk_items: upper bound on the tile.
+        elements: (tile rows x B) per buffer, default ``TILE_ELEMENTS`` (the kernel's
+            chain uses ``KERNEL_TILE_ELEMENTS``).
     """
-    return max(1, min(chunk_items, max(16, TILE_ELEMENTS // (k * max(1, n_b)))))
+    per = TILE_ELEMENTS if elements is None else elements
+    return max(1, min(chunk_items, max(16, per // (k * max(1, n_b)))))
+
+
+def use_kernel(n_b: int) -> scorer_kernel.ChainKernel | None:
+    """The compiled chain for a batch of ``n_b`` users, or None for the torch chain."""
+    if KERNEL_FROM <= n_b < KERNEL_BY_USERS_BELOW and torch.get_num_threads() == 1:
+        return None
+    return scorer_kernel.load()
 
 
 @torch.no_grad()
@@ -80,7 +103,9 @@ def score_prepared(
     (equal to :func:`safe_cos` of the normalised terms whenever ``|e|^2 |E_local|^2``
     is above its clamp; an item without seeds, or a zero user, scores 0 either way).
     The global cosine is one ``(I, h) @ (h, B)`` matmul of unit vectors, added at the
-    end. torch.compile of this chain was measured faster only with static shapes (a 25 s
+    end. Where it builds, the chain after the matmul is one compiled loop per item
+    (:mod:`ralm.lookalike.scorer_kernel`, same formulas; :func:`use_kernel` says when).
+    torch.compile of this chain was measured faster only with static shapes (a 25 s
     compile per batch size and chunk length) and slower than this with dynamic shapes.
 
     Args:
@@ -103,9 +128,13 @@ def score_prepared(
         return out
     e_unit = unit_rows(e_u)  # (B, h), 0 for e = 0 (its scores are 0 as in safe_cos)
     if use_local:
-        by_users = BY_USERS_FROM <= n_b < BY_USERS_BELOW
-        local = _local_by_users if by_users else _local_by_slots
-        local(e_u, e_unit, w_local, terms, beta, chunk_items, out)
+        kernel = use_kernel(n_b)
+        if kernel is not None:
+            _local_kernel(kernel, e_u, e_unit, w_local, terms, beta, chunk_items, out)
+        else:
+            by_users = BY_USERS_FROM <= n_b < BY_USERS_BELOW
+            local = _local_by_users if by_users else _local_by_slots
+            local(e_u, e_unit, w_local, terms, beta, chunk_items, out)
     else:
         out.zero_()
     if use_global:  # alpha cos(e, g) for every item at once: (B, h) @ (h, I)
@@ -228,3 +257,88 @@ def _local_by_slots(
         torch.sum(res.view(m, k, 2, n_b), dim=1, out=sums[lo:hi])
     el = sums[:, 0].clamp_(min=TINY).rsqrt_()  # (I, B) 1 / |E_local| (unnormalised)
     torch.mul(sums[:, 1], el, out=out.T)  # (I, B) view of the (B, I) answer
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """A shared pool of ``n`` threads for the kernel's parts of a tile."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(n)
+        if pool is None:
+            pool = _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="ralm-chain")
+        return pool
+
+
+def _local_kernel(
+    kernel: scorer_kernel.ChainKernel,
+    e_u: torch.Tensor,
+    e_unit: torch.Tensor,
+    w_local: torch.Tensor,
+    terms: ItemTerms,
+    beta: float,
+    chunk_items: int,
+    out: torch.Tensor,
+) -> None:
+    """``beta cos(e, E_local)`` into ``out (B, I)`` with the compiled chain.
+
+    Per tile the same matmul as :func:`_local_by_slots`, ``(It*k, h) @ (h, 2B)`` into a
+    per-thread buffer; then one kernel call per part of the tile (the tile's items split
+    over torch's intra-op threads: a ctypes call releases the GIL) writes the tile's
+    columns of ``out``.
+    """
+    n_b = e_u.shape[0]
+    n_i, k = terms.n_items, terms.k
+    dt = terms.dtype
+    lanes = kernel.lanes_for(n_b)
+    fn = kernel.fns[lanes]
+    n_p = -(-n_b // lanes) * lanes  # B padded with zero users to whole vectors
+    rhs = _rhs(e_u, e_unit, w_local, beta)  # (2B, h)
+    if n_p > n_b:  # zero columns: their logits and dots are 0, never answered
+        pad = rhs.new_zeros((n_p - n_b, rhs.shape[1]))
+        rhs = torch.cat([rhs[:n_b], pad, rhs[n_b:], pad])
+    rhs = rhs.T.to(dt).contiguous()  # (h, 2Bp)
+    step = tile_items(n_p, k, chunk_items, KERNEL_TILE_ELEMENTS)
+    size = min(n_i, step) * k * 2 * n_p
+    r_buf = _buffer("r", size, torch.float32)
+    h_buf = _buffer("half", size, dt) if dt != torch.float32 else None
+    weight = terms.weight.to(torch.float32).contiguous()  # (I, k, 1): 0 on masked slots
+    gram = terms.gram.to(torch.float32).contiguous()  # (I, k, k)
+    if not out.is_contiguous():
+        raise ValueError("the kernel writes a contiguous (B, I) answer")
+    n_parts = max(1, min(torch.get_num_threads(), step // KERNEL_PART_ITEMS))
+    scratch_len = (k + 2) * n_p  # u (k, Bp), num and el (Bp each)
+    scratch = [_buffer(f"kernel{j}", scratch_len, torch.float32) for j in range(n_parts)]
+    pool = _pool(n_parts - 1) if n_parts > 1 else None
+    w_ptr, g_ptr, o_ptr = weight.data_ptr(), gram.data_ptr(), out.data_ptr()
+    for lo in range(0, n_i, step):
+        hi = min(n_i, lo + step)
+        m, r = hi - lo, (hi - lo) * k
+        table = terms.table[lo * k : hi * k]  # (m*k, h)
+        res = r_buf[: r * 2 * n_p].view(r, 2 * n_p)  # (m*k, 2Bp): [logits | dots]
+        if h_buf is None:
+            torch.mm(table, rhs, out=res)
+        else:  # bfloat16 GEMM, float32 chain
+            res.copy_(torch.mm(table, rhs, out=h_buf[: r * 2 * n_p].view(r, 2 * n_p)))
+        parts = min(n_parts, max(1, m // KERNEL_PART_ITEMS))
+        bounds = [lo + (m * j) // parts for j in range(parts + 1)]
+        futures: list[Future[None]] = []
+        for j in range(parts):
+            a, b = bounds[j], bounds[j + 1]
+            args = (
+                res.data_ptr() + (a - lo) * k * 2 * n_p * 4,
+                b - a,
+                k,
+                n_p,
+                n_b,
+                w_ptr + a * k * 4,
+                g_ptr + a * k * k * 4,
+                o_ptr + a * 4,
+                n_i,
+                scratch[j].data_ptr(),
+                TINY,
+            )
+            if j + 1 < parts and pool is not None:
+                futures.append(pool.submit(fn, *args))
+            else:
+                fn(*args)
+        for fut in futures:
+            fut.result()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ralm.errors import CheckpointError, RalmError
+from ralm.lookalike import scorer_kernel
 from ralm.lookalike.seed_index import SeedIndex
 from ralm.serve import store as sqlite_store
 from ralm.serve.backends import make_backend
@@ -84,6 +85,10 @@ class RalmService(ServiceState):
         self.model_problem = model.unsound()
         if self.model_problem:
             log.error("serving an unsound model: %s", self.model_problem)
+        # the compiled scorer chain, built now rather than on the first request (with
+        # RALM_SCORER_KERNEL=on a service that cannot build it does not start)
+        kernel = scorer_kernel.load()
+        log.info("scorer chain: %s", f"kernel {kernel.path}" if kernel else "torch")
         clean_temporaries(self.index_dir)  # half-written versions of a crash
         db = self.state_dir / "seeds.sqlite3"
         self.replication: Replication | None = None

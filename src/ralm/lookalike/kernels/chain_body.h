@@ -1,0 +1,112 @@
+/* The body of one lane width of chain.c: included once per width with
+   CHAIN_V (lanes) and CHAIN_FN (the exported name) defined. */
+
+typedef float CHAIN_CAT(vf, CHAIN_V) __attribute__((vector_size(4 * CHAIN_V)));
+typedef int32_t CHAIN_CAT(vi, CHAIN_V) __attribute__((vector_size(4 * CHAIN_V)));
+#define VF CHAIN_CAT(vf, CHAIN_V)
+#define VI CHAIN_CAT(vi, CHAIN_V)
+
+static inline VF CHAIN_CAT(sel, CHAIN_V)(VI mask, VF a, VF b) {
+    return (VF)(((VI)a & mask) | ((VI)b & ~mask));
+}
+
+static inline VF CHAIN_CAT(load, CHAIN_V)(const float *p) {
+    VF v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void CHAIN_CAT(store, CHAIN_V)(float *p, VF v) { memcpy(p, &v, sizeof v); }
+
+/* sigmoid(x) = 1 / (1 + 2^y), y = -x log2(e): 2^y from the exponent bits and a degree-6
+   minimax polynomial of the fraction (relative error < 2e-7); y is clamped to
+   [-126, 127], where the sigmoid is already 1 or < 6e-39 */
+static inline VF CHAIN_CAT(sigmoid, CHAIN_V)(VF x) {
+    const VF zero = {0};
+    const VF lo = zero - 126.0f, hi = zero + 127.0f;
+    VF y = x * -1.4426950408889634f;
+    y = CHAIN_CAT(sel, CHAIN_V)(y < lo, lo, y);
+    y = CHAIN_CAT(sel, CHAIN_V)(y > hi, hi, y);
+    y = y + 127.0f; /* in [1, 254]: truncation is floor */
+    VI i = __builtin_convertvector(y, VI);
+    VF f = y - __builtin_convertvector(i, VF); /* [0, 1) */
+    VF p = zero + 1.535336188319500e-4f;
+    p = p * f + 1.339887440266574e-3f;
+    p = p * f + 9.618437357674640e-3f;
+    p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f;
+    p = p * f + 6.931472028550421e-1f;
+    p = p * f + 1.0f;
+    return 1.0f / (1.0f + p * (VF)(i << 23));
+}
+
+/* exp(2 s) for s in [0, 1] (s a sigmoid): e * exp(t), t = 2 s - 1 in [-1, 1], Taylor to
+   degree 9 (relative error < 3e-7). exp(1 + tanh(z)) = exp(2 sigmoid(2 z)). */
+static inline VF CHAIN_CAT(exp2s, CHAIN_V)(VF s) {
+    const VF zero = {0};
+    VF t = 2.0f * s - 1.0f;
+    VF p = zero + 1.0f / 362880.0f;
+    p = p * t + 1.0f / 40320.0f;
+    p = p * t + 1.0f / 5040.0f;
+    p = p * t + 1.0f / 720.0f;
+    p = p * t + 1.0f / 120.0f;
+    p = p * t + 1.0f / 24.0f;
+    p = p * t + 1.0f / 6.0f;
+    p = p * t + 0.5f;
+    p = p * t + 1.0f;
+    p = p * t + 1.0f;
+    return p * 2.718281828459045f;
+}
+
+void CHAIN_FN(const float *restrict res, int64_t m, int64_t k, int64_t nb, int64_t nout,
+              const float *restrict weight, const float *restrict gram,
+              float *restrict out, int64_t ld, float *restrict scratch, float tiny) {
+    const int64_t nbp = nb; /* a multiple of CHAIN_V (the caller pads the matmul) */
+    float *restrict u = scratch;               /* (k, nbp) the unnormalised weights */
+    float *restrict num = scratch + k * nbp;   /* (nbp) sum_k u d */
+    float *restrict el = num + nbp;            /* (nbp) u^T G u */
+    for (int64_t i = 0; i < m; i++) {
+        const float *r = res + i * k * 2 * nb;
+        const float *wi = weight + i * k;
+        const float *g = gram + i * k * k;
+        for (int64_t b = 0; b < nbp; b++) num[b] = 0.0f;
+        for (int64_t a = 0; a < k; a++) {
+            const float *x = r + a * 2 * nb, *d = x + nb;
+            float *ua = u + a * nbp;
+            const float w = wi[a]; /* 0 on a masked slot */
+            for (int64_t b = 0; b < nbp; b += CHAIN_V) {
+                const VF xv = CHAIN_CAT(load, CHAIN_V)(x + b);
+                const VF dv = CHAIN_CAT(load, CHAIN_V)(d + b);
+                VF v = w * CHAIN_CAT(exp2s, CHAIN_V)(CHAIN_CAT(sigmoid, CHAIN_V)(xv));
+                CHAIN_CAT(store, CHAIN_V)(ua + b, v);
+                CHAIN_CAT(store, CHAIN_V)(num + b, CHAIN_CAT(load, CHAIN_V)(num + b) + v * dv);
+            }
+        }
+        /* u^T G u over the symmetric G: diagonal + 2 x upper triangle, with two
+           accumulators per row (the FMA chain of one would wait on its latency) */
+        for (int64_t b = 0; b < nbp; b += CHAIN_V) {
+            VF e0 = {0}, e1 = {0};
+            for (int64_t a = 0; a < k; a++) {
+                const float *ga = g + a * k;
+                const VF ub = CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b);
+                VF t0 = {0}, t1 = {0};
+                int64_t c = a + 1;
+                for (; c + 1 < k; c += 2) {
+                    t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
+                    t1 += ga[c + 1] * CHAIN_CAT(load, CHAIN_V)(u + (c + 1) * nbp + b);
+                }
+                if (c < k) t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
+                const VF t = ub * (ga[a] * ub + 2.0f * (t0 + t1));
+                if (a & 1) e1 += t; else e0 += t;
+            }
+            CHAIN_CAT(store, CHAIN_V)(el + b, e0 + e1);
+        }
+        for (int64_t b = 0; b < nout; b++) {
+            const float e = el[b] < tiny ? tiny : el[b];
+            out[b * ld + i] = num[b] / sqrtf(e);
+        }
+    }
+}
+
+#undef VF
+#undef VI

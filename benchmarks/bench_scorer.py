@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ralm.common.threads import apply_wait_policy
+from ralm.common.threads import apply_wait_policy, inherit_threads
 
 apply_wait_policy()  # before torch loads: the service's OpenMP wait policy
 
@@ -52,6 +52,7 @@ def in_worker(fn: Callable[[], Any]) -> Any:
     box: dict[str, Any] = {}
 
     def target() -> None:
+        inherit_threads()  # the process's thread count (a fresh thread's matmul: all cores)
         try:
             box["out"] = fn()
         except BaseException as e:  # re-raised on the caller's thread

@@ -224,6 +224,7 @@ flat = cen.reshape(-1, cen.shape[-1])  # (I*k, h)
 x = torch.randn(cen.shape[-1], 2)  # (h, 2B), B = 1
 box = {}
 def run():
+    torch.set_num_threads(1)  # per thread: a fresh thread's matmul would use every core
     best = float("inf")
     for _ in range(7):
         t0 = time.perf_counter(); flat @ x; best = min(best, time.perf_counter() - t0)

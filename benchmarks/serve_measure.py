@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ralm.common.threads import inherit_threads
+
 TARGET_THROUGHPUT = 1.3  # issue 9: req/s within 1.3x of the floor of the same batches
 
 
@@ -45,7 +47,12 @@ def _pct(xs: list[float], q: float) -> float:
 def _in_worker(fn: Callable[[], Any]) -> Any:
     """Run ``fn`` in a fresh thread (the service scores in its batcher thread)."""
     box: dict[str, Any] = {}
-    th = threading.Thread(target=lambda: box.update(out=fn()))
+
+    def run() -> None:
+        inherit_threads()  # else a fresh thread's first matmul runs on every core
+        box.update(out=fn())
+
+    th = threading.Thread(target=run)
     th.start()
     th.join()
     return box["out"]

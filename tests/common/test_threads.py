@@ -56,3 +56,46 @@ def test_cli_sets_bounded_spin_before_torch_and_the_thread_default() -> None:
 def test_a_wait_policy_the_caller_set_is_kept() -> None:
     assert _policy_in_child({"OMP_WAIT_POLICY": "PASSIVE"}) == ["PASSIVE", "-", "-", "1"]
     assert _policy_in_child({"GOMP_SPINCOUNT": "50"}) == ["-", "50", "-", "1"]
+
+
+_OMP_CHILD = r"""
+import ctypes, threading
+import torch
+from ralm.common.threads import inherit_threads
+from ralm.serve.batcher import MicroBatcher
+
+# torch's own OpenMP runtime (the copy bundled with the wheel, already loaded)
+path = next(line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line)
+omp = ctypes.CDLL(path)
+torch.set_num_threads(1)
+seen = {}
+
+def fresh(name, pin):
+    def run():
+        if pin:
+            inherit_threads()
+        seen[name] = omp.omp_get_max_threads()
+    th = threading.Thread(target=run)
+    th.start()
+    th.join()
+
+fresh("fresh", False)
+fresh("inherited", True)
+batcher = MicroBatcher(lambda reqs: [omp.omp_get_max_threads() for _ in reqs], max_batch=4)
+seen["batcher"] = batcher.submit(0).result(timeout=30)
+batcher.close()
+print(seen["fresh"], seen["inherited"], seen["batcher"], omp.omp_get_max_threads())
+"""
+
+
+def test_threads_started_later_get_the_process_thread_count() -> None:
+    """``torch.set_num_threads`` reaches OpenMP in the calling thread only: a thread
+    started later has the runtime default (here OMP_NUM_THREADS=3) until it calls
+    ``inherit_threads``; the service's batcher thread does so first."""
+    env = {k: v for k, v in os.environ.items() if k not in _POLICY_VARS}
+    env["OMP_NUM_THREADS"] = "3"
+    out = subprocess.run(
+        [sys.executable, "-c", _OMP_CHILD], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "1", "1", "1"], out.stdout

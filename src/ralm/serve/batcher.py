@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
 
+from ralm.common.threads import inherit_threads
+
 log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
@@ -107,6 +109,7 @@ class MicroBatcher(Generic[Req, Res]):
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        inherit_threads()  # the batch function's torch ops: the process's thread count
         stop = False
         while not stop:
             first = self._q.get()

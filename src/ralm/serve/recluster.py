@@ -42,6 +42,7 @@ from typing import Protocol
 import numpy as np
 
 from ralm.common.progress import progress_enabled
+from ralm.common.threads import inherit_threads
 from ralm.lookalike.index_builder import index_items
 from ralm.lookalike.model import LookalikeModel
 from ralm.lookalike.seed_index import IndexUpdate, SeedIndex
@@ -501,6 +502,7 @@ class Reclusterer:
         return next_full if retry is None else min(next_full, retry)
 
     def _loop(self) -> None:
+        inherit_threads()  # k-means GEMMs on the process's thread count, not every core
         cfg = self.config
         next_full = time.monotonic() + cfg.recluster_every_s
         while True:

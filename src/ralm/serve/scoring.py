@@ -229,8 +229,8 @@ def score_batch(
         u = torch.from_numpy(np.stack([r.universal for r in reqs]))  # (B, m)
         e_u = scorer.transform(u)  # (B, h)
         parts = [_score_chunk(scorer, e_u, c, dtype) for c in snap.chunks if c.servable_rows.size]
-        s = torch.cat(parts, dim=1).float()  # (B, R)
-        s = torch.where(torch.isfinite(s), s, torch.full_like(s, -math.inf))
+        s = torch.cat(parts, dim=1).float()  # (B, R), a new tensor
+        s.nan_to_num_(nan=-math.inf, posinf=-math.inf)  # non-finite -> -inf, one pass
         for b, r in enumerate(reqs):
             ex = _excluded_rows(snap, r)
             if ex.size:
@@ -242,14 +242,15 @@ def score_batch(
         top_s, top_i = torch.topk(s, top, dim=1)  # (B, top)
         top_p = scorer.pctr(top_s)  # (B, top)
     ids = snap.item_ids
+    # one conversion per batch (a float() per 0-d tensor cost ~5 ms at 32 x 50)
+    top_id = ids[rows[top_i.numpy()]].tolist()  # (B, top) item ids
+    top_pl, top_sl = top_p.tolist(), top_s.tolist()
     out = []
     for b, r in enumerate(reqs):
-        keep = torch.isfinite(top_s[b, : r.n])
         items = [
-            Recommendation(str(ids[rows[int(i)]]), float(p), float(sc))
-            for i, p, sc in zip(
-                top_i[b, : r.n][keep], top_p[b, : r.n][keep], top_s[b, : r.n][keep], strict=True
-            )
+            Recommendation(str(i), p, sc)
+            for i, p, sc in zip(top_id[b][: r.n], top_pl[b][: r.n], top_sl[b][: r.n], strict=True)
+            if math.isfinite(sc)
         ]
         out.append(RecommendResult(snap.version, items, ""))
     return out

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -173,6 +174,12 @@ def distributed_run(timeout_s: float = 1800.0) -> Iterator[DistContext]:
         # abort the peer at exit: "terminate called without an active exception")
         dist.barrier()
     finally:
+        # give gloo's worker threads the GIL to finish freeing their last works first: a
+        # work holds a Python object (its thread-local state), and the group's destructor,
+        # run later with the GIL held when a DDP reducer drops the last reference, joins
+        # those threads, so one still waiting for the GIL hung the exit (torch 2.13; seen
+        # once in tests/distributed/test_ddp.py under a loaded host)
+        time.sleep(0.05)
         dist.destroy_process_group()
 
 

@@ -82,24 +82,46 @@ void CHAIN_FN(const float *restrict res, int64_t m, int64_t k, int64_t nb, int64
                 CHAIN_CAT(store, CHAIN_V)(num + b, CHAIN_CAT(load, CHAIN_V)(num + b) + v * dv);
             }
         }
-        /* u^T G u over the symmetric G: diagonal + 2 x upper triangle, with two
-           accumulators per row (the FMA chain of one would wait on its latency) */
-        for (int64_t b = 0; b < nbp; b += CHAIN_V) {
-            VF e0 = {0}, e1 = {0};
-            for (int64_t a = 0; a < k; a++) {
-                const float *ga = g + a * k;
-                const VF ub = CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b);
-                VF t0 = {0}, t1 = {0};
-                int64_t c = a + 1;
-                for (; c + 1 < k; c += 2) {
-                    t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
-                    t1 += ga[c + 1] * CHAIN_CAT(load, CHAIN_V)(u + (c + 1) * nbp + b);
+        /* u^T G u over the symmetric G: the diagonal plus twice the upper triangle; two
+           vectors of users at a time (each G entry loaded once for both), a lone last
+           vector with two accumulators (one FMA chain would wait on its latency) */
+        {
+            int64_t b = 0;
+            for (; b + 2 * CHAIN_V <= nbp; b += 2 * CHAIN_V) {
+                VF e0 = {0}, e1 = {0};
+                for (int64_t a = 0; a < k; a++) {
+                    const float *ga = g + a * k;
+                    const VF ua = CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b);
+                    const VF ub = CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b + CHAIN_V);
+                    VF t0 = {0}, t1 = {0};
+                    for (int64_t c = a + 1; c < k; c++) {
+                        const float gc = ga[c];
+                        t0 += gc * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
+                        t1 += gc * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b + CHAIN_V);
+                    }
+                    e0 += ua * (ga[a] * ua + 2.0f * t0);
+                    e1 += ub * (ga[a] * ub + 2.0f * t1);
                 }
-                if (c < k) t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
-                const VF t = ub * (ga[a] * ub + 2.0f * (t0 + t1));
-                if (a & 1) e1 += t; else e0 += t;
+                CHAIN_CAT(store, CHAIN_V)(el + b, e0);
+                CHAIN_CAT(store, CHAIN_V)(el + b + CHAIN_V, e1);
             }
-            CHAIN_CAT(store, CHAIN_V)(el + b, e0 + e1);
+            for (; b < nbp; b += CHAIN_V) {
+                VF e0 = {0}, e1 = {0};
+                for (int64_t a = 0; a < k; a++) {
+                    const float *ga = g + a * k;
+                    const VF ub = CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b);
+                    VF t0 = {0}, t1 = {0};
+                    int64_t c = a + 1;
+                    for (; c + 1 < k; c += 2) {
+                        t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
+                        t1 += ga[c + 1] * CHAIN_CAT(load, CHAIN_V)(u + (c + 1) * nbp + b);
+                    }
+                    if (c < k) t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
+                    const VF t = ub * (ga[a] * ub + 2.0f * (t0 + t1));
+                    if (a & 1) e1 += t; else e0 += t;
+                }
+                CHAIN_CAT(store, CHAIN_V)(el + b, e0 + e1);
+            }
         }
         for (int64_t b = 0; b < nout; b++) {
             const float e = el[b] < tiny ? tiny : el[b];

@@ -166,7 +166,8 @@ def serve_step(runner: Runner, args: argparse.Namespace, run_dir: Path, data: Pa
         extra["requests_s"] = time.perf_counter() - t1
     except BaseException:
         runner.kill(proc)
-        os.wait4(proc.pid, 0)
+        if proc.returncode is None:  # poll() may have reaped it already
+            os.wait4(proc.pid, 0)
         raise
     runner.kill(proc, signal.SIGINT)
     res = runner.wait("serve", argv, proc, path, t0, check=False)

@@ -54,7 +54,11 @@ class SeedSets:
             self._keys = item_of * self.n_users + self.users  # (S,) sorted
         keys = self._keys
         q = np.asarray(items, np.int64) * self.n_users + np.asarray(users, np.int64)
-        pos = np.searchsorted(keys, q)
+        # queries in ascending order: numpy's binary search then starts each one from the
+        # previous result (a batch of 256 in 8.9M keys: ~3x fewer cache-missing probes)
+        order = np.argsort(q)
+        pos = np.empty_like(q)
+        pos[order] = np.searchsorted(keys, q[order])
         pos_c = np.minimum(pos, max(keys.size - 1, 0))
         hit = (pos < keys.size) & (keys[pos_c] == q) if keys.size else np.zeros(q.size, bool)
         return np.where(hit, pos_c, -1).astype(np.int64)

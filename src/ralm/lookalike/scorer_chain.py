@@ -155,6 +155,21 @@ def _rhs(
     return torch.cat([q2, beta * e_unit], dim=0)  # (2B, h)
 
 
+def _tile_mm(
+    a: torch.Tensor, b: torch.Tensor, r_buf: torch.Tensor, h_buf: torch.Tensor | None
+) -> torch.Tensor:
+    """``a @ b`` into the front of the float32 buffer ``r_buf`` (a bfloat16 GEMM goes
+    through ``h_buf`` first: half-precision table, float32 chain); returns that view."""
+    shape = (a.shape[0], b.shape[1])
+    n = shape[0] * shape[1]
+    res = r_buf[:n].view(shape)
+    if h_buf is None:
+        torch.mm(a, b, out=res)
+    else:
+        res.copy_(torch.mm(a, b, out=h_buf[:n].view(shape)))
+    return res
+
+
 def _local_by_users(
     e_u: torch.Tensor,
     e_unit: torch.Tensor,
@@ -186,11 +201,7 @@ def _local_by_users(
         hi = min(n_i, lo + step)
         m, r = hi - lo, (hi - lo) * k
         table = terms.table[lo * k : hi * k]  # (m*k, h)
-        res = r_buf[: r * 2 * n_b].view(2 * n_b, r)  # (2B, m*k): [logits ; dots]
-        if h_buf is None:
-            torch.mm(lhs, table.T, out=res)
-        else:  # bfloat16 GEMM, float32 chain
-            res.copy_(torch.mm(lhs, table.T, out=h_buf[: r * 2 * n_b].view(2 * n_b, r)))
+        res = _tile_mm(lhs, table.T, r_buf, h_buf)  # (2B, m*k): [logits ; dots]
         u, d = res[:n_b], res[n_b:]  # (B, m*k) each contiguous
         u.sigmoid_()  # (1 + tanh(q.c)) / 2
         torch.add(log2w[:, lo * k : hi * k], u, alpha=2.0 * LOG2E, out=u)
@@ -235,11 +246,7 @@ def _local_by_slots(
         hi = min(n_i, lo + step)
         m, r = hi - lo, (hi - lo) * k
         table = terms.table[lo * k : hi * k]  # (m*k, h)
-        res = r_buf[: r * 2 * n_b].view(r, 2 * n_b)  # (m*k, 2B): [logits | dots]
-        if h_buf is None:
-            torch.mm(table, rhs, out=res)
-        else:  # bfloat16 GEMM, float32 chain
-            res.copy_(torch.mm(table, rhs, out=h_buf[: r * 2 * n_b].view(r, 2 * n_b)))
+        res = _tile_mm(table, rhs, r_buf, h_buf)  # (m*k, 2B): [logits | dots]
         u, d = res[:, :n_b], res[:, n_b:]  # (m*k, B) views: 2 q.c and beta e.c / |e|
         u.sigmoid_()  # (1 + tanh(q.c)) / 2
         torch.add(terms.log2_weight[lo * k : hi * k], u, alpha=2.0 * LOG2E, out=u)
@@ -311,13 +318,9 @@ def _local_kernel(
     w_ptr, g_ptr, o_ptr = weight.data_ptr(), gram.data_ptr(), out.data_ptr()
     for lo in range(0, n_i, step):
         hi = min(n_i, lo + step)
-        m, r = hi - lo, (hi - lo) * k
+        m = hi - lo
         table = terms.table[lo * k : hi * k]  # (m*k, h)
-        res = r_buf[: r * 2 * n_p].view(r, 2 * n_p)  # (m*k, 2Bp): [logits | dots]
-        if h_buf is None:
-            torch.mm(table, rhs, out=res)
-        else:  # bfloat16 GEMM, float32 chain
-            res.copy_(torch.mm(table, rhs, out=h_buf[: r * 2 * n_p].view(r, 2 * n_p)))
+        res = _tile_mm(table, rhs, r_buf, h_buf)  # (m*k, 2Bp): [logits | dots]
         parts = min(n_parts, max(1, m // KERNEL_PART_ITEMS))
         bounds = [lo + (m * j) // parts for j in range(parts + 1)]
         futures: list[Future[None]] = []

@@ -36,6 +36,7 @@ class LookalikeConfig(BaseModel):
         young_boost: the most a young item's seed count is scaled up by the audience prior
             (``n * clamp(young_age / age, 1, young_boost)``; 1 = off).
         learn_weights: learn the alpha/beta ratio (their sum stays fixed).
+        center: subtract the population's mean transformed embedding after the ReLU.
         init_scale: initial value of the learnable scale inside the sigmoid.
         kmeans_niter: Lloyd iterations of a cold-start k-means.
         kmeans_warm_niter: Lloyd iterations when warm-started from previous centroids.
@@ -126,6 +127,12 @@ class LookalikeConfig(BaseModel):
         description="Learn the global/local mix instead of the fixed alpha/beta: "
         "alpha' = (alpha + beta) sigmoid(w), beta' = alpha + beta - alpha', w starting at "
         "the configured ratio (alpha + beta keeps the scale; the ratio is learned).",
+    )
+    center: bool = Field(
+        default=False,
+        description="Centre the transformed space: subtract the mean transformed embedding "
+        "of the users (refreshed at every re-clustering, saved with the model) after the "
+        "ReLU, so cosines compare a user's and the seeds' departures from the average user.",
     )
     init_scale: float = Field(
         default=5.0, gt=0.0, description="Initial calibration scale in sigmoid."

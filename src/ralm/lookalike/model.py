@@ -39,7 +39,7 @@ class LookalikeModel(nn.Module):
     def __init__(self, config: LookalikeConfig) -> None:
         super().__init__()
         self.config = config
-        self.transform_layer = TransformingLayer(config.m, config.h)
+        self.transform_layer = TransformingLayer(config.m, config.h, center=config.center)
         self.local_attention = LocalAttention(config.h)
         self.global_attention = GlobalAttention(config.h)
         self.scale = nn.Parameter(torch.tensor(float(config.init_scale)))

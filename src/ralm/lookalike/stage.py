@@ -169,6 +169,7 @@ class LookalikeStage:
                 f"{self.seeds.users.size:,}", f"{self.seeds.n_items:,}", self.cfg.n_clusters,
             )  # fmt: skip
         self.model.eval()
+        self.model.transform_layer.fit_center(self.seed_universal)  # no-op unless centred
         rows = SeedRows.of_model(self.model, self.seed_universal, self.seeds.users)
         # chunk by chunk of items: the whole (S, h) table never exists
         self.clusters = cluster_rows(

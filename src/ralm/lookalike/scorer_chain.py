@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 import torch
 
 from ralm.lookalike import scorer_kernel
+from ralm.lookalike.scorer_kernel import pool as _pool
 from ralm.lookalike.scorer_terms import ItemTerms, unit_rows
 
 # the chain's buffers per thread, reused across requests (no allocation, no page faults
@@ -38,8 +39,6 @@ KERNEL_FROM, KERNEL_BY_USERS_BELOW = 2, 5
 # kernel reads each row once; at two threads 160K -> 512K elements gave 149 -> 133 ms (B = 32)
 KERNEL_TILE_ELEMENTS = 512 * 1024
 KERNEL_PART_ITEMS = 32  # fewest items per thread when a tile's chain is split over threads
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
 
 
 def _buffer(name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
@@ -264,15 +263,6 @@ def _local_by_slots(
         torch.sum(res.view(m, k, 2, n_b), dim=1, out=sums[lo:hi])
     el = sums[:, 0].clamp_(min=TINY).rsqrt_()  # (I, B) 1 / |E_local| (unnormalised)
     torch.mul(sums[:, 1], el, out=out.T)  # (I, B) view of the (B, I) answer
-
-
-def _pool(n: int) -> ThreadPoolExecutor:
-    """A shared pool of ``n`` threads for the kernel's parts of a tile."""
-    with _POOLS_LOCK:
-        pool = _POOLS.get(n)
-        if pool is None:
-            pool = _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="ralm-chain")
-        return pool
 
 
 def _local_kernel(

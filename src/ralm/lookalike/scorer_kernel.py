@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 MODE_ENV = "RALM_SCORER_KERNEL"
 DIR_ENV = "RALM_KERNEL_DIR"
 MODES = ("auto", "off", "on")
-ABI = 2  # ralm_chain_abi() of the source this module calls
+ABI = 3  # ralm_chain_abi() of the source this module calls
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
 SOURCES = ("chain.c", "chain_body.h")
 COMPILE_TIMEOUT_S = 120
@@ -49,15 +50,21 @@ COMPILE_TIMEOUT_S = 120
 _P = ctypes.c_void_p
 _L = ctypes.c_int64
 _ARGTYPES = [_P, _L, _L, _L, _L, _P, _P, _P, _L, _P, ctypes.c_float]
+_F = ctypes.c_float
+# stage 2's training form (ralm.lookalike.train_kernel): forward and backward
+_TRAIN_FWD = [_P, _L, _L, _L, _L, _P, _P, _P, _F, _P, _L, _P]
+_TRAIN_BWD = [_P, _L, _L, _L, _L, _P, _P, _P, _F, _P, _L, _P, _P, _P]
 
 
 @dataclass(frozen=True)
 class ChainKernel:
-    """The loaded kernel: one function per lane width (``lanes`` = the widest here)."""
+    """The loaded kernel: one function per lane width (``lanes`` = the widest here), and
+    per width the training forward and backward (``train``)."""
 
     path: Path
     lanes: int
     fns: dict[int, Callable[..., None]]
+    train: dict[int, tuple[Callable[..., None], Callable[..., None]]]
 
     def lanes_for(self, n_b: int) -> int:
         """The lane width for B users (the caller pads B to a multiple of it with zero
@@ -150,12 +157,21 @@ def _open(path: Path) -> ChainKernel:
         raise OSError(f"{path}: kernel ABI {lib.ralm_chain_abi()} != {ABI}")
     lanes = int(lib.ralm_chain_lanes())
     fns: dict[int, Callable[..., None]] = {}
+    train: dict[int, tuple[Callable[..., None], Callable[..., None]]] = {}
     for width in (8, 16) if lanes == 16 else (8,):
-        fn = getattr(lib, f"ralm_chain_v{width}")
-        fn.argtypes = _ARGTYPES
-        fn.restype = None
-        fns[width] = fn
-    return ChainKernel(path=path, lanes=lanes, fns=fns)
+        found = []
+        for suffix, argtypes in (
+            ("", _ARGTYPES),
+            ("_train_fwd", _TRAIN_FWD),
+            ("_train_bwd", _TRAIN_BWD),
+        ):
+            fn = getattr(lib, f"ralm_chain_v{width}{suffix}")
+            fn.argtypes = argtypes
+            fn.restype = None
+            found.append(fn)
+        fns[width] = found[0]
+        train[width] = (found[1], found[2])
+    return ChainKernel(path=path, lanes=lanes, fns=fns, train=train)
 
 
 def _open_or_rebuild(directory: Path) -> ChainKernel:
@@ -197,6 +213,20 @@ def load() -> ChainKernel | None:
     if _loaded is None and want == "on":
         raise ConfigError(f"{MODE_ENV}=on but the fused scorer kernel is unavailable: {_error}")
     return _loaded
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def pool(n: int) -> ThreadPoolExecutor:
+    """A shared pool of ``n`` threads for the kernel's parts of a call (a ctypes call
+    releases the GIL, so the parts run at once)."""
+    with _POOLS_LOCK:
+        got = _POOLS.get(n)
+        if got is None:
+            got = _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="ralm-chain")
+        return got
 
 
 def reset() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
+from ralm.lookalike import train_kernel
 from ralm.lookalike.attention import masked_softmax, tanh
 
 EPS = 1e-8
@@ -213,12 +214,19 @@ def score_matrix_train(
             cg = safe_cos(dot, u_norm2[:, None], (g * g).sum(dim=-1)[None, :])
         cl = None
         if q is not None:
-            both = torch.cat([2.0 * q, e_u], dim=0)  # (2B, h); 2 q: see local_cos
-            r = matmul(both, c.reshape(-1, h).T, matmul_dtype)  # attention logits, dots
-            r = r.view(2, n_b, hi - lo, k)
             gm = gram_matrix(c) if gram is None else gram[lo:hi]  # (Ic, k, k)
             lp = None if log_prior is None else log_prior[lo:hi]  # (Ic, k)
-            cl = local_cos(r, mask[lo:hi], gm, u_norm2[:, None], lp)
+            kernel = train_kernel.kernel_for(c, gm, lp)
+            if kernel is not None:  # the compiled chain (same formulas)
+                cl = train_kernel.local_cos(
+                    kernel, 2.0 * q, e_u, c, mask[lo:hi], gm, u_norm2, lp,
+                    lambda a, b: matmul(a, b, matmul_dtype),
+                )  # fmt: skip
+            else:
+                both = torch.cat([2.0 * q, e_u], dim=0)  # (2B, h); 2 q: see local_cos
+                r = matmul(both, c.reshape(-1, h).T, matmul_dtype)  # attention logits, dots
+                r = r.view(2, n_b, hi - lo, k)
+                cl = local_cos(r, mask[lo:hi], gm, u_norm2[:, None], lp)
         out.append(combine(cg, cl, alpha, beta))  # (B, Ic)
     if not out:
         return e_u.new_zeros((n_b, 0))

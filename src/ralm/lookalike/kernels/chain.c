@@ -10,7 +10,8 @@ registers and L1 instead of one torch pass per step over the whole tile:
     el    = sum_ab G_ab u_a u_b
     out[b * ld + i] = num / sqrt(max(el, tiny))
 
-the same formulas as ralm.lookalike.scorer_chain._local_by_slots. Vectorised over the
+the same formulas as ralm.lookalike.scorer_chain._local_by_slots. The same file holds
+stage 2's training form of the local cosine and its backward (train_fwd / train_bwd). Vectorised over the
 users (B) with GCC vector extensions; two lane widths (8, and 16 where AVX-512 is there).
 Compiled at first use with the host's C compiler (-O3 -march=native). */
 
@@ -21,7 +22,7 @@ Compiled at first use with the host's C compiler (-O3 -march=native). */
 #define CHAIN_CAT2(a, b) a##_##b
 #define CHAIN_CAT(a, b) CHAIN_CAT2(a, b)
 
-int ralm_chain_abi(void) { return 2; }
+int ralm_chain_abi(void) { return 3; }
 
 #define CHAIN_V 8
 #define CHAIN_FN ralm_chain_v8

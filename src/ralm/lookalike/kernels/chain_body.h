@@ -130,5 +130,145 @@ void CHAIN_FN(const float *restrict res, int64_t m, int64_t k, int64_t nb, int64
     }
 }
 
+
+/* Stage-2 training (ralm.lookalike.train_kernel): the local cosine of every user and item
+   of a batch, cos(e, E_local), and its backward. res (m*k, 2 nb) has one row per (item,
+   slot): [2 q.c (nb) | e.c (nb)] (nb = B padded with zero users to a multiple of the lane
+   width); weight (m*k) = exp(lp - max lp - 2), 0 on a masked slot; un2 (nb) = |e|^2.
+   Per item and user, as ralm.lookalike.scorer_math._LocalCos:
+
+       s_a = sigmoid(2 q.c_a), e_a = weight_a exp(2 s_a), z = sum_a e_a
+       num = sum_a e_a d_a / z, quad = e^T G e / z^2, dd = sqrt(max(un2 quad, eps))
+       out = num / dd   (0 for an item without a valid slot)                          */
+
+/* the per-item terms of one vector of users: e (k, nbp) in u, s in sv (when not NULL),
+   G e in ge (when not NULL); returns z, num and quad through the pointers */
+static inline void CHAIN_CAT(terms, CHAIN_V)(const float *restrict r, int64_t k, int64_t nb,
+                                            int64_t nbp, int64_t b, const float *restrict wi,
+                                            const float *restrict g, float *restrict u,
+                                            float *restrict sv, float *restrict ge, VF *z,
+                                            VF *num, VF *quad) {
+    VF zz = {0}, nr = {0}, el = {0};
+    for (int64_t a = 0; a < k; a++) {
+        const float *x = r + a * 2 * nb;
+        const VF s = CHAIN_CAT(sigmoid, CHAIN_V)(CHAIN_CAT(load, CHAIN_V)(x + b));
+        const VF v = wi[a] * CHAIN_CAT(exp2s, CHAIN_V)(s);
+        CHAIN_CAT(store, CHAIN_V)(u + a * nbp + b, v);
+        if (sv) CHAIN_CAT(store, CHAIN_V)(sv + a * nbp + b, s);
+        zz += v;
+        nr += v * CHAIN_CAT(load, CHAIN_V)(x + nb + b);
+    }
+    for (int64_t a = 0; a < k; a++) {
+        const float *ga = g + a * k;
+        VF t0 = {0}, t1 = {0};
+        int64_t c = 0;
+        for (; c + 1 < k; c += 2) {
+            t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
+            t1 += ga[c + 1] * CHAIN_CAT(load, CHAIN_V)(u + (c + 1) * nbp + b);
+        }
+        if (c < k) t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
+        const VF t = t0 + t1;
+        if (ge) CHAIN_CAT(store, CHAIN_V)(ge + a * nbp + b, t);
+        el += CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b) * t;
+    }
+    *z = zz;
+    *num = nr / zz;
+    *quad = el / (zz * zz);
+}
+
+static inline int CHAIN_CAT(valid, CHAIN_V)(const float *wi, int64_t k) {
+    for (int64_t a = 0; a < k; a++)
+        if (wi[a] > 0.0f) return 1;
+    return 0;
+}
+
+void CHAIN_CAT(CHAIN_FN, train_fwd)(const float *restrict res, int64_t m, int64_t k,
+                                    int64_t nb, int64_t nout, const float *restrict weight,
+                                    const float *restrict gram, const float *restrict un2,
+                                    float eps, float *restrict out, int64_t ld,
+                                    float *restrict scratch) {
+    const int64_t nbp = nb;
+    float *restrict u = scratch; /* (k, nbp) */
+    float tmp[CHAIN_V];
+    for (int64_t i = 0; i < m; i++) {
+        const float *wi = weight + i * k;
+        if (!CHAIN_CAT(valid, CHAIN_V)(wi, k)) {
+            for (int64_t b = 0; b < nout; b++) out[b * ld + i] = 0.0f;
+            continue;
+        }
+        const float *r = res + i * k * 2 * nb;
+        const float *g = gram + i * k * k;
+        for (int64_t b = 0; b < nbp; b += CHAIN_V) {
+            VF z, num, quad;
+            CHAIN_CAT(terms, CHAIN_V)(r, k, nb, nbp, b, wi, g, u, NULL, NULL, &z, &num, &quad);
+            VF prod = CHAIN_CAT(load, CHAIN_V)(un2 + b) * quad;
+            CHAIN_CAT(store, CHAIN_V)(tmp, num);
+            float pr[CHAIN_V];
+            CHAIN_CAT(store, CHAIN_V)(pr, prod);
+            for (int64_t j = 0; j < CHAIN_V && b + j < nout; j++)
+                out[(b + j) * ld + i] = tmp[j] / sqrtf(pr[j] < eps ? eps : pr[j]);
+        }
+    }
+}
+
+void CHAIN_CAT(CHAIN_FN, train_bwd)(const float *restrict res, int64_t m, int64_t k,
+                                    int64_t nb, int64_t nout, const float *restrict weight,
+                                    const float *restrict gram, const float *restrict un2,
+                                    float eps, const float *restrict grad, int64_t ld,
+                                    float *restrict gres, float *restrict gq,
+                                    float *restrict scratch) {
+    const int64_t nbp = nb;
+    float *restrict u = scratch;             /* (k, nbp) e */
+    float *restrict sv = scratch + k * nbp;  /* (k, nbp) s */
+    float *restrict ge = sv + k * nbp;       /* (k, nbp) G e */
+    const VF zero = {0};
+    for (int64_t i = 0; i < m; i++) {
+        const float *wi = weight + i * k;
+        float *gr = gres + i * k * 2 * nb;
+        if (!CHAIN_CAT(valid, CHAIN_V)(wi, k)) {
+            memset(gr, 0, sizeof(float) * k * 2 * nb);
+            for (int64_t b = 0; b < nout; b++) gq[b * ld + i] = 0.0f;
+            continue;
+        }
+        const float *r = res + i * k * 2 * nb;
+        const float *g = gram + i * k * k;
+        for (int64_t b = 0; b < nbp; b += CHAIN_V) {
+            VF z, num, quad;
+            CHAIN_CAT(terms, CHAIN_V)(r, k, nb, nbp, b, wi, g, u, sv, ge, &z, &num, &quad);
+            float gl[CHAIN_V];
+            for (int64_t j = 0; j < CHAIN_V; j++)
+                gl[j] = b + j < nout ? grad[(b + j) * ld + i] : 0.0f;
+            const VF gv = CHAIN_CAT(load, CHAIN_V)(gl);
+            const VF n2 = CHAIN_CAT(load, CHAIN_V)(un2 + b);
+            const VF prod = n2 * quad;
+            VF pc = CHAIN_CAT(sel, CHAIN_V)(prod < eps, zero + eps, prod);
+            float pa[CHAIN_V];
+            CHAIN_CAT(store, CHAIN_V)(pa, pc);
+            for (int64_t j = 0; j < CHAIN_V; j++) pa[j] = sqrtf(pa[j]);
+            const VF dd = CHAIN_CAT(load, CHAIN_V)(pa);
+            const VF g_num = gv / dd;
+            const VF g_prod = CHAIN_CAT(sel, CHAIN_V)(prod < eps, zero,
+                                                       -0.5f * gv * num / (dd * dd * dd));
+            const VF gqv = g_prod * quad;
+            float go[CHAIN_V];
+            CHAIN_CAT(store, CHAIN_V)(go, gqv);
+            for (int64_t j = 0; j < CHAIN_V && b + j < nout; j++) gq[(b + j) * ld + i] = go[j];
+            const VF g_quad = g_prod * n2;
+            const VF c = g_num * num + 2.0f * g_quad * quad;
+            const VF ca = -2.0f * c / z, cb = 4.0f * g_quad / (z * z);
+            const VF cd = 2.0f * g_num / z, cn = g_num / z;
+            for (int64_t a = 0; a < k; a++) {
+                const VF ea = CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b);
+                const VF sa = CHAIN_CAT(load, CHAIN_V)(sv + a * nbp + b);
+                const VF ga = CHAIN_CAT(load, CHAIN_V)(ge + a * nbp + b);
+                const VF da = CHAIN_CAT(load, CHAIN_V)(r + a * 2 * nb + nb + b);
+                const VF t = ea * (ca + cb * ga + cd * da) * (sa * (1.0f - sa));
+                CHAIN_CAT(store, CHAIN_V)(gr + a * 2 * nb + b, t);
+                CHAIN_CAT(store, CHAIN_V)(gr + a * 2 * nb + nb + b, ea * cn);
+            }
+        }
+    }
+}
+
 #undef VF
 #undef VI

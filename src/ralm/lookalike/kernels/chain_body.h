@@ -158,18 +158,36 @@ static inline void CHAIN_CAT(terms, CHAIN_V)(const float *restrict r, int64_t k,
         zz += v;
         nr += v * CHAIN_CAT(load, CHAIN_V)(x + nb + b);
     }
-    for (int64_t a = 0; a < k; a++) {
-        const float *ga = g + a * k;
-        VF t0 = {0}, t1 = {0};
-        int64_t c = 0;
-        for (; c + 1 < k; c += 2) {
-            t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
-            t1 += ga[c + 1] * CHAIN_CAT(load, CHAIN_V)(u + (c + 1) * nbp + b);
+    if (ge) { /* the backward needs G e itself: the full product */
+        for (int64_t a = 0; a < k; a++) {
+            const float *ga = g + a * k;
+            VF t0 = {0}, t1 = {0};
+            int64_t c = 0;
+            for (; c + 1 < k; c += 2) {
+                t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
+                t1 += ga[c + 1] * CHAIN_CAT(load, CHAIN_V)(u + (c + 1) * nbp + b);
+            }
+            if (c < k) t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
+            const VF t = t0 + t1;
+            CHAIN_CAT(store, CHAIN_V)(ge + a * nbp + b, t);
+            el += CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b) * t;
         }
-        if (c < k) t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
-        const VF t = t0 + t1;
-        if (ge) CHAIN_CAT(store, CHAIN_V)(ge + a * nbp + b, t);
-        el += CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b) * t;
+    } else { /* e^T G e over the symmetric G: the diagonal plus twice the upper triangle */
+        VF e1 = {0};
+        for (int64_t a = 0; a < k; a++) {
+            const float *ga = g + a * k;
+            const VF ua = CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b);
+            VF t0 = {0}, t1 = {0};
+            int64_t c = a + 1;
+            for (; c + 1 < k; c += 2) {
+                t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
+                t1 += ga[c + 1] * CHAIN_CAT(load, CHAIN_V)(u + (c + 1) * nbp + b);
+            }
+            if (c < k) t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
+            const VF t = ua * (ga[a] * ua + 2.0f * (t0 + t1));
+            if (a & 1) e1 += t; else el += t;
+        }
+        el += e1;
     }
     *z = zz;
     *num = nr / zz;

@@ -58,6 +58,28 @@ static inline VF CHAIN_CAT(exp2s, CHAIN_V)(VF s) {
     return p * 2.718281828459045f;
 }
 
+/* u^T G u for one vector of users (columns b..b+V of u (k, nbp)) over the symmetric G:
+   the diagonal plus twice the upper triangle, two accumulators per chain (one FMA chain
+   would wait on its latency) */
+static inline VF CHAIN_CAT(quad, CHAIN_V)(const float *restrict u, int64_t nbp, int64_t b,
+                                         const float *restrict g, int64_t k) {
+    VF e0 = {0}, e1 = {0};
+    for (int64_t a = 0; a < k; a++) {
+        const float *ga = g + a * k;
+        const VF ua = CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b);
+        VF t0 = {0}, t1 = {0};
+        int64_t c = a + 1;
+        for (; c + 1 < k; c += 2) {
+            t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
+            t1 += ga[c + 1] * CHAIN_CAT(load, CHAIN_V)(u + (c + 1) * nbp + b);
+        }
+        if (c < k) t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
+        const VF t = ua * (ga[a] * ua + 2.0f * (t0 + t1));
+        if (a & 1) e1 += t; else e0 += t;
+    }
+    return e0 + e1;
+}
+
 void CHAIN_FN(const float *restrict res, int64_t m, int64_t k, int64_t nb, int64_t nout,
               const float *restrict weight, const float *restrict gram,
               float *restrict out, int64_t ld, float *restrict scratch, float tiny) {
@@ -105,23 +127,8 @@ void CHAIN_FN(const float *restrict res, int64_t m, int64_t k, int64_t nb, int64
                 CHAIN_CAT(store, CHAIN_V)(el + b, e0);
                 CHAIN_CAT(store, CHAIN_V)(el + b + CHAIN_V, e1);
             }
-            for (; b < nbp; b += CHAIN_V) {
-                VF e0 = {0}, e1 = {0};
-                for (int64_t a = 0; a < k; a++) {
-                    const float *ga = g + a * k;
-                    const VF ub = CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b);
-                    VF t0 = {0}, t1 = {0};
-                    int64_t c = a + 1;
-                    for (; c + 1 < k; c += 2) {
-                        t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
-                        t1 += ga[c + 1] * CHAIN_CAT(load, CHAIN_V)(u + (c + 1) * nbp + b);
-                    }
-                    if (c < k) t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
-                    const VF t = ub * (ga[a] * ub + 2.0f * (t0 + t1));
-                    if (a & 1) e1 += t; else e0 += t;
-                }
-                CHAIN_CAT(store, CHAIN_V)(el + b, e0 + e1);
-            }
+            for (; b < nbp; b += CHAIN_V)
+                CHAIN_CAT(store, CHAIN_V)(el + b, CHAIN_CAT(quad, CHAIN_V)(u, nbp, b, g, k));
         }
         for (int64_t b = 0; b < nout; b++) {
             const float e = el[b] < tiny ? tiny : el[b];
@@ -172,22 +179,8 @@ static inline void CHAIN_CAT(terms, CHAIN_V)(const float *restrict r, int64_t k,
             CHAIN_CAT(store, CHAIN_V)(ge + a * nbp + b, t);
             el += CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b) * t;
         }
-    } else { /* e^T G e over the symmetric G: the diagonal plus twice the upper triangle */
-        VF e1 = {0};
-        for (int64_t a = 0; a < k; a++) {
-            const float *ga = g + a * k;
-            const VF ua = CHAIN_CAT(load, CHAIN_V)(u + a * nbp + b);
-            VF t0 = {0}, t1 = {0};
-            int64_t c = a + 1;
-            for (; c + 1 < k; c += 2) {
-                t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
-                t1 += ga[c + 1] * CHAIN_CAT(load, CHAIN_V)(u + (c + 1) * nbp + b);
-            }
-            if (c < k) t0 += ga[c] * CHAIN_CAT(load, CHAIN_V)(u + c * nbp + b);
-            const VF t = ua * (ga[a] * ua + 2.0f * (t0 + t1));
-            if (a & 1) e1 += t; else el += t;
-        }
-        el += e1;
+    } else {
+        el = CHAIN_CAT(quad, CHAIN_V)(u, nbp, b, g, k);
     }
     *z = zz;
     *num = nr / zz;

@@ -113,6 +113,10 @@ def _run(calls: list[tuple[Any, tuple[Any, ...]]]) -> None:
 
 
 class _LocalCosKernel(torch.autograd.Function):
+    """The kernel's forward and backward over the by-slots product ``res (I*k, 2 Bp)``:
+    gradients for ``res`` (autograd carries them into the product's inputs) and for
+    ``u_norm2``; the slot weights and Gram matrices are constants."""
+
     @staticmethod
     def forward(
         ctx: Any,

@@ -61,6 +61,8 @@ SCORINGS: dict[str, dict[str, Any]] = {
     "cap50": {"prior_cap": 50.0},
     "cap100": {"prior_cap": 100.0},
     "shrink": {"prior": "shrink"},
+    "k1": {"eval_k": 1},
+    "k2": {"eval_k": 2},
     "k5": {"eval_k": 5},
 }
 

@@ -16,7 +16,7 @@ from ralm.lookalike.train import train_lookalike
 from ralm.lookalike.validation import build_ranking_set, ranking_recall
 
 M = 12  # width of the `universal` fixture in conftest.py
-FAST = LookalikeTrainConfig(epochs=1, batch_size=64, lr=0.01, patience=0, seed=0)
+FAST = LookalikeTrainConfig(epochs=1, batch_size=64, lr=0.01, patience=0, seed=0, fit_prior=False)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def trained(toy: EncodedDataset, universal: np.ndarray):  # type: ignore[no-unty
         return universal[users]
 
     res = train_lookalike(toy, LookalikeConfig(m=M, h=8, k=3), universal, lookup, train_cfg=FAST)
-    assert res.prior_fit == {}  # off by default
+    assert res.prior_fit == {}  # switched off
     rs = build_ranking_set(toy, seed_sets(toy), 5000, 0)
     assert rs is not None
     return res, rs
@@ -94,10 +94,10 @@ def test_no_additive_prior_no_fit(trained, universal: np.ndarray) -> None:  # ty
 
 def test_train_lookalike_fits_and_saves_the_weight(toy, universal, lookup, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Training with ``fit_prior`` reports the fit and the saved model file carries the
-    chosen weight; without it (the default) nothing is fitted."""
+    chosen weight (the default); without it nothing is fitted."""
     from ralm.lookalike.checkpoint import load_lookalike_model
 
-    assert not FAST.fit_prior
+    assert LookalikeTrainConfig().fit_prior  # on by default
     tc = FAST.model_copy(update={"fit_prior": True})
     res = train_lookalike(
         toy, LookalikeConfig(m=M, h=8, k=3), universal, lookup, tmp_path / "lk", train_cfg=tc

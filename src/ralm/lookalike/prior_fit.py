@@ -3,7 +3,7 @@
 Stage 2 learns ``gamma`` (the weight of ``gamma log(1 + n_seeds)``) through its training
 loss, a sampled softmax with a logQ correction; what is reported is a ranking of the whole
 catalogue, and how much of it should come from audience size differs between data sets
-(measured in docs/LOOKALIKE.md, "Audience-prior weight fitted on VALID"; off by default,
+(measured in docs/LOOKALIKE.md, "Audience-prior weight fitted on VALID"; on by default,
 `fit_prior`). After training,
 :func:`fit_prior_weight` scores VALID's ranking set (recall@K of VALID clicks among every
 item with seeds, :func:`ralm.lookalike.validation.ranking_recall`, the metric of the

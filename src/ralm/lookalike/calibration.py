@@ -32,6 +32,33 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
     return float(gap.sum() / y.size)
 
 
+def fit_logistic(features: np.ndarray, labels: np.ndarray, iters: int = 50) -> np.ndarray:
+    """Weights ``(w_1 .. w_f, b)`` minimising the BCE of ``sigmoid(x w + b)`` against 0/1
+    labels, by Newton's method (convex; a few steps suffice).
+
+    Args:
+        features: (n, f) inputs.
+        labels: (n,) 0/1 outcomes.
+        iters: most Newton steps.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    f = f.reshape(f.shape[0], -1)
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    x = np.concatenate([f, np.ones((f.shape[0], 1))], axis=1)  # (n, f + 1)
+    prior = float(np.clip(y.mean(), 1e-6, 1 - 1e-6)) if y.size else 0.5
+    w = np.zeros(x.shape[1])
+    w[-1] = np.log(prior / (1 - prior))
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        grad = x.T @ (p - y)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-9 * np.eye(x.shape[1])
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return w
+
+
 def fit_platt(scores: np.ndarray, labels: np.ndarray, iters: int = 50) -> tuple[float, float]:
     """``(a, b)`` minimising the BCE of ``sigmoid(a s + b)`` against 0/1 labels (Newton).
 
@@ -40,20 +67,8 @@ def fit_platt(scores: np.ndarray, labels: np.ndarray, iters: int = 50) -> tuple[
         labels: 0/1 outcomes (n,).
         iters: Newton steps (the problem is convex in (a, b); a few suffice).
     """
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    x = np.stack([s, np.ones_like(s)], axis=1)  # (n, 2)
-    prior = float(np.clip(y.mean(), 1e-6, 1 - 1e-6)) if y.size else 0.5
-    w = np.array([0.0, np.log(prior / (1 - prior))])
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(x @ w)))
-        grad = x.T @ (p - y)
-        hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-9 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    return float(w[0]), float(w[1])
+    a, b = fit_logistic(np.asarray(scores, dtype=np.float64).reshape(-1, 1), labels, iters)
+    return float(a), float(b)
 
 
 def cross_fitted_ece(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:

@@ -185,6 +185,8 @@ class LookalikeTrainConfig(TrainLoopConfig):
             :class:`ralm.lookalike.task.LookalikeTrainTask`).
         logq: logQ correction of the softmax logits (False = in-batch popularity kept).
         calibrate: "valid" refits scale/bias on VALID after training (post hoc), "none" not.
+        user_offset: with ``calibrate`` "valid", first fit the per-user score baseline on
+            VALID (:mod:`ralm.lookalike.user_offset`).
         fit_prior: after training, multiply the audience prior's learned weight by the
             factor (0.5-3) with the best VALID recall@``eval_k`` (full-catalogue ranking).
         calib_weight: weight of the calibration BCE term of the softmax loss.
@@ -239,6 +241,14 @@ class LookalikeTrainConfig(TrainLoopConfig):
         "factor (0.5, 0.7, 1, 1.4, 2, 3) with the best VALID recall@eval_k over every item "
         "(model selection on the reported ranking; 1 unless another wins by 1%). It costs "
         "six VALID rankings; off keeps the trained gamma (docs/LOOKALIKE.md).",
+    )
+    user_offset: bool = Field(
+        default=True,
+        description="With calibrate 'valid', before the Platt fit: a per-user baseline "
+        "w cos(e_u, d) is subtracted from every score of the user (d = the mean unit global "
+        "vector of the indexed items; w by logistic regression on VALID, kept only if "
+        "VALID's pooled AUC does not fall). Each user's ranking is unchanged; scores of "
+        "different users become comparable (pooled AUC, pCTR). Off = no baseline.",
     )
     calib_weight: float = Field(
         default=1.0,

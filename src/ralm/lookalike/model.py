@@ -36,6 +36,9 @@ class LookalikeModel(nn.Module):
         p = model.pctr(s)
     """
 
+    user_offset_dir: torch.Tensor  # (h,) buffer of the user baseline (user_offset)
+    user_offset_weight: torch.Tensor  # () buffer, 0 = no baseline
+
     def __init__(self, config: LookalikeConfig) -> None:
         super().__init__()
         self.config = config
@@ -55,13 +58,47 @@ class LookalikeModel(nn.Module):
             total = config.alpha + config.beta
             a = min(max(config.alpha / total, 1e-3), 1 - 1e-3) if total > 0 else 0.5
             self.mix_logit = nn.Parameter(torch.tensor(float(np.log(a / (1 - a)))))
+        # the user's baseline, subtracted from each of the user's scores (fitted after
+        # training, ralm.lookalike.user_offset): w cos(e_u, d); w = 0 = none
+        self.register_buffer("user_offset_dir", torch.zeros(config.h))
+        self.register_buffer("user_offset_weight", torch.zeros(()))
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """``nn.Module.load_state_dict``; a state without ``log_inv_temp`` (written before
-        the softmax loss existed) keeps the current temperature."""
-        if "log_inv_temp" not in state_dict:
-            state_dict = {**state_dict, "log_inv_temp": self.log_inv_temp.detach().clone()}
+        the softmax loss existed) keeps the current temperature, and one without the user
+        baseline (written before it existed) loads with none (weight 0)."""
+        missing = {
+            k: getattr(self, k).detach().clone()
+            for k in ("log_inv_temp", "user_offset_dir", "user_offset_weight")
+            if k not in state_dict
+        }
+        if missing:
+            state_dict = {**state_dict, **missing}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def user_offset(self, e_u: torch.Tensor) -> torch.Tensor | None:
+        """The user's baseline ``w cos(e_u, d)`` (B,) from transformed users (B, h), or None
+        when there is none (``w`` = 0, the default and every model trained without it).
+
+        ``d`` is the mean unit global vector of the items the model was indexed with, so
+        ``cos(e_u, d)`` is the user's average global cosine over those items: how much the
+        user resembles every audience at once. Every score of the user is lowered by it
+        (:meth:`score_prepared`, :meth:`score_pairs`, :meth:`score_train`), which leaves
+        each user's ranking unchanged and makes scores of different users comparable (the
+        pooled AUC, the pCTR); ``w`` is fitted on VALID (docs/LOOKALIKE.md, "User
+        baseline")."""
+        w = float(self.user_offset_weight)
+        if w == 0.0:
+            return None
+        d = self.user_offset_dir.to(e_u.dtype)
+        return w * scorer.safe_cos(e_u @ d, (e_u * e_u).sum(dim=-1), (d * d).sum())
+
+    def _minus_offset(self, s: torch.Tensor, e_u: torch.Tensor) -> torch.Tensor:
+        """Scores (B, ...) less each user's :meth:`user_offset` (unchanged without one)."""
+        off = self.user_offset(e_u)
+        if off is None:
+            return s
+        return s - off.reshape(off.shape + (1,) * (s.dim() - 1))
 
     @property
     def inv_temperature(self) -> torch.Tensor:
@@ -240,7 +277,7 @@ class LookalikeModel(nn.Module):
         """Scores (B, I) of users e_u (B, h) against prepared items (inference only)."""
         cfg = self.config
         alpha, beta = self.alpha_beta
-        return scorer.score_prepared(
+        s = scorer.score_prepared(
             e_u,
             self.local_attention.weight,
             terms,
@@ -250,6 +287,8 @@ class LookalikeModel(nn.Module):
             use_global=cfg.use_global,
             chunk_items=chunk_items,
         )
+        off = self.user_offset(e_u)
+        return s if off is None else s.sub_(off[:, None].to(s.dtype))
 
     def score(
         self,
@@ -301,7 +340,7 @@ class LookalikeModel(nn.Module):
                 matmul_dtype=matmul_dtype,
             )  # fmt: skip
 
-        return self.with_prior(self._combine(term), sizes)  # (B, I)
+        return self._minus_offset(self.with_prior(self._combine(term), sizes), e_u)  # (B, I)
 
     def score_pairs(
         self,
@@ -330,7 +369,7 @@ class LookalikeModel(nn.Module):
                 use_global=cfg.use_global if both else not local, log_prior=log_prior,
             )  # fmt: skip
 
-        return self.with_prior(self._combine(term), sizes, age)  # (B,)
+        return self._minus_offset(self.with_prior(self._combine(term), sizes, age), e_u)  # (B,)
 
     def _combine(self, term: Callable[[bool | None], torch.Tensor]) -> torch.Tensor:
         """``alpha cos_global + beta cos_local``: ``term(None)`` (the scorer with the fixed

@@ -39,6 +39,7 @@ from ralm.lookalike.seed_index import SeedIndex, cluster_rows, index_from_cluste
 from ralm.lookalike.seed_rows import SeedEmb, SeedRows
 from ralm.lookalike.targets import TargetEmbeddings, TargetFn
 from ralm.lookalike.task import LookalikeEpochData, LookalikeTrainTask, make_batch
+from ralm.lookalike.user_offset import fit_user_offset, user_cosines
 from ralm.lookalike.validation import RankingSet, build_ranking_set, ranking_recall
 from ralm.training.distributed import SINGLE, DistContext
 from ralm.training.trainer import LoopState, State
@@ -289,12 +290,14 @@ class LookalikeStage:
             self._write_config()
         return got
 
-    def calibrate(self) -> dict[str, float]:
-        """Post-hoc Platt scaling of the (best) model's pCTR on the VALID examples.
+    def calibrate(self, index: SeedIndex | None = None) -> dict[str, float]:
+        """Post-hoc fits of the (best) model on the VALID examples: the per-user score
+        baseline (``user_offset``, with ``index`` the model was selected with; see
+        :mod:`ralm.lookalike.user_offset`), then Platt scaling of the pCTR.
 
-        Sets ``scale`` / ``bias`` to the BCE fit on VALID scores (the score, hence every
-        ranking, is unchanged) and returns the ECE before, the out-of-sample (2-fold
-        cross-fitted) ECE of the refit, and the fitted pair. Skipped (empty dict) when the
+        Sets ``scale`` / ``bias`` to the BCE fit on VALID scores (each user's ranking is
+        unchanged) and returns the ECE before, the out-of-sample (2-fold cross-fitted) ECE
+        of the refit, the fitted pair and the baseline's fit. Skipped (empty dict) when the
         best epoch's clusters are not in memory (a resumed run) or VALID has one class.
         """
         cl = self.best_clusters
@@ -305,6 +308,13 @@ class LookalikeStage:
         emb = SeedRows.of_model(self.model, self.seed_universal, self.seeds.users)
         vs = score_examples(self.model, cl, emb, self.seeds, self.v_target, self.vu, self.vi)
         emb.close()
+        offset: dict[str, float] = {}
+        if self.tc.user_offset and index is not None:
+            offset = fit_user_offset(self.model, index, vs, self.v_target, self.vy)
+            w = offset.get("user_offset_weight", 0.0)
+            if w:
+                d = self.model.user_offset_dir
+                vs = vs - np.float32(w) * user_cosines(self.model, self.v_target, d)
         with torch.no_grad():
             before = expected_calibration_error(
                 self.vy, self.model.pctr(torch.from_numpy(vs)).numpy()
@@ -321,7 +331,10 @@ class LookalikeStage:
         if self.out is not None:
             self.files[ckpt.MODEL_FILE] = ckpt.save_model(self.out, self.model)
             self._write_config()
-        return {"val_ece_trained": before, "val_ece": after, "calib_scale": a, "calib_bias": b}
+        return {
+            "val_ece_trained": before, "val_ece": after, "calib_scale": a, "calib_bias": b,
+            **offset,
+        }  # fmt: skip
 
     def on_improved(self, epoch: int) -> None:
         self.best_clusters, self.best_index = self.clusters, None

@@ -69,7 +69,9 @@ class LookalikeTrainResult:
         best_val_auc: that AUC.
         recluster_calls: how many times the seeds were re-clustered.
         calibration: post-hoc calibration on VALID (``val_ece_trained``, ``val_ece`` out of
-            sample after the refit, ``calib_scale``, ``calib_bias``); empty when skipped.
+            sample after the refit, ``calib_scale``, ``calib_bias``; with ``user_offset``
+            also ``user_offset_weight``, ``val_auc_raw``, ``val_auc_offset``, see
+            :mod:`ralm.lookalike.user_offset`); empty when skipped.
         universal: with ``finetune_user``, float32 (n_users, m) universal embeddings of the
             tuned tower (best epoch) the seed index was built from; None otherwise.
         prior_fit: the audience-prior weight chosen on VALID's ranking
@@ -174,7 +176,7 @@ def train_lookalike(
         stage.refresh_universal()  # the best epoch's tower (the best clusters' embeddings)
         index = stage.best_seed_index()
         prior_fit = stage.fit_prior(index) if tc.fit_prior else {}
-        calib = stage.calibrate() if tc.calibrate == "valid" else {}
+        calib = stage.calibrate(index) if tc.calibrate == "valid" else {}
     return LookalikeTrainResult(
         model=model,
         config=cfg,

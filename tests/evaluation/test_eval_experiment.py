@@ -169,7 +169,10 @@ def test_ralm_and_its_tower_use_the_configured_stage1_merge(toy, merge):
     sentinel = object()  # a tower already trained for (merge, seed 0): nothing is retrained
     ctx.towers[(merge, 0)] = sentinel  # type: ignore[assignment]
     for name in ("ralm", "ralm_average", "ralm_paper"):
-        assert ctx.make(name, 0).user_model is sentinel  # type: ignore[attr-defined]
+        model = ctx.make(name, 0)
+        assert model.user_model is sentinel  # type: ignore[attr-defined]
+        # the paper's score exactly: no audience prior and no per-user baseline
+        assert model.train_cfg.user_offset == (name != "ralm_paper")  # type: ignore[attr-defined]
     assert ctx.make("ralm_tower", 0).model is sentinel  # type: ignore[attr-defined]
 
 

@@ -163,6 +163,9 @@ class RunContext:
             update: dict[str, object] = {"variant": variant}
             if name == "ralm_paper":
                 update["seed_prior"] = False  # the paper's cosine score exactly
+            train_cfg = cfg.lookalike_train
+            if name == "ralm_paper":  # nor a per-user baseline (a post-hoc fit of ours)
+                train_cfg = train_cfg.model_copy(update={"user_offset": False})
             trained = None
             if name == "ralm" and cfg.run_dir is not None:
                 from ralm.lookalike.checkpoint import load_lookalike_model
@@ -170,7 +173,7 @@ class RunContext:
                 trained = load_lookalike_model(cfg.run_dir / "lookalike")[0]
             model = RalmRecommender(
                 cfg.lookalike.model_copy(update=update),
-                cfg.lookalike_train,
+                train_cfg,
                 user_model=self.tower(cfg.user.merge, seed),  # the configured stage 1
                 name=DISPLAY[name],
                 lookalike_model=trained,

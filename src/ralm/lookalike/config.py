@@ -246,9 +246,10 @@ class LookalikeTrainConfig(TrainLoopConfig):
         default=True,
         description="With calibrate 'valid', before the Platt fit: a per-user baseline "
         "w cos(e_u, d) is subtracted from every score of the user (d = the mean unit global "
-        "vector of the indexed items; w by logistic regression on VALID, kept only if "
-        "VALID's pooled AUC does not fall). Each user's ranking is unchanged; scores of "
-        "different users become comparable (pooled AUC, pCTR). Off = no baseline.",
+        "vector of the indexed items; w by logistic regression on VALID clicks against "
+        "uniformly drawn negatives, kept only if their pooled AUC does not fall). Each "
+        "user's ranking is unchanged; scores of different users become comparable (pooled "
+        "AUC, pCTR). Off = no baseline.",
     )
     calib_weight: float = Field(
         default=1.0,

@@ -206,6 +206,21 @@ def training_examples(
     return users, items, labels[perm]
 
 
+def uniform_negatives(
+    ds: EncodedDataset,
+    seeds: SeedSets,
+    users: np.ndarray,
+    neg_ratio: int,
+    rng: np.random.Generator,
+    split: Split = Split.VALID,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``neg_ratio`` negatives per user of ``users`` (one per click), items drawn uniformly
+    among the items with seeds and never clicked by the user in TRAIN or ``split``."""
+    forbidden = click_keys(ds, (Split.TRAIN, split))
+    probs = negative_distribution(ds, seeds, "uniform")
+    return _sample_negatives(users, ds.n_items, probs, forbidden, neg_ratio, rng)
+
+
 def validation_examples(
     ds: EncodedDataset,
     seeds: SeedSets,

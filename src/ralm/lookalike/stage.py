@@ -33,6 +33,7 @@ from ralm.lookalike.samples import (
     negative_distribution,
     seed_sets,
     training_examples,
+    uniform_negatives,
     validation_examples,
 )
 from ralm.lookalike.seed_index import SeedIndex, cluster_rows, index_from_clusters
@@ -307,14 +308,25 @@ class LookalikeStage:
         self._drop_seed_emb()  # the last epoch's table (the best epoch's is written now)
         emb = SeedRows.of_model(self.model, self.seed_universal, self.seeds.users)
         vs = score_examples(self.model, cl, emb, self.seeds, self.v_target, self.vu, self.vi)
-        emb.close()
         offset: dict[str, float] = {}
         if self.tc.user_offset and index is not None:
-            offset = fit_user_offset(self.model, index, vs, self.v_target, self.vy)
+            # the baseline is a mean over items drawn uniformly: fitted on VALID's clicks
+            # against negatives drawn the same way (whatever neg_sampling drew above)
+            click = self.vy > 0
+            rng = np.random.default_rng([self.tc.seed, 1_000_033])
+            nu, ni = uniform_negatives(
+                self.ds, self.seeds, self.vu[click], self.tc.val_neg_ratio, rng
+            )
+            fu, fi = np.concatenate([self.vu[click], nu]), np.concatenate([self.vi[click], ni])
+            ft = np.concatenate([self.v_target[click], self.seed_universal[nu]])
+            fy = np.r_[np.ones(int(click.sum())), np.zeros(nu.size)]
+            fs = score_examples(self.model, cl, emb, self.seeds, ft, fu, fi)
+            offset = fit_user_offset(self.model, index, fs, ft, fy)
             w = offset.get("user_offset_weight", 0.0)
             if w:
                 d = self.model.user_offset_dir
                 vs = vs - np.float32(w) * user_cosines(self.model, self.v_target, d)
+        emb.close()
         with torch.no_grad():
             before = expected_calibration_error(
                 self.vy, self.model.pctr(torch.from_numpy(vs)).numpy()

@@ -13,11 +13,13 @@ The model can subtract a per-user baseline ``w cos(e_u, d)`` from every score of
 ``u`` (:meth:`ralm.lookalike.model.LookalikeModel.user_offset`). ``d`` is the mean unit
 global vector over the indexed items, so ``cos(e_u, d)`` is the user's mean global
 cosine over those items (:func:`offset_direction`). ``w`` comes from a logistic
-regression of the VALID labels (clicks against their sampled negatives) on the score
-and ``cos(e_u, d)`` (:func:`fit_offset_weight`): ``w = -c / a`` for the fitted
-``a s + c cos(e_u, d) + b``. It is kept only when VALID's pooled AUC does not fall.
-Each user's ranking is unchanged; the pCTR's scale and bias are refitted on the
-adjusted scores afterwards (``calibrate``).
+regression of VALID labels on the score and ``cos(e_u, d)`` (:func:`fit_offset_weight`):
+``w = -c / a`` for the fitted ``a s + c cos(e_u, d) + b``. The examples are VALID's
+clicks against negatives drawn uniformly among the items with seeds, as ``d`` averages
+over items uniformly (stage 2's own VALID negatives follow ``neg_sampling``). It is kept
+only when the pooled AUC of those examples does not fall. Each user's ranking is
+unchanged; the pCTR's scale and bias are refitted on the adjusted scores afterwards
+(``calibrate``).
 """
 
 from __future__ import annotations

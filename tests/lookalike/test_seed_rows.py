@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -80,6 +81,38 @@ def test_rows_equal_the_table_bitwise(n_rows: int, batch: int, tmp_path) -> None
     rows.close()
     with pytest.raises((OSError, ValueError)):
         rows.range(0, 1)
+
+
+def _rss_file_kib() -> int:
+    """This process's resident file-backed pages (Linux ``/proc/self/status``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+    return 0
+
+
+def test_scattered_reads_do_not_keep_the_table_resident(monkeypatch, tmp_path) -> None:
+    """Rows read through the memory map equal the table, and its pages leave the resident
+    set every ``DROP_ROWS`` rows: 20,000 random rows of a 64 MiB table would map all of
+    it (each read maps up to 64 KiB around its row), but the process keeps a few MiB."""
+    import ralm.lookalike.seed_rows as sr
+
+    rng = np.random.default_rng(0)
+    n, h = 131072, 128  # 64 MiB
+    table = rng.normal(size=(n, h)).astype(np.float32)
+    rows = SeedRows.from_array(table, tmp_path)
+    monkeypatch.setattr(sr, "DROP_ROWS", 64)
+    base = _rss_file_kib()
+    peak = base
+    for _ in range(200):
+        pick = rng.integers(0, n, size=100)
+        np.testing.assert_array_equal(rows[pick], table[pick])
+        peak = max(peak, _rss_file_kib())
+    assert peak - base < 24 * 1024, f"resident file pages grew by {peak - base} KiB"
+    rows.close()
+    with pytest.raises((OSError, ValueError)):
+        rows[np.array([0])]
 
 
 def test_rows_are_the_table_of_their_time() -> None:

@@ -7,9 +7,15 @@ them. Keeping the float32 (S, h) table in memory for a whole epoch costs S x h x
 (3.35 GiB for the 7.0M seed rows of the paper-scale data, another 3.35 GiB while the next
 one is built). :class:`SeedRows` writes the table, GEMM block by GEMM block as
 :func:`transform_rows` computes it, to an unlinked temporary file (``tempfile``: ``TMPDIR``;
-the file disappears when the object is closed or collected, or the process ends) and reads
-back the rows asked for with ``pread``; the clustering reads one chunk of items' rows at a
-time (:func:`ralm.lookalike.index_builder.cluster_rows`).
+the file disappears when the object is closed or collected, or the process ends). Blocks
+are read back with ``pread`` (the clustering reads one chunk of items' rows at a time,
+:func:`ralm.lookalike.index_builder.cluster_rows`); scattered rows (leave-self-out's few
+per batch) are copied out of a read-only memory map of the file, whose pages are dropped
+from the process's resident set (``madvise(MADV_DONTNEED)``) every :data:`DROP_ROWS`
+rows read, so that reading random rows for a whole epoch does not grow the process's RSS
+towards the table's size. 128 random rows of a 2M-row table: 0.49 ms with one ``pread``
+per row, 0.31 ms through the map dropping its pages after every call, 0.07 ms dropping
+them every 4,096 rows (the default).
 
 The rows read back are the bytes of the table: bitwise what ``transform_seeds`` returns.
 (Recomputing rows from a frozen copy of the layer is not: a GEMM's output row depends on the
@@ -20,6 +26,7 @@ resident memory and is reclaimed under memory pressure.
 
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +42,9 @@ if TYPE_CHECKING:
 
 TRANSFORM_BATCH = 65536  # rows per GEMM of transform_rows (the table)
 _MAX_IO = 1 << 30  # bytes per pread/pwrite call
+# scattered reads between two drops of the map's pages from the resident set: a read
+# maps up to 64 KiB around its row (the kernel's fault-around), so at most 256 MiB
+DROP_ROWS = 4096
 
 
 @torch.no_grad()
@@ -88,6 +98,9 @@ class SeedRows:
         self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - closed by close()
         self._fd = self._file.fileno()
         self._written = 0
+        self._map: mmap.mmap | None = None  # read-only map for scattered rows, made on use
+        self._view: np.ndarray | None = None  # (n_rows, h) float32 over _map
+        self._unmapped_rows = 0  # rows read through the map since its pages were dropped
 
     # ---- building --------------------------------------------------------------------
     @classmethod
@@ -182,16 +195,29 @@ class SeedRows:
             return np.empty((0, self.h), dtype=np.float32)
         if rows.min() < 0 or rows.max() >= self.n_rows:
             raise IndexError(f"seed rows out of range 0..{self.n_rows - 1}")
-        uniq, inv = np.unique(rows, return_inverse=True)
-        cut = np.flatnonzero(np.diff(uniq) != 1) + 1  # runs of consecutive rows: one read
-        starts, ends = np.r_[0, cut], np.r_[cut, uniq.size]
-        got = np.empty((uniq.size, self.h), dtype=np.float32)
-        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-            got[s:e] = self.range(int(uniq[s]), int(uniq[s]) + e - s)
-        return got[inv.reshape(-1)]
+        view = self._mapped()
+        out = view[rows]  # a copy (fancy indexing)
+        self._unmapped_rows += rows.size
+        if self._unmapped_rows >= DROP_ROWS:  # the mapped pages leave this process's RSS
+            assert self._map is not None
+            self._map.madvise(mmap.MADV_DONTNEED)
+            self._unmapped_rows = 0
+        return out
+
+    def _mapped(self) -> np.ndarray:
+        """The table as a read-only (n_rows, h) array over a memory map of the file."""
+        if self._view is None:
+            self._check()
+            self._map = mmap.mmap(self._fd, self.n_rows * self.h * 4, prot=mmap.PROT_READ)
+            self._view = np.frombuffer(self._map, dtype=np.float32).reshape(self.n_rows, self.h)
+        return self._view
 
     def close(self) -> None:
         """Remove the file (reads fail afterwards)."""
+        self._view = None  # the map's only exported buffer
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         self._file.close()
 
 

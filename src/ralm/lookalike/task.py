@@ -200,12 +200,18 @@ class LookalikeTrainTask(nn.Module):
         if batch.rows is not None:  # the Trainer weighs a rank by its rows: mean over all clicks
             n_pos = max(int((labels > 0).sum()), 1)
             sm = sm * (pos.numel() / n_pos) * (labels.numel() / mine.numel())
-        # calibration: pCTR = sigmoid(scale s + bias) by BCE on the detached pair scores
+        # calibration: pCTR = sigmoid(scale s + bias) by BCE on the detached pair scores;
+        # a click's pair score is its own column of s, the sampled negatives' are scored
         with torch.no_grad():  # (B_r,)
-            diag = m.score_pairs(
-                e_u, batch.own(batch.centroids), batch.own(batch.mask), batch.own(gv),
-                sizes=batch.own(batch.sizes),
-            )  # fmt: skip
+            diag = s.new_empty(click.shape)
+            diag[click] = s.detach()[torch.arange(pos.numel()), pos]
+            neg = ~click
+            if bool(neg.any()):
+                rows = mine[neg]
+                diag[neg] = m.score_pairs(
+                    e_u[neg], batch.centroids[rows], batch.mask[rows], gv[rows],
+                    sizes=batch.sizes[rows],
+                )  # fmt: skip
         calib = F.binary_cross_entropy_with_logits(m.logit(diag), labels[mine])
         return sm + self.calib_weight * calib
 

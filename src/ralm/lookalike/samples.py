@@ -80,9 +80,9 @@ class SeedSets:
         """bool (B, N): ``out[r, c]`` = user ``users[r]`` is a seed of item ``items[c]``.
 
         Equal to ``find(repeat(users, N), tile(items, B)).reshape(B, N) >= 0``, but the
-        work is the rows' own seed lists (a few items per user) looked up in a per-item
-        table of the N columns, not B x N binary searches over all S seed rows (whose cost
-        grew with the catalogue: 65,536 random probes into S keys per batch of 256).
+        work is the rows' own seed lists (a few items per user) searched among the N
+        columns' distinct items, not B x N binary searches over all S seed rows (whose
+        cost grew with the catalogue: 65,536 random probes into S keys per batch of 256).
         """
         users = np.asarray(users, np.int64).reshape(-1)
         cols = np.asarray(items, np.int64).reshape(-1)
@@ -97,12 +97,10 @@ class SeedSets:
         row = np.repeat(np.arange(users.size), n)  # (T,) row of each (row, seed item)
         start = np.repeat(lo - (np.cumsum(n) - n), n)
         it = user_items[start + np.arange(total)]  # (T,) the items row r's user seeds
-        # the columns' distinct items, and each item's slot among them (-1: not a column)
+        # the columns' distinct items (sorted), and each seed item's place among them
         uniq, col_of = np.unique(cols, return_inverse=True)
-        slot = np.full(max(self.n_items, int(uniq[-1]) + 1), -1, dtype=np.int64)
-        slot[uniq] = np.arange(uniq.size)
-        g = slot[it]  # (T,)
-        hit = g >= 0
+        g = np.minimum(np.searchsorted(uniq, it), uniq.size - 1)  # (T,)
+        hit = uniq[g] == it
         row, g = row[hit], g[hit]
         # each distinct item's columns, contiguous: order[cstart[g] : cstart[g] + cnt[g]]
         order = np.argsort(col_of, kind="stable")

@@ -40,7 +40,7 @@ from ralm.lookalike.seed_index import SeedIndex, cluster_rows, index_from_cluste
 from ralm.lookalike.seed_rows import SeedEmb, SeedRows
 from ralm.lookalike.targets import TargetEmbeddings, TargetFn
 from ralm.lookalike.task import LookalikeEpochData, LookalikeTrainTask, make_batch
-from ralm.lookalike.user_offset import fit_user_offset, user_cosines
+from ralm.lookalike.user_offset import fit_user_offset
 from ralm.lookalike.validation import RankingSet, build_ranking_set, ranking_recall
 from ralm.training.distributed import SINGLE, DistContext
 from ralm.training.trainer import LoopState, State
@@ -322,10 +322,11 @@ class LookalikeStage:
             fy = np.r_[np.ones(int(click.sum())), np.zeros(nu.size)]
             fs = score_examples(self.model, cl, emb, self.seeds, ft, fu, fi)
             offset = fit_user_offset(self.model, index, fs, ft, fy)
-            w = offset.get("user_offset_weight", 0.0)
-            if w:
-                d = self.model.user_offset_dir
-                vs = vs - np.float32(w) * user_cosines(self.model, self.v_target, d)
+            with torch.no_grad():  # the fitted baseline, as every scorer subtracts it
+                e = self.model.transform(torch.from_numpy(np.ascontiguousarray(self.v_target)))
+                off = self.model.user_offset(e)
+            if off is not None:
+                vs = vs - off.numpy()
         emb.close()
         with torch.no_grad():
             before = expected_calibration_error(
